@@ -1,0 +1,45 @@
+"""Cross-validate one CNN-LSTM configuration: python cv.py [--config configs/default.yaml] [options]."""
+import argparse
+
+from emoma.config import SCHEMES, TASKS, apply_overrides, load_config
+from emoma.errors import exit_on_user_error
+from emoma.pipeline import cross_validate
+from emoma.report import format_summary
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", default="configs/default.yaml", help="YAML config (default: %(default)s)")
+    p.add_argument("--data", help="merged.csv to read (default: the embedded synthetic table)")
+    p.add_argument("--task", choices=TASKS, help="binary (stress vs rest), 3class, or multiclass")
+    p.add_argument("--cv", choices=SCHEMES, help="splitting protocol (default loso)")
+    p.add_argument("--folds", type=int, help="K for the k-fold protocols")
+    p.add_argument("--epochs", type=int, help="maximum epochs per fold")
+    p.add_argument("--seed", type=int, help="seed for splits, RFE, weights and batch order")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training device")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.lr=0.0005 (repeatable)")
+    p.add_argument("--drop-nan", action="store_true", help="drop rows with NaN/inf features instead of failing")
+    p.add_argument("--baselines", action="store_true", help="also score LDA and random forest on the same folds")
+    p.add_argument("--out", help="output folder (default: results/cv/NAME-TIMESTAMP)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print loss and accuracy of every epoch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = parse_args(argv)
+    config = load_config(args.config, args.set)
+    flags = {"data.path": args.data, "data.task": args.task, "cv.scheme": args.cv, "cv.folds": args.folds,
+             "train.epochs": args.epochs, "seed": args.seed, "train.device": args.device,
+             "data.drop_nan": args.drop_nan or None}
+    config = apply_overrides(config, {k: v for k, v in flags.items() if v is not None})
+    result, out = cross_validate(config, args.out, baselines=args.baselines, progress=not args.no_progress,
+                                 verbose=args.verbose)
+    print(format_summary(result))
+    print(f"results written to {out}")
+
+
+if __name__ == "__main__":
+    main()

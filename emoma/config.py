@@ -1,0 +1,225 @@
+"""Configuration as data: typed dataclasses, overridden by YAML files and `--set key=value`."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from emoma.errors import UserError
+
+TASKS = ("binary", "3class", "multiclass")
+SCHEMES = ("loso", "group-kfold", "stratified-group-kfold", "kfold")
+POOLS = ("max", "avg", "none")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # merged.csv to read; None = the embedded synthetic WESAD-like table
+    task: str = "binary"  # binary (stress vs rest) | 3class (amusement/baseline/stress) | multiclass (labels as they are)
+    label_map: dict | None = None  # raw label -> class name (several labels may share a name); overrides task
+    drop_labels: list = field(default_factory=list)  # raw labels whose rows are removed before anything else
+    include: list = field(default_factory=list)  # feature names or glob patterns to use; empty = all signal features
+    exclude: list = field(default_factory=list)  # names or globs removed after include (metadata is excluded unless included)
+    drop_nan: bool = False  # drop rows with NaN/inf features instead of stopping with an error
+    subject_column: str = "subject"  # column holding the subject id
+    label_column: str = "label"  # column holding the raw label
+
+
+@dataclass
+class CVConfig:
+    scheme: str = "loso"  # loso | group-kfold | stratified-group-kfold (subject-wise) | kfold (row-wise, the seed's)
+    folds: int = 10  # K for the k-fold schemes (loso uses one fold per subject)
+    val_subjects: int = 2  # training subjects held out of each fold for early stopping (subject-wise schemes)
+    val_fraction: float = 0.15  # fraction of training rows held out for early stopping (kfold only)
+    rfe_trees: int = 50  # trees in the RandomForest that ranks features by RFE
+    rfe_step: int = 2  # features eliminated per RFE round (1 = a strict ranking, slower)
+    jobs: int = 0  # worker processes for fold plans and fold training; 0 = one per CPU core
+    cache_dir: str | None = "~/.cache/emoma/plans"  # where fold plans are cached by content hash; None = no cache
+
+
+@dataclass
+class ModelConfig:
+    n_features: int = 20  # top-k features of each fold's RFE ranking the model reads; 0 = all
+    conv_channels: list = field(default_factory=lambda: [16, 32])  # output channels of each Conv1d block
+    kernel_size: int = 3  # Conv1d kernel size (odd; padded to keep the length)
+    pool: str = "max"  # pooling after each conv block: max | avg | none (halves the length, ceil)
+    cbam: bool = True  # CBAM channel + spatial attention after each conv block (Woo et al. 2018)
+    cbam_reduction: int = 4  # channel-attention bottleneck ratio
+    lstm_hidden: int = 50  # LSTM hidden size
+    lstm_layers: int = 1  # stacked LSTM layers
+    bidirectional: bool = False  # read the CNN positions in both directions
+    attention: bool = True  # attention pooling over LSTM outputs; False = last output
+    fc: int = 128  # hidden units of the dense layer before the logits; 0 = none
+    dropout: float = 0.5  # dropout before and after the dense layer
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam L2 weight decay
+    batch_size: int = 25  # mini-batch size
+    epochs: int = 100  # maximum epochs per fold
+    patience: int = 0  # stop after this many epochs without a better validation score; 0 = run all epochs
+    class_weights: bool = False  # weight the loss by inverse class frequency of the training rows
+    grad_clip: float = 0.0  # clip the gradient norm to this value; 0 = off
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+
+
+@dataclass
+class Config:
+    name: str = "default"  # a label for outputs
+    seed: int = 0  # drives every random choice: splits, RFE forest, weight init, batch order
+    data: DataConfig = field(default_factory=DataConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Build a Config from the defaults, a YAML file and `key=value` overrides, and validate it.
+
+    Parameters
+    ----------
+    path : YAML file whose keys override the defaults (sections: data, cv, model, train).
+    overrides : strings like ``"train.lr=0.01"``; values are parsed as YAML.
+    """
+    raw = _read_yaml(Path(path)) if path else {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.lr=0.01")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+    config = from_dict(raw)
+    validate(config)
+    return config
+
+
+def from_dict(raw: dict) -> Config:
+    """Build a Config from a (possibly partial) nested dict; unknown keys and wrong types are rejected."""
+    return _build(Config, raw, "")
+
+
+def apply_overrides(config: Config, flat: dict) -> Config:
+    """A copy of `config` with dotted keys (``{"train.lr": 0.01}``) replaced, validated."""
+    raw = config.to_dict()
+    for key, value in flat.items():
+        _set_dotted(raw, key, value)
+    new = from_dict(raw)
+    validate(new)
+    return new
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def validate(config: Config) -> None:
+    """Check values against their rules; raise UserError naming the key, its value and the rule."""
+    rules = [
+        ("data.task", config.data.task in TASKS, f"one of {', '.join(TASKS)}"),
+        ("cv.scheme", config.cv.scheme in SCHEMES, f"one of {', '.join(SCHEMES)}"),
+        ("cv.folds", config.cv.folds >= 2, "at least 2"),
+        ("cv.val_subjects", config.cv.val_subjects >= 1, "at least 1"),
+        ("cv.val_fraction", 0 < config.cv.val_fraction < 1, "between 0 and 1"),
+        ("cv.rfe_trees", config.cv.rfe_trees >= 1, "at least 1"),
+        ("cv.rfe_step", config.cv.rfe_step >= 1, "at least 1"),
+        ("cv.jobs", config.cv.jobs >= 0, "0 (one per core) or more"),
+        ("model.n_features", config.model.n_features >= 0, "0 (all) or more"),
+        ("model.conv_channels", all(isinstance(c, int) and c >= 1 for c in config.model.conv_channels),
+         "a list of positive integers (may be empty)"),
+        ("model.kernel_size", config.model.kernel_size >= 1 and config.model.kernel_size % 2 == 1, "a positive odd number"),
+        ("model.pool", config.model.pool in POOLS, f"one of {', '.join(POOLS)}"),
+        ("model.cbam_reduction", config.model.cbam_reduction >= 1, "at least 1"),
+        ("model.lstm_hidden", config.model.lstm_hidden >= 1, "at least 1"),
+        ("model.lstm_layers", config.model.lstm_layers >= 1, "at least 1"),
+        ("model.fc", config.model.fc >= 0, "0 (none) or more"),
+        ("model.dropout", 0 <= config.model.dropout < 1, "in [0, 1)"),
+        ("train.lr", config.train.lr > 0, "positive"),
+        ("train.weight_decay", config.train.weight_decay >= 0, "0 or more"),
+        ("train.batch_size", config.train.batch_size >= 1, "at least 1"),
+        ("train.epochs", config.train.epochs >= 1, "at least 1"),
+        ("train.patience", config.train.patience >= 0, "0 (off) or more"),
+        ("train.grad_clip", config.train.grad_clip >= 0, "0 (off) or more"),
+        ("train.device", config.train.device in DEVICES, f"one of {', '.join(DEVICES)}"),
+    ]
+    for key, ok, rule in rules:
+        if not ok:
+            value = _get_dotted(config, key)
+            raise UserError(f"config {key}={value!r} is invalid: it must be {rule}")
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist: give a YAML file such as configs/default.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{where}: fix its syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections (data, cv, model, train)")
+    return raw
+
+
+def _set_dotted(raw: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"config key {key!r}: {part!r} is not a section")
+    node[last] = value
+
+
+def _get_dotted(obj, key: str):
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _build(cls, raw, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config section {prefix.rstrip('.') or 'top level'!r} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise UserError(
+            f"unknown config key '{prefix}{unknown[0]}': known keys are {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(f"{prefix}{name}", value, hint)
+    return cls(**kwargs)
+
+
+def _check_type(key: str, value, hint):
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (str, bool, list, dict) and isinstance(value, kind):
+            return value
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+    raise UserError(f"config {key}={value!r} has the wrong type: expected {names}")

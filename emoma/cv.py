@@ -1,0 +1,144 @@
+"""Stage 4: one configuration's cross-validation over a FoldPlan -> CVResult (per fold and mean ± std)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from joblib import Parallel, delayed
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
+from tqdm.auto import tqdm
+
+from emoma.config import Config
+from emoma.data import Table
+from emoma.folds import Fold, FoldPlan, resolve_jobs
+from emoma.train import predict_proba, resolve_device, train_fold
+
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+BASELINES = {
+    "LDA": lambda seed: LinearDiscriminantAnalysis(),
+    "RandomForest": lambda seed: RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1),
+}
+
+
+@dataclass
+class FoldResult:
+    index: int
+    test_subjects: list  # subject ids in the test fold (row-wise kfold: all subjects present there)
+    n_train: int
+    n_val: int
+    n_test: int
+    features: list[str]  # the fold's selected features
+    metrics: dict[str, float]  # accuracy, balanced_accuracy, macro_f1 on the test rows
+    confusion: np.ndarray  # (n_classes, n_classes) rows = true class, columns = predicted
+    epochs_run: int
+    best_epoch: int
+    seconds: float
+    history: list[dict]
+    test_rows: np.ndarray  # (n_test,) row indices of the table
+    y_pred: np.ndarray  # (n_test,)
+    proba: np.ndarray  # (n_test, n_classes)
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> metrics on the same fold
+
+
+@dataclass
+class CVResult:
+    scheme: str
+    class_names: list[str]
+    folds: list[FoldResult]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """{metric: {"mean": ..., "std": ...}} over folds (population std)."""
+        return _mean_std([f.metrics for f in self.folds])
+
+    def baseline_summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        names = self.folds[0].baselines.keys() if self.folds else []
+        return {name: _mean_std([f.baselines[name] for f in self.folds]) for name in names}
+
+    @property
+    def confusion(self) -> np.ndarray:
+        """Pooled confusion matrix: the sum over folds."""
+        return np.sum([f.confusion for f in self.folds], axis=0)
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """A distinct, reproducible seed per (config seed, fold)."""
+    return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+
+
+def run_cv(table: Table, plan: FoldPlan, config: Config, *, baselines: bool = False, progress: bool = True,
+           verbose: bool = False, on_fold: Callable[[FoldResult], None] | None = None) -> CVResult:
+    """Train and score one configuration on every fold of `plan`.
+
+    Folds run in parallel worker processes (``config.cv.jobs``), one torch thread each, so results do
+    not depend on the number of workers. `on_fold` is called with each FoldResult as it finishes.
+    """
+    start = time.perf_counter()
+    on_gpu = resolve_device(config.train.device).type == "cuda"
+    jobs = 1 if on_gpu else min(resolve_jobs(config.cv.jobs), len(plan.folds))
+    tasks = (delayed(run_fold)(table, fold, i, config, baselines, verbose) for i, fold in enumerate(plan.folds))
+    results = []
+    bar = tqdm(total=len(plan.folds), desc=f"{config.name} {plan.scheme}", unit="fold", disable=not progress,
+               leave=False)
+    stream = (task(*args, **kwargs) for task, args, kwargs in tasks) if jobs == 1 else \
+        Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks)
+    for result in stream:
+        results.append(result)
+        bar.update(1)
+        bar.set_postfix(acc=f"{np.mean([r.metrics['accuracy'] for r in results]):.3f}")
+        if on_fold is not None:
+            on_fold(result)
+    bar.close()
+    results.sort(key=lambda r: r.index)
+    return CVResult(plan.scheme, table.class_names, results, time.perf_counter() - start, notes=list(plan.notes))
+
+
+def run_fold(table: Table, fold: Fold, index: int, config: Config, baselines: bool = False,
+             verbose: bool = False) -> FoldResult:
+    """Train on the fold's training rows, early-stop on its validation rows, score its test rows once."""
+    start = time.perf_counter()
+    torch.set_num_threads(1)
+    parts = fold.arrays(table.X, config.model.n_features)
+    y = {"train": table.y[fold.train], "val": table.y[fold.val], "test": table.y[fold.test]}
+    n_classes = len(table.class_names)
+    log = (lambda line: print(f"fold {index + 1:2d} {line}", flush=True)) if verbose else None
+    fit = train_fold(parts["train"], y["train"], parts["val"], y["val"], n_classes=n_classes,
+                     model_cfg=config.model, train_cfg=config.train, seed=fold_seed(config.seed, index), log=log)
+    proba = predict_proba(fit.model, parts["test"])
+    y_pred = proba.argmax(1)
+    baseline_metrics = {}
+    if baselines:
+        for name, make in BASELINES.items():
+            model = make(fold_seed(config.seed, index)).fit(parts["train"], y["train"])
+            baseline_metrics[name] = score(y["test"], model.predict(parts["test"]), n_classes)[0]
+    metrics, confusion = score(y["test"], y_pred, n_classes)
+    return FoldResult(
+        index=index, test_subjects=sorted(np.unique(table.groups[fold.test]).tolist()),
+        n_train=len(fold.train), n_val=len(fold.val), n_test=len(fold.test),
+        features=[table.feature_names[j] for j in fold.selected(config.model.n_features)],
+        metrics=metrics, confusion=confusion, epochs_run=fit.epochs_run, best_epoch=fit.best_epoch,
+        seconds=time.perf_counter() - start, history=fit.history, test_rows=fold.test, y_pred=y_pred,
+        proba=proba, baselines=baseline_metrics,
+    )
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[dict[str, float], np.ndarray]:
+    """(metrics, confusion matrix (n_classes, n_classes)) of predictions against the truth."""
+    labels = list(range(n_classes))
+    metrics = {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+    }
+    return metrics, confusion_matrix(y_true, y_pred, labels=labels)
+
+
+def _mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {m: {"mean": float(np.mean([r[m] for r in rows])), "std": float(np.std([r[m] for r in rows]))}
+            for m in METRICS}

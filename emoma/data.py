@@ -1,0 +1,207 @@
+"""Stage 1: a merged.csv (or the embedded synthetic table) -> a validated Table of features, labels, subjects."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from emoma.config import DataConfig
+from emoma.errors import UserError
+
+# Constant within a subject: as features they identify the subject and leak it across folds.
+METADATA_PATTERNS = ("age", "height", "weight", "gender_*", "coffee_*", "sport_*", "smoker_*", "feel_ill_*")
+STRESS_LABEL = 2
+THREE_CLASS_NAMES = {0: "amusement", 1: "baseline", 2: "stress"}
+
+
+@dataclass
+class Table:
+    """Windows x features, ready for fold planning."""
+
+    X: np.ndarray  # (n_windows, n_features) float32
+    y: np.ndarray  # (n_windows,) int64 class index into class_names
+    groups: np.ndarray  # (n_windows,) subject id of each window
+    feature_names: list[str]
+    class_names: list[str]
+    source: str  # the CSV path, or "synthetic"
+    dropped_columns: dict[str, str] = field(default_factory=dict)  # column -> why it is not a feature
+    dropped_rows: int = 0  # rows removed by drop_labels or drop_nan
+
+    @property
+    def subjects(self) -> np.ndarray:
+        return np.unique(self.groups)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.y, minlength=len(self.class_names))
+        return {name: int(c) for name, c in zip(self.class_names, counts)}
+
+
+def load_table(cfg: DataConfig) -> Table:
+    """Read and validate the table named by `cfg.path` (the synthetic table when None)."""
+    if cfg.path is None:
+        from emoma.synthetic import make_frame
+
+        return table_from_frame(make_frame(), cfg, source="synthetic")
+    return table_from_frame(read_csv(cfg.path), cfg, source=str(cfg.path))
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """Read a merged.csv; a leading unnamed index column is dropped."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"data file {path} does not exist: check --data (or data.path)")
+    if not path.is_file():
+        raise UserError(f"data path {path} is not a file: give the path of a merged.csv")
+    if path.stat().st_size == 0:
+        raise UserError(f"data file {path} is empty: give a merged.csv with a header and rows")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"data file {path} is not a readable CSV ({reason}): give a comma-separated merged.csv") from None
+    first = str(frame.columns[0])
+    if first == "" or first.startswith("Unnamed: 0"):
+        frame = frame.drop(columns=frame.columns[0])
+    if frame.empty:
+        raise UserError(f"data file {path} has no rows: give a merged.csv with data")
+    return frame
+
+
+def table_from_frame(frame: pd.DataFrame, cfg: DataConfig, source: str) -> Table:
+    """Validate a merged.csv-layout DataFrame and turn it into a Table."""
+    for role, column in (("subject", cfg.subject_column), ("label", cfg.label_column)):
+        if column not in frame.columns:
+            raise UserError(
+                f"{source} has no {role} column {column!r}: rename it or set data.{role}_column"
+            )
+    n_before = len(frame)
+    if frame[cfg.label_column].isna().any() or frame[cfg.subject_column].isna().any():
+        raise UserError(f"{source}: some rows have no subject or label: fill or remove them")
+    if cfg.drop_labels:
+        keep = ~frame[cfg.label_column].astype(str).isin([str(v) for v in cfg.drop_labels])
+        frame = frame[keep]
+    y, class_names = encode_labels(frame[cfg.label_column], cfg)
+    features, dropped = choose_feature_columns(frame, cfg, source)
+    values = frame[features].to_numpy(dtype=np.float64)
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        bad_columns = [name for name, ok in zip(features, np.isfinite(values).all(axis=0)) if not ok]
+        n_bad = int((~finite).sum())
+        if not cfg.drop_nan:
+            raise UserError(
+                f"{source}: {n_bad} rows have NaN or infinite values in {', '.join(bad_columns)}: "
+                "clean them, exclude those columns, or pass --drop-nan to drop the rows"
+            )
+        values, y, frame = values[finite], y[finite], frame[finite]
+    if len(np.unique(y)) < 2:
+        raise UserError(
+            f"{source}: only {len(np.unique(y))} class left after label mapping: a classifier needs at least 2"
+        )
+    values, features, dropped = drop_uninformative(values, features, dropped)
+    if not features:
+        raise UserError(f"{source}: no feature columns left: check data.include and data.exclude")
+    return Table(
+        X=values.astype(np.float32),
+        y=y.astype(np.int64),
+        groups=frame[cfg.subject_column].to_numpy(),
+        feature_names=features,
+        class_names=class_names,
+        source=source,
+        dropped_columns=dropped,
+        dropped_rows=n_before - len(y),
+    )
+
+
+def encode_labels(labels: pd.Series, cfg: DataConfig) -> tuple[np.ndarray, list[str]]:
+    """Map raw labels to class indices 0..C-1 and their names, by `cfg.label_map` or the task."""
+    raw = labels.astype(str).to_numpy()
+    present = sorted(set(raw), key=_natural_key)
+    if cfg.label_map is not None:
+        mapping = {str(k): str(v) for k, v in cfg.label_map.items()}
+        unknown = sorted(set(mapping) - set(present), key=_natural_key)
+        if unknown:
+            raise UserError(
+                f"label map names labels not in the data: {', '.join(unknown)} "
+                f"(labels present: {', '.join(present)}): fix data.label_map"
+            )
+        unmapped = sorted(set(present) - set(mapping), key=_natural_key)
+        if unmapped:
+            raise UserError(
+                f"labels {', '.join(unmapped)} are not in data.label_map: map them or add them to data.drop_labels"
+            )
+        class_names = list(dict.fromkeys(mapping.values()))
+        index = {label: class_names.index(name) for label, name in mapping.items()}
+    elif cfg.task == "binary":
+        class_names = ["non-stress", "stress"]
+        index = {label: int(label == str(STRESS_LABEL)) for label in present}
+    elif cfg.task == "3class":
+        expected = {str(k) for k in THREE_CLASS_NAMES}
+        extra = sorted(set(present) - expected, key=_natural_key)
+        if extra:
+            raise UserError(
+                f"task 3class expects labels 0, 1, 2 but the data also has {', '.join(extra)}: "
+                "add them to data.drop_labels or use --task multiclass"
+            )
+        class_names = list(THREE_CLASS_NAMES.values())
+        index = {str(k): k for k in THREE_CLASS_NAMES}
+    else:
+        class_names = present
+        index = {label: i for i, label in enumerate(present)}
+    return np.array([index[label] for label in raw], dtype=np.int64), class_names
+
+
+def choose_feature_columns(frame: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[list[str], dict[str, str]]:
+    """Signal features by default; `include`/`exclude` (names or globs) override. Returns (features, dropped)."""
+    candidates = [c for c in frame.columns if c not in (cfg.subject_column, cfg.label_column)]
+    dropped: dict[str, str] = {}
+    if cfg.include:
+        for pattern in cfg.include:
+            if not any(fnmatch.fnmatchcase(c, pattern) for c in candidates):
+                raise UserError(f"data.include entry {pattern!r} matches no column of {source}: check its spelling")
+        chosen = [c for c in candidates if _matches(c, cfg.include)]
+        dropped.update({c: "not in data.include" for c in candidates if c not in chosen})
+    else:
+        chosen = [c for c in candidates if not _matches(c, METADATA_PATTERNS)]
+        dropped.update({c: "subject metadata (identifies the subject)" for c in candidates if c not in chosen})
+    for column in [c for c in chosen if _matches(c, cfg.exclude)]:
+        chosen.remove(column)
+        dropped[column] = "in data.exclude"
+    non_numeric = [
+        c for c in chosen
+        if not (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
+    ]
+    if non_numeric:
+        raise UserError(
+            f"{source}: feature columns {', '.join(non_numeric)} are not numeric: add them to data.exclude"
+        )
+    return chosen, dropped
+
+
+def drop_uninformative(values: np.ndarray, features: list[str], dropped: dict[str, str]):
+    """Drop constant columns and exact duplicates of an earlier column (ACC_z_* == ACC_y_* in WESAD)."""
+    keep = []
+    for j, name in enumerate(features):
+        column = values[:, j]
+        if np.all(column == column[0]):
+            dropped[name] = "constant"
+            continue
+        twin = next((features[i] for i in keep if np.array_equal(values[:, i], column)), None)
+        if twin is not None:
+            dropped[name] = f"duplicate of {twin}"
+            continue
+        keep.append(j)
+    return values[:, keep], [features[j] for j in keep], dropped
+
+
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _natural_key(label: str):
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)

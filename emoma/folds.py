@@ -1,0 +1,181 @@
+"""Stage 2: a Table -> a FoldPlan: splits, inner validation rows, and the in-fold scaler and RFE ranking.
+
+Everything fitted here sees only the training rows of its fold. Plans are cached on disk by a hash of
+the data and the settings, so repeated runs and every trial of a search reuse one plan.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.feature_selection import RFE
+from sklearn.model_selection import (GroupKFold, GroupShuffleSplit, KFold, LeaveOneGroupOut,
+                                     StratifiedGroupKFold, train_test_split)
+from sklearn.preprocessing import StandardScaler
+
+from emoma.config import CVConfig
+from emoma.data import Table
+from emoma.errors import UserError
+
+PLAN_VERSION = 1  # bump when the plan's content or meaning changes, to invalidate caches
+ROW_WISE_WARNING = (
+    "kfold splits rows, not subjects: windows of one subject are on both sides of each fold, "
+    "so scores are optimistic and do not measure generalisation to new people"
+)
+
+
+@dataclass
+class Fold:
+    """One fold: row indices and what was fitted on its training rows."""
+
+    train: np.ndarray  # (n_train,) rows that fit the scaler, RFE and the model weights
+    val: np.ndarray  # (n_val,) rows for early stopping, disjoint subjects from train (subject-wise schemes)
+    test: np.ndarray  # (n_test,) rows scored once
+    mean: np.ndarray  # (n_features,) scaler mean of the training rows
+    scale: np.ndarray  # (n_features,) scaler standard deviation of the training rows
+    ranking: np.ndarray  # (n_features,) feature indices, best first (RFE on the training rows)
+
+    def selected(self, k: int) -> np.ndarray:
+        """Indices of the top-k features, in column order (k=0 or k >= n_features: all)."""
+        k = len(self.ranking) if k <= 0 else min(k, len(self.ranking))
+        return np.sort(self.ranking[:k])
+
+    def arrays(self, X: np.ndarray, k: int) -> dict[str, np.ndarray]:
+        """Scaled top-k features of the train/val/test rows: {"train": (n_train, k), ...}, float32."""
+        cols = self.selected(k)
+        mean, scale = self.mean[cols], self.scale[cols]
+        return {part: ((X[rows][:, cols] - mean) / scale).astype(np.float32)
+                for part, rows in (("train", self.train), ("val", self.val), ("test", self.test))}
+
+
+@dataclass
+class FoldPlan:
+    scheme: str
+    folds: list[Fold]
+    key: str  # content hash of data + settings; names the cache file
+    seconds: float  # time to compute the plan (0 when read from cache)
+    from_cache: bool = False
+    notes: list[str] = field(default_factory=list)  # warnings to show with every result (e.g. row-wise CV)
+
+    @property
+    def subject_wise(self) -> bool:
+        return self.scheme != "kfold"
+
+
+def make_plan(table: Table, cfg: CVConfig, seed: int) -> FoldPlan:
+    """Split `table`, hold out inner validation rows and fit each fold's scaler and RFE ranking.
+
+    Returns the cached plan when one with the same key exists in `cfg.cache_dir`.
+    """
+    key = plan_key(table, cfg, seed)
+    cache = Path(cfg.cache_dir).expanduser() / f"{key}.pkl" if cfg.cache_dir else None
+    if cache is not None and cache.is_file():
+        try:
+            with cache.open("rb") as f:
+                plan = pickle.load(f)
+            plan.from_cache, plan.seconds = True, 0.0
+            return plan
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+            pass  # unreadable cache: recompute and overwrite
+    start = time.perf_counter()
+    splits = outer_splits(table, cfg, seed)
+    jobs = min(resolve_jobs(cfg.jobs), len(splits))
+    folds = Parallel(n_jobs=jobs)(
+        delayed(_fit_fold)(table.X, table.y, table.groups, train, test, cfg, seed + i)
+        for i, (train, test) in enumerate(splits)
+    )
+    notes = [] if cfg.scheme != "kfold" else [ROW_WISE_WARNING]
+    plan = FoldPlan(cfg.scheme, folds, key, time.perf_counter() - start, notes=notes)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as f:
+            pickle.dump(plan, f)
+        os.replace(tmp, cache)
+    return plan
+
+
+def plan_key(table: Table, cfg: CVConfig, seed: int) -> str:
+    h = hashlib.sha256()
+    for array in (table.X, table.y, table.groups.astype(str)):
+        h.update(np.ascontiguousarray(array).tobytes())
+    settings = (PLAN_VERSION, table.feature_names, cfg.scheme, cfg.folds, cfg.val_subjects, cfg.val_fraction,
+                cfg.rfe_trees, cfg.rfe_step, seed)
+    h.update(repr(settings).encode())
+    return h.hexdigest()[:16]
+
+
+def outer_splits(table: Table, cfg: CVConfig, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train+val rows, test rows) per fold, from scikit-learn's splitters."""
+    n_subjects = len(table.subjects)
+    if cfg.scheme == "kfold":
+        if cfg.folds > len(table.y):
+            raise UserError(f"cv.folds={cfg.folds} is more than the {len(table.y)} rows: lower --folds")
+        splitter = KFold(cfg.folds, shuffle=True, random_state=seed)
+    else:
+        test_subjects = 1 if cfg.scheme == "loso" else -(-n_subjects // cfg.folds)
+        needed = test_subjects + cfg.val_subjects + 1
+        if cfg.scheme != "loso" and cfg.folds > n_subjects:
+            raise UserError(
+                f"cv.folds={cfg.folds} is more than the {n_subjects} subjects: lower --folds or use --cv loso"
+            )
+        if n_subjects < needed:
+            raise UserError(
+                f"{cfg.scheme} with cv.val_subjects={cfg.val_subjects} needs at least {needed} subjects "
+                f"(test + validation + training), the table has {n_subjects}: add subjects or lower cv.val_subjects"
+            )
+        splitter = {
+            "loso": LeaveOneGroupOut(),
+            "group-kfold": GroupKFold(cfg.folds, shuffle=True, random_state=seed),
+            "stratified-group-kfold": StratifiedGroupKFold(cfg.folds, shuffle=True, random_state=seed),
+        }[cfg.scheme]
+    groups = None if cfg.scheme == "kfold" else table.groups
+    return list(splitter.split(table.X, table.y, groups))
+
+
+def inner_split(y: np.ndarray, groups: np.ndarray, rows: np.ndarray, cfg: CVConfig, seed: int):
+    """Split a fold's non-test `rows` into (train, val): whole subjects, or rows for kfold."""
+    if cfg.scheme == "kfold":
+        strata = y[rows] if np.bincount(y[rows]).min(initial=2) >= 2 else None
+        train, val = train_test_split(rows, test_size=cfg.val_fraction, random_state=seed, stratify=strata)
+        return np.sort(train), np.sort(val)
+    splitter = GroupShuffleSplit(n_splits=1, test_size=cfg.val_subjects, random_state=seed)
+    train, val = next(splitter.split(rows, groups=groups[rows]))
+    return rows[train], rows[val]
+
+
+def rank_features(X: np.ndarray, y: np.ndarray, cfg: CVConfig, seed: int) -> np.ndarray:
+    """Full RFE ranking of the columns of `X` (n_rows, n_features): feature indices, best first.
+
+    Features eliminated in the same RFE round are ordered by the first forest's importances.
+    """
+    first_importances = []
+
+    def importances(forest):
+        if not first_importances:
+            first_importances.append(forest.feature_importances_)
+        return forest.feature_importances_
+
+    forest = RandomForestClassifier(n_estimators=cfg.rfe_trees, random_state=seed, n_jobs=1)
+    if X.shape[1] == 1:
+        return np.zeros(1, dtype=np.int64)
+    rfe = RFE(forest, n_features_to_select=1, step=cfg.rfe_step, importance_getter=importances).fit(X, y)
+    return np.lexsort((-first_importances[0], rfe.ranking_)).astype(np.int64)
+
+
+def resolve_jobs(jobs: int) -> int:
+    return jobs if jobs > 0 else len(os.sched_getaffinity(0))
+
+
+def _fit_fold(X, y, groups, train_val, test, cfg: CVConfig, seed: int) -> Fold:
+    train, val = inner_split(y, groups, train_val, cfg, seed)
+    scaler = StandardScaler().fit(X[train])
+    ranking = rank_features(scaler.transform(X[train]), y[train], cfg, seed)
+    return Fold(train=train, val=val, test=np.sort(test), mean=scaler.mean_, scale=scaler.scale_, ranking=ranking)

@@ -1,0 +1,35 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from emoma.config import DataConfig, load_config
+from emoma.data import table_from_frame
+from emoma.synthetic import make_frame
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("EMOMA_REAL_DATA", ROOT.parent / "shared" / "data" / "wesad_merged.csv"))
+
+
+@pytest.fixture(scope="session")
+def small_frame():
+    """A 6-subject synthetic table, ~30 windows per subject."""
+    return make_frame(seed=1, subjects=(2, 3, 4, 5, 6, 7), windows_scale=0.4)
+
+
+@pytest.fixture(scope="session")
+def small_table(small_frame):
+    return table_from_frame(small_frame, DataConfig(), source="small")
+
+
+@pytest.fixture
+def smoke_config(tmp_path):
+    """configs/smoke.yaml with the fold-plan cache in a temporary folder."""
+    return load_config(ROOT / "configs" / "smoke.yaml", [f"cv.cache_dir={tmp_path / 'cache'}"])
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    if not REAL_DATA.is_file():
+        pytest.skip(f"real WESAD table not found at {REAL_DATA}")
+    return REAL_DATA

@@ -1,0 +1,96 @@
+"""End-to-end runs of cv.py in a subprocess, as a user types them."""
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+
+OUTPUTS = {"config.yaml", "metrics.json", "folds.csv", "history.csv", "predictions.csv", "confusion_matrix.png",
+           "learning_curves.png", "report.md"}
+
+
+def run_cv(*args, cwd=ROOT, tmp_path=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cache = ["--set", f"cv.cache_dir={tmp_path / 'cache'}"] if tmp_path else []
+    return subprocess.run([sys.executable, str(ROOT / "cv.py"), "--no-progress", *cache, *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_run_writes_every_output(tmp_path):
+    out = tmp_path / "out"
+    proc = run_cv("--config", str(ROOT / "configs/smoke.yaml"), "--baselines", "--out", str(out), tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert OUTPUTS <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"]["scheme"] == "group-kfold" and metrics["data"]["source"] == "synthetic"
+    assert len(metrics["folds"]) == 3 and set(metrics["baselines"]) == {"LDA", "RandomForest"}
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["data"]["windows"]
+    assert len(pd.read_csv(out / "predictions.csv")) == metrics["data"]["windows"]
+    assert "CNN-LSTM" in proc.stdout and "pooled confusion matrix" in proc.stdout
+    report = (out / "report.md").read_text()
+    assert "subject-wise k-fold" in report and "| LDA |" in report
+
+
+def test_row_wise_protocol_is_labelled(tmp_path):
+    out = tmp_path / "out"
+    proc = run_cv("--config", str(ROOT / "configs/smoke.yaml"), "--cv", "kfold", "--out", str(out),
+                  "--task", "3class", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING: kfold splits rows, not subjects" in proc.stdout
+    assert "WARNING: kfold splits rows" in (out / "report.md").read_text()
+    assert json.loads((out / "metrics.json").read_text())["class_names"] == ["amusement", "baseline", "stress"]
+
+
+@pytest.fixture
+def nan_csv(tmp_path, small_frame):
+    frame = small_frame.copy()
+    frame.loc[[1, 2], "EDA_mean"] = float("nan")
+    path = tmp_path / "nan.csv"
+    frame.to_csv(path)
+    return path
+
+
+def user_error_cases(tmp_path, small_frame, nan_csv):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train: [\n")
+    no_subject = tmp_path / "no_subject.csv"
+    small_frame.drop(columns="subject").to_csv(no_subject)
+    return [
+        (["--data", str(tmp_path / "missing.csv")], "does not exist"),
+        (["--data", str(no_subject)], "has no subject column 'subject'"),
+        (["--data", str(nan_csv)], "2 rows have NaN or infinite values in EDA_mean"),
+        (["--config", str(bad_yaml)], "is not valid YAML"),
+        (["--set", "model.lstm_hiden=3"], "unknown config key 'model.lstm_hiden'"),
+        (["--cv", "group-kfold", "--folds", "40"], "cv.folds=40 is more than the 15 subjects"),
+    ]
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path, small_frame, nan_csv):
+    for args, message in user_error_cases(tmp_path, small_frame, nan_csv):
+        proc = run_cv("--config", str(ROOT / "configs/smoke.yaml"), *args, "--out", str(tmp_path / "o"),
+                      tmp_path=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_drop_nan_flag(tmp_path, nan_csv):
+    out = tmp_path / "out"
+    proc = run_cv("--config", str(ROOT / "configs/smoke.yaml"), "--data", str(nan_csv), "--drop-nan",
+                  "--out", str(out), tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "metrics.json").read_text())["data"]["dropped_rows"] == 2
+
+
+def test_default_config_on_real_table_binary_loso(tmp_path, real_data):
+    """The README's claim: binary LOSO with configs/default.yaml on real WESAD reaches accuracy >= 0.85."""
+    out = tmp_path / "out"
+    proc = run_cv("--data", str(real_data), "--out", str(out), tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    assert summary["accuracy"]["mean"] >= 0.85, summary

@@ -1,0 +1,44 @@
+import numpy as np
+
+from emoma.config import apply_overrides
+from emoma.cv import run_cv, run_fold
+from emoma.data import Table
+from emoma.folds import make_plan
+
+
+def test_cv_result_shapes_and_pooled_confusion(small_table, smoke_config):
+    plan = make_plan(small_table, smoke_config.cv, smoke_config.seed)
+    seen = []
+    result = run_cv(small_table, plan, smoke_config, baselines=True, progress=False, on_fold=seen.append)
+    assert len(result.folds) == len(seen) == 3
+    assert [f.index for f in result.folds] == [0, 1, 2]
+    assert result.confusion.sum() == len(small_table.y)  # every window tested exactly once
+    assert result.confusion.shape == (2, 2)
+    summary = result.summary()
+    assert set(summary) == {"accuracy", "balanced_accuracy", "macro_f1"}
+    assert np.isclose(summary["accuracy"]["mean"], np.mean([f.metrics["accuracy"] for f in result.folds]))
+    assert set(result.baseline_summary()) == {"LDA", "RandomForest"}
+    assert all(len(f.features) == smoke_config.model.n_features for f in result.folds)
+
+
+def test_same_seed_same_metrics_whatever_the_workers(small_table, smoke_config):
+    plan = make_plan(small_table, smoke_config.cv, smoke_config.seed)
+    one = run_cv(small_table, plan, smoke_config, progress=False)
+    two = run_cv(small_table, plan, apply_overrides(smoke_config, {"cv.jobs": 2}), progress=False)
+    for a, b in zip(one.folds, two.folds):
+        assert a.metrics == b.metrics and a.history == b.history
+        np.testing.assert_array_equal(a.proba, b.proba)
+
+
+def test_test_fold_not_used_for_training_or_early_stopping(small_table, smoke_config):
+    config = apply_overrides(smoke_config, {"train.epochs": 4})
+    plan = make_plan(small_table, config.cv, config.seed)
+    fold = plan.folds[1]
+    X, y = small_table.X.copy(), small_table.y.copy()
+    X[fold.test] = 0.0
+    y[fold.test] = 1 - y[fold.test]
+    altered = Table(X=X, y=y, groups=small_table.groups, feature_names=small_table.feature_names,
+                    class_names=small_table.class_names, source="altered")
+    a = run_fold(small_table, fold, 1, config)
+    b = run_fold(altered, fold, 1, config)
+    assert a.history == b.history and a.best_epoch == b.best_epoch
