@@ -1,7 +1,7 @@
 """Cross-validate one CNN-LSTM configuration: python cv.py [--config configs/default.yaml] [options]."""
 import argparse
 
-from emoma.config import SCHEMES, TASKS, apply_overrides, load_config
+from emoma.config import SCHEMES, TASKS, load_config
 from emoma.errors import exit_on_user_error
 from emoma.pipeline import cross_validate
 from emoma.report import format_summary
@@ -30,11 +30,10 @@ def parse_args(argv=None):
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    config = load_config(args.config, args.set)
-    flags = {"data.path": args.data, "data.task": args.task, "cv.scheme": args.cv, "cv.folds": args.folds,
-             "train.epochs": args.epochs, "seed": args.seed, "train.device": args.device,
-             "data.drop_nan": args.drop_nan or None}
-    config = apply_overrides(config, {k: v for k, v in flags.items() if v is not None})
+    config = load_config(args.config, args.set, flags={
+        "data.path": args.data, "data.task": args.task, "cv.scheme": args.cv, "cv.folds": args.folds,
+        "train.epochs": args.epochs, "seed": args.seed, "train.device": args.device,
+        "data.drop_nan": args.drop_nan or None})
     result, out = cross_validate(config, args.out, baselines=args.baselines, progress=not args.no_progress,
                                  verbose=args.verbose)
     print(format_summary(result))

@@ -15,6 +15,7 @@ TASKS = ("binary", "3class", "multiclass")
 SCHEMES = ("loso", "group-kfold", "stratified-group-kfold", "kfold")
 POOLS = ("max", "avg", "none")
 DEVICES = ("auto", "cpu", "cuda")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
 @dataclass
@@ -71,6 +72,22 @@ class TrainConfig:
 
 
 @dataclass
+class SearchConfig:
+    metric: str = "macro_f1"  # objective, mean over folds: accuracy | balanced_accuracy | macro_f1
+    num_samples: int = 20  # configurations to try (the seed configuration is the first)
+    holdout: int = 3  # subjects held out of the whole search, drawn with the seed so every class is present
+    holdout_subjects: list = field(default_factory=list)  # explicit held-out subject ids (overrides holdout)
+    prune: bool = False  # ASHA early stopping over folds; the best is chosen among trials that ran every fold
+    grace_folds: int = 2  # ASHA: folds every trial runs before it can be stopped
+    reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
+    cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial (torch uses that many threads)
+    gpus_per_trial: float = 0.0  # GPUs per trial; fractions share a GPU (0.25 = four trials per GPU)
+    max_concurrent: int = 0  # trials at once; 0 = as many as the resources allow
+    max_failures: int = 2  # retries of a failed trial
+    time_budget_s: float = 0.0  # stop starting trials after this many seconds; 0 = no limit
+
+
+@dataclass
 class Config:
     name: str = "default"  # a label for outputs
     seed: int = 0  # drives every random choice: splits, RFE forest, weight init, batch order
@@ -78,18 +95,21 @@ class Config:
     cv: CVConfig = field(default_factory=CVConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Build a Config from the defaults, a YAML file and `key=value` overrides, and validate it.
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (),
+                flags: dict | None = None) -> Config:
+    """Build a Config from the defaults, a YAML file, `key=value` overrides and CLI flags, and validate it.
 
     Parameters
     ----------
-    path : YAML file whose keys override the defaults (sections: data, cv, model, train).
+    path : YAML file whose keys override the defaults (sections: data, cv, model, train, search).
     overrides : strings like ``"train.lr=0.01"``; values are parsed as YAML.
+    flags : typed values by dotted key (``{"train.epochs": 5}``), applied last; None values are skipped.
     """
     raw = _read_yaml(Path(path)) if path else {}
     for item in overrides:
@@ -97,6 +117,9 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.lr=0.01")
         _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _set_dotted(raw, key, value)
     config = from_dict(raw)
     validate(config)
     return config
@@ -149,6 +172,16 @@ def validate(config: Config) -> None:
         ("train.patience", config.train.patience >= 0, "0 (off) or more"),
         ("train.grad_clip", config.train.grad_clip >= 0, "0 (off) or more"),
         ("train.device", config.train.device in DEVICES, f"one of {', '.join(DEVICES)}"),
+        ("search.metric", config.search.metric in METRICS, f"one of {', '.join(METRICS)}"),
+        ("search.num_samples", config.search.num_samples >= 1, "at least 1"),
+        ("search.holdout", config.search.holdout >= 0, "0 or more"),
+        ("search.grace_folds", config.search.grace_folds >= 1, "at least 1"),
+        ("search.reduction_factor", config.search.reduction_factor >= 2, "at least 2"),
+        ("search.cpus_per_trial", config.search.cpus_per_trial > 0, "positive"),
+        ("search.gpus_per_trial", config.search.gpus_per_trial >= 0, "0 or more"),
+        ("search.max_concurrent", config.search.max_concurrent >= 0, "0 (no limit) or more"),
+        ("search.max_failures", config.search.max_failures >= 0, "0 or more"),
+        ("search.time_budget_s", config.search.time_budget_s >= 0, "0 (no limit) or more"),
     ]
     for key, ok, rule in rules:
         if not ok:
@@ -168,7 +201,7 @@ def _read_yaml(path: Path) -> dict:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise UserError(f"config file {path} must hold a mapping of sections (data, cv, model, train)")
+        raise UserError(f"config file {path} must hold a mapping of sections (data, cv, model, train, search)")
     return raw
 
 

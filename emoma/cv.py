@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -13,12 +12,11 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 from tqdm.auto import tqdm
 
-from emoma.config import Config
+from emoma.config import METRICS, Config
 from emoma.data import Table
 from emoma.folds import Fold, FoldPlan, resolve_jobs
 from emoma.train import predict_proba, resolve_device, train_fold
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 BASELINES = {
     "LDA": lambda seed: LinearDiscriminantAnalysis(),
     "RandomForest": lambda seed: RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1),
@@ -43,6 +41,7 @@ class FoldResult:
     y_pred: np.ndarray  # (n_test,)
     proba: np.ndarray  # (n_test, n_classes)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> metrics on the same fold
+    model: torch.nn.Module | None = None  # the trained model, when asked for
 
 
 @dataclass
@@ -73,37 +72,41 @@ def fold_seed(seed: int, fold: int) -> int:
 
 
 def run_cv(table: Table, plan: FoldPlan, config: Config, *, baselines: bool = False, progress: bool = True,
-           verbose: bool = False, on_fold: Callable[[FoldResult], None] | None = None) -> CVResult:
+           verbose: bool = False) -> CVResult:
     """Train and score one configuration on every fold of `plan`.
 
     Folds run in parallel worker processes (``config.cv.jobs``), one torch thread each, so results do
-    not depend on the number of workers. `on_fold` is called with each FoldResult as it finishes.
+    not depend on the number of workers.
     """
     start = time.perf_counter()
     on_gpu = resolve_device(config.train.device).type == "cuda"
     jobs = 1 if on_gpu else min(resolve_jobs(config.cv.jobs), len(plan.folds))
-    tasks = (delayed(run_fold)(table, fold, i, config, baselines, verbose) for i, fold in enumerate(plan.folds))
+    args = [(table, fold, i, config, baselines, verbose) for i, fold in enumerate(plan.folds)]
+    if jobs == 1:
+        stream = (run_fold(*a) for a in args)
+    else:
+        stream = Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(run_fold)(*a) for a in args)
     results = []
     bar = tqdm(total=len(plan.folds), desc=f"{config.name} {plan.scheme}", unit="fold", disable=not progress,
                leave=False)
-    stream = (task(*args, **kwargs) for task, args, kwargs in tasks) if jobs == 1 else \
-        Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks)
     for result in stream:
         results.append(result)
         bar.update(1)
         bar.set_postfix(acc=f"{np.mean([r.metrics['accuracy'] for r in results]):.3f}")
-        if on_fold is not None:
-            on_fold(result)
     bar.close()
     results.sort(key=lambda r: r.index)
     return CVResult(plan.scheme, table.class_names, results, time.perf_counter() - start, notes=list(plan.notes))
 
 
 def run_fold(table: Table, fold: Fold, index: int, config: Config, baselines: bool = False,
-             verbose: bool = False) -> FoldResult:
-    """Train on the fold's training rows, early-stop on its validation rows, score its test rows once."""
+             verbose: bool = False, threads: int = 1, keep_model: bool = False) -> FoldResult:
+    """Train on the fold's training rows, early-stop on its validation rows, score its test rows once.
+
+    `threads` fixes torch's CPU threads (results depend on it only in the last bits); `keep_model` puts the
+    trained model in the result.
+    """
     start = time.perf_counter()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     parts = fold.arrays(table.X, config.model.n_features)
     y = {"train": table.y[fold.train], "val": table.y[fold.val], "test": table.y[fold.test]}
     n_classes = len(table.class_names)
@@ -124,7 +127,7 @@ def run_fold(table: Table, fold: Fold, index: int, config: Config, baselines: bo
         features=[table.feature_names[j] for j in fold.selected(config.model.n_features)],
         metrics=metrics, confusion=confusion, epochs_run=fit.epochs_run, best_epoch=fit.best_epoch,
         seconds=time.perf_counter() - start, history=fit.history, test_rows=fold.test, y_pred=y_pred,
-        proba=proba, baselines=baseline_metrics,
+        proba=proba, baselines=baseline_metrics, model=fit.model if keep_model else None,
     )
 
 

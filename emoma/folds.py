@@ -88,7 +88,7 @@ def make_plan(table: Table, cfg: CVConfig, seed: int) -> FoldPlan:
     splits = outer_splits(table, cfg, seed)
     jobs = min(resolve_jobs(cfg.jobs), len(splits))
     folds = Parallel(n_jobs=jobs)(
-        delayed(_fit_fold)(table.X, table.y, table.groups, train, test, cfg, seed + i)
+        delayed(fit_fold)(table.X, table.y, table.groups, train, test, cfg, seed + i)
         for i, (train, test) in enumerate(splits)
     )
     notes = [] if cfg.scheme != "kfold" else [ROW_WISE_WARNING]
@@ -174,7 +174,9 @@ def resolve_jobs(jobs: int) -> int:
     return jobs if jobs > 0 else len(os.sched_getaffinity(0))
 
 
-def _fit_fold(X, y, groups, train_val, test, cfg: CVConfig, seed: int) -> Fold:
+def fit_fold(X: np.ndarray, y: np.ndarray, groups: np.ndarray, train_val: np.ndarray, test: np.ndarray,
+             cfg: CVConfig, seed: int) -> Fold:
+    """Split `train_val` rows into training and validation rows, fit the scaler and RFE on the training rows."""
     train, val = inner_split(y, groups, train_val, cfg, seed)
     scaler = StandardScaler().fit(X[train])
     ranking = rank_features(scaler.transform(X[train]), y[train], cfg, seed)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -15,6 +16,10 @@ from emoma.config import Config, save_config  # noqa: E402
 from emoma.cv import METRICS, CVResult  # noqa: E402
 from emoma.data import Table  # noqa: E402
 from emoma.folds import FoldPlan  # noqa: E402
+from emoma.predict import save_model  # noqa: E402
+
+if TYPE_CHECKING:
+    from emoma.search import SearchResult
 
 PROTOCOLS = {
     "loso": "leave-one-subject-out: each fold tests one subject never seen in training",
@@ -131,18 +136,11 @@ def markdown_report(result: CVResult, table: Table, plan: FoldPlan, config: Conf
         "",
         "## Result (mean ± std over folds)",
         "",
-        "| model | " + " | ".join(METRICS) + " |",
-        "|---|" + "---|" * len(METRICS),
-        "| CNN-LSTM | " + " | ".join(_pm(result.summary()[m]) for m in METRICS) + " |",
-        *[f"| {name} | " + " | ".join(_pm(s[m]) for m in METRICS) + " |"
-          for name, s in result.baseline_summary().items()],
+        metrics_table({"CNN-LSTM": result.summary(), **result.baseline_summary()}),
         "",
         "## Pooled confusion matrix (sum over test folds)",
         "",
-        "| true \\ predicted | " + " | ".join(result.class_names) + " |",
-        "|---|" + "---|" * len(result.class_names),
-        *[f"| {name} | " + " | ".join(str(v) for v in row) + " |"
-          for name, row in zip(result.class_names, result.confusion)],
+        confusion_table(result.class_names, result.confusion),
         "",
         "![confusion matrix](confusion_matrix.png)",
         "",
@@ -207,7 +205,203 @@ def _metric_line(summary: dict) -> str:
     return "  ".join(f"{m} {_pm(summary[m])}" for m in METRICS)
 
 
+def metrics_table(rows: dict[str, dict]) -> str:
+    """Markdown rows of models x METRICS; a cell is a float or {"mean", "std"}."""
+    def cell(v):
+        return _pm(v) if isinstance(v, dict) else f"{v:.3f}"
+    lines = ["| model | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    lines += [f"| {name} | " + " | ".join(cell(m[k]) for k in METRICS) + " |" for name, m in rows.items()]
+    return "\n".join(lines)
+
+
+def confusion_table(class_names: list[str], confusion: np.ndarray) -> str:
+    lines = ["| true \\ predicted | " + " | ".join(class_names) + " |", "|---|" + "---|" * len(class_names)]
+    lines += [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(class_names, confusion)]
+    return "\n".join(lines)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
     header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns)
     return header + "".join("\n| " + " | ".join(row) + " |" for row in cells)
+
+
+def write_search_outputs(result: SearchResult, config: Config, out_dir: str | Path | None = None) -> Path:
+    """Write best_config.yaml, trials.csv, holdout_metrics.json, confusion_matrix.png, search_history.png,
+    param_importance.png, best_model.pt and report.md into the experiment folder; returns it."""
+    out = Path(out_dir or result.folder)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(result.best_config, out / "best_config.yaml")
+    trials = trials_frame(result)
+    trials.to_csv(out / "trials.csv", index=False)
+    held = result.holdout
+    (out / "holdout_metrics.json").write_text(json.dumps({
+        "subjects": [str(s) for s in result.holdout_subjects], "windows": held.n_test, "metrics": held.metrics,
+        "confusion_matrix": held.confusion.tolist(), "class_names": result.class_names,
+        "baselines": held.baselines, "features": held.features, "epochs_run": held.epochs_run,
+        "best_epoch": held.best_epoch}, indent=2))
+    plot_confusion(held.confusion, result.class_names, out / "confusion_matrix.png",
+                   title=f"best configuration on held-out subjects {', '.join(map(str, result.holdout_subjects))}")
+    plot_search_history(trials, result.metric, out / "search_history.png")
+    if result.importances:
+        plot_importances(result.importances, out / "param_importance.png")
+    save_model(out / "best_model.pt", held.model, result.best_config, result.final_fold, result.feature_names,
+               result.class_names)
+    (out / "report.md").write_text(search_markdown(result, config, trials))
+    return out
+
+
+def trials_frame(result: SearchResult) -> pd.DataFrame:
+    folds = len(result.plan.folds)
+    rows = []
+    for t in result.trials:
+        row = {"trial": t.trial_id, "status": t.status, "seed_config": t is result.seed_trial,
+               "mean": t.mean, "std": t.std, "folds_done": len(t.fold_scores), "seconds": round(t.seconds, 2),
+               "node": t.node, **{f"param.{k}": v for k, v in sorted(t.params.items())}}
+        row.update({f"fold_{i + 1}": t.fold_scores.get(i) for i in range(folds)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_search_summary(result: SearchResult) -> str:
+    held = result.holdout
+    completed = result.completed
+    lines = [
+        f"{len(result.trials)} trials ({len(completed)} completed, "
+        f"{sum(t.status == 'pruned' for t in result.trials)} pruned, "
+        f"{sum(t.status == 'error' for t in result.trials)} errored) in {result.seconds:.0f} s",
+        f"best CV {result.metric}: {result.best.mean:.4f} ± {result.best.std:.4f} (trial {result.best.trial_id})",
+    ]
+    if result.seed_trial is not None and result.seed_trial.status == "completed":
+        lines.append(f"seed configuration CV {result.metric}: {result.seed_trial.mean:.4f} ± {result.seed_trial.std:.4f}")
+    lines.append(f"held-out subjects {', '.join(map(str, result.holdout_subjects))}: "
+                 + "  ".join(f"{m} {v:.4f}" for m, v in held.metrics.items()))
+    return "\n".join(lines + [f"WARNING: {n}" for n in result.notes])
+
+
+def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame) -> str:
+    held = result.holdout
+    completed = trials[trials["status"] == "completed"].sort_values("mean", ascending=False)
+    params = [c for c in trials.columns if c.startswith("param.")]
+    top = completed[["trial", "mean", "std", *params]].head(10).rename(columns=lambda c: c.removeprefix("param."))
+    seed = result.seed_trial
+    space = "\n".join(f"- `{k}`: {_describe(d)}" for k, d in result.space.items())
+    importances = "\n".join(f"| {k} | {v:.3f} |" for k, v in result.importances.items())
+    lines = [
+        f"# Search report: {result.name}",
+        "",
+        "## Data and protocol",
+        f"- source: `{config.data.path or 'synthetic'}`; "
+        f"task {config.data.task}; classes {', '.join(result.class_names)}",
+        f"- held out of the whole search (never seen by any trial): subjects "
+        f"{', '.join(map(str, result.holdout_subjects))}",
+        f"- search subjects: {', '.join(map(str, result.search_subjects))}",
+        f"- each trial: {PROTOCOLS[result.plan.scheme]}, {len(result.plan.folds)} folds over the search subjects; "
+        "scaler and RFE fitted on each fold's training rows; one fold plan shared by every trial",
+        f"- objective: mean {result.metric} over folds; "
+        f"{'ASHA pruning over folds; ' if config.search.prune else ''}the best is chosen among trials that "
+        "completed every fold",
+        *[f"- **WARNING: {n}**" for n in result.notes],
+        "",
+        "## Search space",
+        space,
+        "",
+        "## Trials",
+        f"{len(result.trials)} trials: {len(completed)} completed, {int((trials['status'] == 'pruned').sum())} "
+        f"pruned, {int((trials['status'] == 'error').sum())} errored; {result.seconds:.0f} s in all. "
+        "Every trial is in `trials.csv`.",
+        "",
+        f"- seed configuration: " + (f"{seed.mean:.4f} ± {seed.std:.4f} ({seed.status})" if seed else "not run"),
+        f"- best: {result.best.mean:.4f} ± {result.best.std:.4f} (trial {result.best.trial_id})",
+        "",
+        "### Top 10 completed trials",
+        "",
+        markdown_table(top),
+        "",
+        "![search history](search_history.png)",
+        "",
+        "### Parameter importance (Optuna, fANOVA)",
+        "",
+        ("| parameter | importance |\n|---|---|\n" + importances) if importances else "too few completed trials",
+        "",
+        "## Best configuration, retrained on all search subjects, scored once on the held-out subjects",
+        "",
+        f"Early stopping on held-out search subjects; epochs run {held.epochs_run}, best epoch {held.best_epoch}. "
+        "Configuration: `best_config.yaml`; model: `best_model.pt` "
+        "(`python -m emoma.predict --model best_model.pt --data new.csv --out predictions.csv`).",
+        "",
+        metrics_table({"CNN-LSTM (best)": held.metrics, **held.baselines}),
+        "",
+        confusion_table(result.class_names, held.confusion),
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_search_history(trials: pd.DataFrame, metric: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    order = np.arange(1, len(trials) + 1)
+    done = trials["status"] == "completed"
+    ax.scatter(order[done], trials["mean"][done], label="completed", color="tab:blue")
+    ax.scatter(order[~done], trials["mean"][~done], label="pruned / errored (partial)", color="tab:gray", marker="x")
+    best = trials["mean"].where(done).cummax()
+    ax.step(order, best, where="post", color="tab:orange", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"mean CV {metric}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_importances(importances: dict[str, float], path: Path) -> None:
+    names, values = list(importances)[::-1], list(importances.values())[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1))
+    ax.barh(names, values, color="tab:blue")
+    ax.set_xlabel("importance (fANOVA)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _describe(dist) -> str:
+    if hasattr(dist, "choices"):
+        return "one of " + ", ".join(map(str, dist.choices))
+    return f"{dist.low} to {dist.high}{' (log)' if getattr(dist, 'log', False) else ''}"
+
+
+def write_nested_outputs(results: list[SearchResult], out_dir: str | Path) -> Path:
+    """nested_metrics.json, confusion_matrix.png and report.md over the outer folds of a nested search."""
+    out = Path(out_dir)
+    rows = [{"subject": str(r.holdout_subjects[0]), "cv_best": r.best.mean, **r.holdout.metrics} for r in results]
+    frame = pd.DataFrame(rows)
+    confusion = np.sum([r.holdout.confusion for r in results], axis=0)
+    summary = _mean_std_frame(frame)
+    (out / "nested_metrics.json").write_text(json.dumps(
+        {"outer_folds": rows, "summary": summary, "confusion_matrix": confusion.tolist(),
+         "class_names": results[0].class_names}, indent=2))
+    plot_confusion(confusion, results[0].class_names, out / "confusion_matrix.png",
+                   title=f"nested LOSO: pooled over {len(results)} held-out subjects")
+    (out / "report.md").write_text("\n".join([
+        "# Nested cross-validation report",
+        "",
+        "Each outer fold holds one subject out of the whole search (search, selection, retraining) and scores "
+        "the retrained best configuration on it once: the mean below estimates how the whole procedure "
+        "generalises to a new person.",
+        "",
+        "| metric | mean ± std over outer folds |",
+        "|---|---|",
+        *[f"| {m} | {_pm(v)} |" for m, v in summary.items()],
+        "",
+        markdown_table(frame),
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+    ]))
+    return out
+
+
+def _mean_std_frame(frame: pd.DataFrame) -> dict:
+    return {m: {"mean": float(frame[m].mean()), "std": float(frame[m].std(ddof=0))} for m in METRICS}

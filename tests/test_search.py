@@ -1,0 +1,145 @@
+"""search.py on a real in-process Ray: outputs, selection under pruning, the truth told to Optuna, resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+import yaml
+
+from emoma.config import load_config
+from emoma.errors import UserError
+from emoma.predict import load_model, predict_frame
+from emoma.report import write_search_outputs
+from emoma.search import load_space, load_study, params_to_overrides, run_search, space_point
+from emoma.synthetic import make_frame
+
+from conftest import ROOT
+
+SMOKE = ROOT / "configs" / "smoke.yaml"
+SMOKE_SPACE = ROOT / "configs" / "smoke_space.yaml"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, log_to_driver=False, logging_level="WARNING", include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def smoke(tmp_path, *sets):
+    return load_config(SMOKE, [f"cv.cache_dir={tmp_path / 'cache'}", "cv.folds=2", *sets])
+
+
+def test_local_search_outputs_are_consistent(local_ray, tmp_path):
+    config = smoke(tmp_path, "search.num_samples=3")
+    space = load_space(SMOKE_SPACE)
+    result = run_search(config, space, config, storage_path=tmp_path / "exp", name="s", log=lambda *a: None)
+    out = write_search_outputs(result, config)
+    expected = {"best_config.yaml", "trials.csv", "holdout_metrics.json", "confusion_matrix.png",
+                "search_history.png", "report.md", "best_model.pt", "optuna_study.log"}
+    assert expected <= {p.name for p in out.iterdir()}
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 3 and (trials["status"] == "completed").all()
+    assert trials["seed_config"].sum() == 1  # the seed configuration ran, first
+    best = trials.loc[trials["mean"].idxmax()]
+    assert best["trial"] == result.best.trial_id
+    best_config = yaml.safe_load((out / "best_config.yaml").read_text())
+    for key, value in result.best.params.items():
+        section, name = key.split(".")
+        assert best_config[section][name] == pytest.approx(value)
+    held = json.loads((out / "holdout_metrics.json").read_text())
+    assert len(held["subjects"]) == 3 and not set(held["subjects"]) & {str(s) for s in result.search_subjects}
+    assert sum(map(sum, held["confusion_matrix"])) == held["windows"]
+
+    # the saved model predicts a new table; a missing feature is named
+    model, bundle = load_model(out / "best_model.pt")
+    frame = make_frame(seed=5, subjects=(2, 3))
+    predictions = predict_frame(model, bundle, frame)
+    assert len(predictions) == len(frame)
+    assert predictions.filter(like="p_").sum(axis=1).round(5).eq(1).all()
+    with pytest.raises(UserError, match=f"lacks features the model needs: {bundle['features'][0]}"):
+        predict_frame(model, bundle, frame.drop(columns=bundle["features"][0]))
+
+
+def test_pruned_trials_never_win_and_optuna_hears_the_truth(local_ray, tmp_path):
+    # lr 1e-7 cannot learn in 3 epochs: after the seed trial (lr 0.01) sets the bar at the first rung,
+    # ASHA stops such trials after their grace fold
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("train.lr: {choice: [0.01, 1.0e-7]}\nmodel.n_features: {int: [3, 8]}\n")
+    config = smoke(tmp_path, "cv.folds=4", "search.num_samples=8", "search.prune=true", "search.grace_folds=1",
+                   "search.max_concurrent=1", "train.epochs=3")
+    seed = load_config(SMOKE, ["train.lr=0.01", "model.n_features=8"])
+    result = run_search(config, load_space(space_file), seed, storage_path=tmp_path / "exp", name="p",
+                        log=lambda *a: None)
+    pruned = [t for t in result.trials if t.status == "pruned"]
+    assert pruned, "expected ASHA to stop at least one trial"
+    assert result.best.status == "completed" and len(result.best.fold_scores) == 4
+    study = load_study(result.folder)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
+    assert states.count(optuna.trial.TrialState.COMPLETE) == len(result.completed)
+
+
+def test_space_validation(tmp_path):
+    space = load_space(ROOT / "configs" / "search_space.yaml")
+    seed = load_config(ROOT / "configs" / "seed.yaml")
+    point = space_point(seed, space)
+    assert params_to_overrides(point)["model.conv_channels"] == seed.model.conv_channels
+    bad = tmp_path / "bad.yaml"
+    for text, message in [("train.lrr: {float: [0.1, 1]}", "unknown config key 'train.lrr'"),
+                          ("train.lr: {float: [1, 0.1]}", "low < high"),
+                          ("train.lr: {float: [0, 1], log: true}", "log range needs low > 0"),
+                          ("train.lr: [1, 2]", "expected one of"),
+                          ("model.conv_blocks: {int: [1, 2]}", "go together")]:
+        bad.write_text(text)
+        with pytest.raises(UserError, match=message):
+            load_space(bad)
+    outside = load_config(ROOT / "configs" / "seed.yaml", ["train.lr=0.5"])
+    with pytest.raises(UserError, match="seed config train.lr=0.5 lies outside the search space"):
+        space_point(outside, space)
+
+
+def _finished_trials(folder: Path) -> dict[str, int]:
+    """trial folder -> lines in its result.json, for trials that reported their last fold."""
+    done = {}
+    for result in folder.glob("run_trial_*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if lines and lines[-1]["folds_done"] == lines[-1]["folds_total"]:
+            done[result.parent.name] = len(lines)
+    return done
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
+    args = [sys.executable, str(ROOT / "search.py"), "--config", str(SMOKE), "--space", str(SMOKE_SPACE),
+            "--seed-config", str(SMOKE), "--num-samples", "4", "--max-concurrent", "1", "--name", "r",
+            "--storage-path", str(tmp_path), "--set", f"cv.cache_dir={tmp_path / 'cache'}",
+            "--set", "train.epochs=6"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not _finished_trials(tmp_path / "r") and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "--resume --name r" in err
+    finished = _finished_trials(tmp_path / "r")
+    assert 1 <= len(finished) < 4
+
+    resumed = subprocess.run(args + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=400)
+    assert resumed.returncode == 0, resumed.stderr
+    after = _finished_trials(tmp_path / "r")
+    assert len(after) == 4
+    assert {k: after[k] for k in finished} == finished  # finished trials reported nothing more
+    trials = pd.read_csv(tmp_path / "r" / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "completed").all()
+    assert (tmp_path / "r" / "best_model.pt").is_file()

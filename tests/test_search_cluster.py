@@ -1,0 +1,63 @@
+"""A search on a three-node Ray cluster (one process per node, all on loopback)."""
+import os
+
+import pandas as pd
+import pytest
+import ray
+import ray._private.services as ray_services
+from ray.cluster_utils import Cluster
+
+import emoma.search
+from emoma.config import load_config
+from emoma.search import load_space, run_search
+from emoma.synthetic import make_frame
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    # own temp folder: Cluster writes ray_current_cluster there, which a plain ray.init() would attach to
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray"))
+    # keep every node and the driver on loopback: Ray resolves 127.0.0.1 to the machine's interface address
+    perspective = ray_services.node_ip_address_from_perspective
+    ray_services.node_ip_address_from_perspective = lambda *args, **kwargs: "127.0.0.1"
+    args = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "object_store_memory": 150 * 1024**2}
+    nodes = Cluster(initialize_head=True, head_node_args=args)
+    for _ in range(2):
+        nodes.add_node(**args)
+    nodes.wait_for_nodes()
+    ray.init(address=nodes.address, _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="WARNING")
+    yield nodes
+    ray.shutdown()
+    nodes.shutdown()
+    ray_services.node_ip_address_from_perspective = perspective
+    if before is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = before
+
+
+def test_trials_spread_over_nodes_and_never_read_the_csv(cluster, tmp_path, monkeypatch):
+    csv = tmp_path / "merged.csv"
+    make_frame(seed=2).to_csv(csv)
+    real_load = emoma.search.load_table
+
+    def load_then_delete(cfg):  # trials that tried to read the CSV would fail
+        table = real_load(cfg)
+        csv.unlink()
+        return table
+
+    monkeypatch.setattr(emoma.search, "load_table", load_then_delete)
+    smoke = ROOT / "configs" / "smoke.yaml"
+    config = load_config(smoke, [f"data.path={csv}", f"cv.cache_dir={tmp_path / 'cache'}", "cv.folds=2",
+                                 "search.num_samples=6", "cv.jobs=2", "train.epochs=15"])
+    result = run_search(config, load_space(ROOT / "configs" / "smoke_space.yaml"), config,
+                        storage_path=tmp_path / "exp", name="c", log=lambda *a: None)
+    assert not csv.exists()
+    assert len(result.completed) == 6
+    nodes = {t.node for t in result.trials}
+    assert len(nodes) >= 2, nodes
+    assert len(ray.nodes()) == 3
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
