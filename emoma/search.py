@@ -315,7 +315,7 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
         if folder.exists() and tune.Tuner.can_restore(str(folder)):
             raise UserError(f"an experiment named {name!r} already exists in {folder.parent}: "
                             "use --resume to continue it or another --name")
-        tuner = _new_tuner(config, space, seed_config, trainable, resources, folder, fold_order)
+        tuner = _new_tuner(config, space, seed_config, trainable, resources, folder, fold_order, verbose)
     grid = tuner.fit()
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
     if unfinished or (len(grid) < config.search.num_samples and not config.search.time_budget_s):
@@ -345,7 +345,7 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
     )
 
 
-def _new_tuner(config, space, seed_config, trainable, resources, folder, fold_order):
+def _new_tuner(config, space, seed_config, trainable, resources, folder, fold_order, verbose):
     s = config.search
     folder.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.JournalStorage(
@@ -363,8 +363,8 @@ def _new_tuner(config, space, seed_config, trainable, resources, folder, fold_or
         tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=search_alg, scheduler=scheduler,
                                     num_samples=s.num_samples, reuse_actors=True,
                                     time_budget_s=s.time_budget_s or None),
-        run_config=tune.RunConfig(name=folder.name, storage_path=str(folder.parent), verbose=0,
-                                  callbacks=[ProgressLine(s.num_samples)],
+        run_config=tune.RunConfig(name=folder.name, storage_path=str(folder.parent), verbose=2 if verbose else 0,
+                                  callbacks=[] if verbose else [ProgressLine(s.num_samples)],
                                   failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )

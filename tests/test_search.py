@@ -143,3 +143,21 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
     trials = pd.read_csv(tmp_path / "r" / "trials.csv")
     assert len(trials) == 4 and (trials["status"] == "completed").all()
     assert (tmp_path / "r" / "best_model.pt").is_file()
+
+
+def test_nested_search_holds_out_each_subject_once(local_ray, tmp_path):
+    from emoma.report import write_nested_outputs
+    from emoma.search import run_nested_search
+
+    csv = tmp_path / "five.csv"
+    make_frame(seed=3, subjects=(2, 3, 4, 5, 6), windows_scale=0.3).to_csv(csv)
+    config = smoke(tmp_path, f"data.path={csv}", "search.num_samples=1")
+    results = run_nested_search(config, load_space(SMOKE_SPACE), config, storage_path=tmp_path, name="n",
+                                log=lambda *a: None)
+    assert [r.holdout_subjects for r in results] == [[2], [3], [4], [5], [6]]
+    for r in results:
+        assert r.holdout_subjects[0] not in r.search_subjects
+    out = write_nested_outputs(results, tmp_path / "n")
+    nested = json.loads((out / "nested_metrics.json").read_text())
+    assert len(nested["outer_folds"]) == 5
+    assert sum(map(sum, nested["confusion_matrix"])) == sum(r.holdout.n_test for r in results)
