@@ -67,6 +67,18 @@ def test_local_search_outputs_are_consistent(local_ray, tmp_path):
     with pytest.raises(UserError, match=f"lacks features the model needs: {bundle['features'][0]}"):
         predict_frame(model, bundle, frame.drop(columns=bundle["features"][0]))
 
+    # the same through the CLI
+    frame.to_csv(tmp_path / "new.csv")
+    cli = [sys.executable, "-m", "emoma.predict", "--model", str(out / "best_model.pt"), "--data"]
+    proc = subprocess.run(cli + [str(tmp_path / "new.csv"), "--out", str(tmp_path / "p.csv")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len(pd.read_csv(tmp_path / "p.csv")) == len(frame)
+    frame.drop(columns=bundle["features"][0]).to_csv(tmp_path / "bad.csv")
+    proc = subprocess.run(cli + [str(tmp_path / "bad.csv"), "--out", str(tmp_path / "q.csv")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: the table lacks features")
+
 
 def test_pruned_trials_never_win_and_optuna_hears_the_truth(local_ray, tmp_path):
     # lr 1e-7 cannot learn in 3 epochs: after the seed trial (lr 0.01) sets the bar at the first rung,
@@ -104,6 +116,20 @@ def test_space_validation(tmp_path):
     outside = load_config(ROOT / "configs" / "seed.yaml", ["train.lr=0.5"])
     with pytest.raises(UserError, match="seed config train.lr=0.5 lies outside the search space"):
         space_point(outside, space)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--space", "missing.yaml"], "search space missing.yaml does not exist"),
+    (["--resume"], "--resume needs the --name"),
+    (["--holdout-subjects", "2,99"], "held-out subjects 99 are not in the table"),
+    (["--resume", "--name", "nothing"], "nothing to resume"),
+])
+def test_search_cli_user_errors(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, str(ROOT / "search.py"), "--config", str(SMOKE), "--space",
+                           str(SMOKE_SPACE), "--seed-config", str(SMOKE), "--storage-path", str(tmp_path), *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
 
 
 def _finished_trials(folder: Path) -> dict[str, int]:
