@@ -191,8 +191,9 @@ class ProgressLine(tune.Callback):
     def _draw(self):
         counts = {s: sum(v == s for v in self.states.values()) for s in ("done", "running", "pruned", "error")}
         best = "-" if self.best is None else f"{self.best:.4f}"
-        print(f"\rtrials {counts['done']}/{self.num_samples} done, {counts['running']} running, "
-              f"{counts['pruned']} pruned, {counts['error']} errored; best {best}   ",
+        finished = counts["done"] + counts["pruned"] + counts["error"]
+        print(f"\rtrials {finished}/{self.num_samples} finished ({counts['done']} completed, {counts['pruned']} "
+              f"pruned, {counts['error']} errored), {counts['running']} running; best {best}   ",
               end="", file=sys.stderr, flush=True)
 
 
