@@ -8,12 +8,13 @@ search subjects -> scored once on the held-out subjects.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -272,6 +273,8 @@ def init_ray(address: str | None, verbose: bool) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # a checkpoint per fold is the point (resume mid-CV): silence Tune's snapshot-frequency warning
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not verbose:  # joblib's Ray backend warns on every fold plan about an argument joblib always passes
+        logging.getLogger("ray.util.multiprocessing.pool").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
     kwargs = dict(log_to_driver=verbose, logging_level="INFO" if verbose else "WARNING")
@@ -297,8 +300,10 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
         f"subjects {', '.join(map(str, holdout))} ({int(is_held.sum())} windows)")
     init_ray(address, verbose)
     register_ray()
-    with parallel_config(backend="ray"):  # fold plan computed as Ray tasks, across the cluster if there is one
-        plan = make_plan(search_table, config.cv, config.seed)
+    # fold plan computed as Ray tasks, one per fold, across the whole cluster unless cv.jobs says otherwise
+    plan_cfg = config.cv if config.cv.jobs else replace(config.cv, jobs=int(ray.cluster_resources().get("CPU", 1)))
+    with parallel_config(backend="ray"):
+        plan = make_plan(search_table, plan_cfg, config.seed)
     log(f"fold plan: {len(plan.folds)} {plan.scheme} folds over {len(search_table.subjects)} subjects "
         f"({'from cache' if plan.from_cache else f'{plan.seconds:.1f} s'})")
     for note in plan.notes:
@@ -362,13 +367,17 @@ def _new_tuner(config, space, seed_config, trainable, resources, folder, fold_or
     return tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=search_alg, scheduler=scheduler,
-                                    num_samples=s.num_samples, reuse_actors=True,
+                                    num_samples=s.num_samples, reuse_actors=True, trial_dirname_creator=trial_dirname,
                                     time_budget_s=s.time_budget_s or None),
         run_config=tune.RunConfig(name=folder.name, storage_path=str(folder.parent), verbose=2 if verbose else 0,
                                   callbacks=[] if verbose else [ProgressLine(s.num_samples)],
                                   failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
 
 
 def trial_slots(s) -> int:

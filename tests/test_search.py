@@ -135,7 +135,7 @@ def test_search_cli_user_errors(tmp_path, args, message):
 def _finished_trials(folder: Path) -> dict[str, int]:
     """trial folder -> lines in its result.json, for trials that reported their last fold."""
     done = {}
-    for result in folder.glob("run_trial_*/result.json"):
+    for result in folder.glob("trial_*/result.json"):
         lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         if lines and lines[-1]["folds_done"] == lines[-1]["folds_total"]:
             done[result.parent.name] = len(lines)
