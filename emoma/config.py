@@ -40,6 +40,7 @@ class CVConfig:
     rfe_trees: int = 50  # trees in the RandomForest that ranks features by RFE
     rfe_step: int = 2  # features eliminated per RFE round (1 = a strict ranking, slower)
     jobs: int = 0  # worker processes for fold plans and fold training; 0 = one per CPU core
+    batch_folds: bool = False  # train each worker's folds together as one vmapped model (emoma/batched.py)
     cache_dir: str | None = "~/.cache/emoma/plans"  # where fold plans are cached by content hash; None = no cache
 
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from emoma.config import METRICS, Config
 from emoma.data import Table
 from emoma.folds import Fold, FoldPlan, resolve_jobs
-from emoma.train import predict_proba, resolve_device, train_fold
+from emoma.train import FoldFit, predict_proba, resolve_device, train_fold
 
 BASELINES = {
     "LDA": lambda seed: LinearDiscriminantAnalysis(),
@@ -81,17 +81,24 @@ def run_cv(table: Table, plan: FoldPlan, config: Config, *, baselines: bool = Fa
     start = time.perf_counter()
     on_gpu = resolve_device(config.train.device).type == "cuda"
     jobs = 1 if on_gpu else min(resolve_jobs(config.cv.jobs), len(plan.folds))
-    args = [(table, fold, i, config, baselines, verbose) for i, fold in enumerate(plan.folds)]
-    if jobs == 1:
-        stream = (run_fold(*a) for a in args)
+    if config.cv.batch_folds:  # each worker trains its share of the folds as one batched model
+        groups = [list(range(len(plan.folds)))[w::jobs] for w in range(jobs)]
+        args = [(table, [plan.folds[i] for i in g], g, config, baselines, verbose) for g in groups]
+        task = run_folds_batched
     else:
-        stream = Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(run_fold)(*a) for a in args)
+        args = [(table, fold, i, config, baselines, verbose) for i, fold in enumerate(plan.folds)]
+        task = run_fold
+    if jobs == 1:
+        stream = (task(*a) for a in args)
+    else:
+        stream = Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(task)(*a) for a in args)
     results = []
     bar = tqdm(total=len(plan.folds), desc=f"{config.name} {plan.scheme}", unit="fold", disable=not progress,
                leave=False)
     for result in stream:
-        results.append(result)
-        bar.update(1)
+        done = result if isinstance(result, list) else [result]
+        results.extend(done)
+        bar.update(len(done))
         bar.set_postfix(acc=f"{np.mean([r.metrics['accuracy'] for r in results]):.3f}")
     bar.close()
     results.sort(key=lambda r: r.index)
@@ -108,25 +115,50 @@ def run_fold(table: Table, fold: Fold, index: int, config: Config, baselines: bo
     start = time.perf_counter()
     torch.set_num_threads(threads)
     parts = fold.arrays(table.X, config.model.n_features)
-    y = {"train": table.y[fold.train], "val": table.y[fold.val], "test": table.y[fold.test]}
-    n_classes = len(table.class_names)
     log = (lambda line: print(f"fold {index + 1:2d} {line}", flush=True)) if verbose else None
-    fit = train_fold(parts["train"], y["train"], parts["val"], y["val"], n_classes=n_classes,
-                     model_cfg=config.model, train_cfg=config.train, seed=fold_seed(config.seed, index), log=log)
+    fit = train_fold(parts["train"], table.y[fold.train], parts["val"], table.y[fold.val],
+                     n_classes=len(table.class_names), model_cfg=config.model, train_cfg=config.train,
+                     seed=fold_seed(config.seed, index), log=log)
+    return fold_result(table, fold, index, config, parts, fit, time.perf_counter() - start, baselines, keep_model)
+
+
+def run_folds_batched(table: Table, folds: list[Fold], indices: list[int], config: Config,
+                      baselines: bool = False, verbose: bool = False, threads: int = 1) -> list[FoldResult]:
+    """`run_fold` for several folds at once, their models trained together (emoma.batched)."""
+    from emoma.batched import train_folds
+
+    start = time.perf_counter()
+    torch.set_num_threads(threads)
+    parts = [fold.arrays(table.X, config.model.n_features) for fold in folds]
+    log = (lambda k, line: print(f"fold {indices[k] + 1:2d} {line}", flush=True)) if verbose else None
+    fits = train_folds([p["train"] for p in parts], [table.y[f.train] for f in folds],
+                       [p["val"] for p in parts], [table.y[f.val] for f in folds],
+                       n_classes=len(table.class_names), model_cfg=config.model, train_cfg=config.train,
+                       seeds=[fold_seed(config.seed, i) for i in indices], log=log)
+    seconds = (time.perf_counter() - start) / len(folds)  # shared training time, split evenly
+    return [fold_result(table, fold, i, config, p, fit, seconds, baselines)
+            for fold, i, p, fit in zip(folds, indices, parts, fits)]
+
+
+def fold_result(table: Table, fold: Fold, index: int, config: Config, parts: dict, fit: FoldFit, seconds: float,
+                baselines: bool = False, keep_model: bool = False) -> FoldResult:
+    """Score a trained fold once on its test rows (and the baselines on the same features)."""
+    n_classes = len(table.class_names)
+    y_train, y_test = table.y[fold.train], table.y[fold.test]
     proba = predict_proba(fit.model, parts["test"])
     y_pred = proba.argmax(1)
     baseline_metrics = {}
     if baselines:
         for name, make in BASELINES.items():
-            model = make(fold_seed(config.seed, index)).fit(parts["train"], y["train"])
-            baseline_metrics[name] = score(y["test"], model.predict(parts["test"]), n_classes)[0]
-    metrics, confusion = score(y["test"], y_pred, n_classes)
+            model = make(fold_seed(config.seed, index)).fit(parts["train"], y_train)
+            baseline_metrics[name] = score(y_test, model.predict(parts["test"]), n_classes)[0]
+    metrics, confusion = score(y_test, y_pred, n_classes)
     return FoldResult(
         index=index, test_subjects=sorted(np.unique(table.groups[fold.test]).tolist()),
         n_train=len(fold.train), n_val=len(fold.val), n_test=len(fold.test),
         features=[table.feature_names[j] for j in fold.selected(config.model.n_features)],
         metrics=metrics, confusion=confusion, epochs_run=fit.epochs_run, best_epoch=fit.best_epoch,
-        seconds=time.perf_counter() - start, history=fit.history, test_rows=fold.test, y_pred=y_pred,
+        seconds=seconds, history=fit.history, test_rows=fold.test, y_pred=y_pred,
         proba=proba, baselines=baseline_metrics, model=fit.model if keep_model else None,
     )
 
