@@ -5,7 +5,6 @@ python bench/calibrate_synthetic.py [--real ../shared/data/wesad_merged.csv] [--
 import argparse
 from pathlib import Path
 
-import numpy as np
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, f1_score

@@ -311,7 +311,7 @@ def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame) 
         f"pruned, {int((trials['status'] == 'error').sum())} errored; {result.seconds:.0f} s in all. "
         "Every trial is in `trials.csv`.",
         "",
-        f"- seed configuration: " + (f"{seed.mean:.4f} ± {seed.std:.4f} ({seed.status})" if seed else "not run"),
+        "- seed configuration: " + (f"{seed.mean:.4f} ± {seed.std:.4f} ({seed.status})" if seed else "not run"),
         f"- best: {result.best.mean:.4f} ± {result.best.std:.4f} (trial {result.best.trial_id})",
         "",
         "### Top 10 completed trials",

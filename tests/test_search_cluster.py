@@ -1,7 +1,6 @@
 """A search on a three-node Ray cluster (one process per node, all on loopback)."""
 import os
 
-import pandas as pd
 import pytest
 import ray
 import ray._private.services as ray_services
