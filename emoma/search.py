@@ -23,7 +23,7 @@ import ray
 import yaml
 from joblib import parallel_config
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.joblib import register_ray
@@ -161,6 +161,19 @@ class TruthfulOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
             return
         super().on_trial_complete(trial_id, result, error)
+
+
+class BaselineKeepingASHA(ASHAScheduler):
+    """ASHA that never stops the baseline (seed) configuration: its score still sets the bar for the other
+    trials, and the report can always compare the best against its full CV."""
+
+    def __init__(self, baseline: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.baseline = baseline
+
+    def on_trial_result(self, tune_controller, trial, result):
+        action = super().on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if _same_params(trial.config, self.baseline) else action
 
 
 class ProgressLine(tune.Callback):
@@ -356,14 +369,14 @@ def _new_tuner(config, space, seed_config, trainable, resources, folder, fold_or
     folder.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(folder / STUDY_FILE)))
-    searcher = TruthfulOptunaSearch(space=space, metric="score", mode="max",
-                                    points_to_evaluate=[space_point(seed_config, space)],
+    baseline = space_point(seed_config, space)
+    searcher = TruthfulOptunaSearch(space=space, metric="score", mode="max", points_to_evaluate=[baseline],
                                     sampler=optuna.samplers.TPESampler(seed=config.seed), study_name=folder.name,
                                     storage=storage)
     # Tune lets a custom searcher have one pending trial unless it is wrapped in a ConcurrencyLimiter
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent or trial_slots(s))
-    scheduler = ASHAScheduler(time_attr="folds_done", max_t=len(fold_order), grace_period=s.grace_folds,
-                              reduction_factor=s.reduction_factor) if s.prune else None
+    scheduler = BaselineKeepingASHA(baseline, time_attr="folds_done", max_t=len(fold_order),
+                                    grace_period=s.grace_folds, reduction_factor=s.reduction_factor) if s.prune else None
     return tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=search_alg, scheduler=scheduler,

@@ -187,3 +187,22 @@ def test_nested_search_holds_out_each_subject_once(local_ray, tmp_path):
     nested = json.loads((out / "nested_metrics.json").read_text())
     assert len(nested["outer_folds"]) == 5
     assert sum(map(sum, nested["confusion_matrix"])) == sum(r.holdout.n_test for r in results)
+
+
+def test_asha_never_stops_the_seed_configuration():
+    from types import SimpleNamespace
+
+    from emoma.search import BaselineKeepingASHA
+
+    scheduler = BaselineKeepingASHA({"train.lr": 1e-7}, time_attr="folds_done", max_t=8, grace_period=1,
+                                    reduction_factor=2)
+    scheduler.set_search_properties(metric="score", mode="max")
+    good = SimpleNamespace(trial_id="good", config={"train.lr": 0.01})
+    seed = SimpleNamespace(trial_id="seed", config={"train.lr": 1e-7})
+    other = SimpleNamespace(trial_id="other", config={"train.lr": 1e-3})
+    for trial in (good, seed, other):
+        scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, good, {"folds_done": 1, "score": 0.9}) == "CONTINUE"
+    assert scheduler.on_trial_result(None, seed, {"folds_done": 1, "score": 0.3}) == "CONTINUE"
+    # another configuration that scores as badly is stopped at the same rung
+    assert scheduler.on_trial_result(None, other, {"folds_done": 1, "score": 0.3}) == "STOP"
