@@ -5,7 +5,7 @@ python search.py --num-samples 50 [--config configs/default.yaml] [--space confi
 import argparse
 import time
 
-from emoma.config import SCHEMES, TASKS, load_config
+from emoma.config import METRICS, SCHEMES, TASKS, load_config
 from emoma.errors import UserError, exit_on_user_error
 from emoma.report import format_search_summary, write_nested_outputs, write_search_outputs
 from emoma.search import load_space, run_nested_search, run_search
@@ -22,7 +22,7 @@ def parse_args(argv=None):
     p.add_argument("--cv", choices=SCHEMES, help="protocol of every trial's CV (default loso)")
     p.add_argument("--folds", type=int, help="K for the k-fold protocols")
     p.add_argument("--num-samples", type=int, help="configurations to try (default 20)")
-    p.add_argument("--metric", choices=("accuracy", "balanced_accuracy", "macro_f1"), help="objective (default macro_f1)")
+    p.add_argument("--metric", choices=METRICS, help="objective (default macro_f1)")
     p.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: start Ray on this machine)")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU: 0.25 runs four trials per GPU")

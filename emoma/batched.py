@@ -16,7 +16,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from emoma.config import ModelConfig, TrainConfig
 from emoma.model import build_model
-from emoma.train import FoldFit, _class_weights, resolve_device
+from emoma.train import FoldFit, class_weights, resolve_device
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as in train_fold
 
@@ -88,7 +88,7 @@ def train_folds(X_train: list[np.ndarray], y_train: list[np.ndarray], X_val: lis
     yt, _ = _pad(y_train, device)
     Xv, nv = _pad(X_val, device)
     yv, _ = _pad(y_val, device)
-    class_w = torch.stack([_class_weights(y, n_classes, device) if train_cfg.class_weights
+    class_w = torch.stack([class_weights(y, n_classes, device) if train_cfg.class_weights
                            else torch.ones(n_classes, device=device) for y in y_train])  # (K, C)
     val_mask = (torch.arange(Xv.shape[1], device=device)[None] < nv[:, None]).float()  # (K, nv_max)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]

@@ -186,7 +186,7 @@ def validate(config: Config) -> None:
     ]
     for key, ok, rule in rules:
         if not ok:
-            value = _get_dotted(config, key)
+            value = get_dotted(config, key)
             raise UserError(f"config {key}={value!r} is invalid: it must be {rule}")
 
 
@@ -216,7 +216,7 @@ def _set_dotted(raw: dict, key: str, value) -> None:
     node[last] = value
 
 
-def _get_dotted(obj, key: str):
+def get_dotted(obj, key: str):
     for part in key.split("."):
         obj = getattr(obj, part)
     return obj

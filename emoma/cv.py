@@ -12,6 +12,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 from tqdm.auto import tqdm
 
+from emoma.batched import train_folds
 from emoma.config import METRICS, Config
 from emoma.data import Table
 from emoma.folds import Fold, FoldPlan, resolve_jobs
@@ -125,8 +126,6 @@ def run_fold(table: Table, fold: Fold, index: int, config: Config, baselines: bo
 def run_folds_batched(table: Table, folds: list[Fold], indices: list[int], config: Config,
                       baselines: bool = False, verbose: bool = False, threads: int = 1) -> list[FoldResult]:
     """`run_fold` for several folds at once, their models trained together (emoma.batched)."""
-    from emoma.batched import train_folds
-
     start = time.perf_counter()
     torch.set_num_threads(threads)
     parts = [fold.arrays(table.X, config.model.n_features) for fold in folds]

@@ -28,7 +28,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.joblib import register_ray
 
-from emoma.config import Config, apply_overrides
+from emoma.config import Config, apply_overrides, get_dotted
 from emoma.cv import FoldResult, run_fold
 from emoma.data import Table, load_table
 from emoma.errors import UserError
@@ -95,11 +95,9 @@ def params_to_overrides(params: dict) -> dict:
 
 def space_point(config: Config, space: dict) -> dict:
     """The values of `config` for every key of `space` (to evaluate a known configuration first)."""
-    flat = _flatten(config.to_dict())
-    channels = flat["model.conv_channels"]
-    flat[CONV_KEYS[0]] = len(channels)
-    flat[CONV_KEYS[1]] = channels[0] if channels else 8
-    point = {key: flat[key] for key in space}
+    channels = config.model.conv_channels
+    derived = {CONV_KEYS[0]: len(channels), CONV_KEYS[1]: channels[0] if channels else 8}
+    point = {key: derived[key] if key in derived else get_dotted(config, key) for key in space}
     if CONV_KEYS[0] in space and params_to_overrides(point)["model.conv_channels"] != channels:
         raise UserError(f"seed config conv_channels={channels} is not of the form width * 2**block: "
                         "the search space cannot express it")
@@ -109,16 +107,6 @@ def space_point(config: Config, space: dict) -> dict:
         if not inside:
             raise UserError(f"seed config {key}={value!r} lies outside the search space: widen the space")
     return point
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k in ("data", "cv", "model", "train", "search"):
-            out.update(_flatten(v, f"{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # ---------------------------------------------------------------- one trial
@@ -276,9 +264,7 @@ def choose_holdout(table: Table, cfg, seed: int) -> list:
 
 
 def subset(table: Table, rows: np.ndarray) -> Table:
-    return Table(X=table.X[rows], y=table.y[rows], groups=table.groups[rows], feature_names=table.feature_names,
-                 class_names=table.class_names, source=table.source, dropped_columns=table.dropped_columns,
-                 dropped_rows=table.dropped_rows)
+    return replace(table, X=table.X[rows], y=table.y[rows], groups=table.groups[rows])
 
 
 def init_ray(address: str | None, verbose: bool) -> None:
@@ -325,6 +311,7 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
     trainable = tune.with_parameters(run_trial, table=search_table, plan=plan, base=config, fold_order=fold_order)
     resources = {"cpu": config.search.cpus_per_trial, "gpu": config.search.gpus_per_trial}
     folder = Path(storage_path).expanduser().resolve() / name
+    baseline = space_point(seed_config, space)
     if resume:
         if not tune.Tuner.can_restore(str(folder)):
             raise UserError(f"nothing to resume at {folder}: check --name and --storage-path")
@@ -334,7 +321,7 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
         if folder.exists() and tune.Tuner.can_restore(str(folder)):
             raise UserError(f"an experiment named {name!r} already exists in {folder.parent}: "
                             "use --resume to continue it or another --name")
-        tuner = _new_tuner(config, space, seed_config, trainable, resources, folder, fold_order, verbose)
+        tuner = _new_tuner(config, space, baseline, trainable, resources, folder, fold_order, verbose)
     grid = tuner.fit()
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
     if unfinished or (len(grid) < config.search.num_samples and not config.search.time_budget_s):
@@ -346,8 +333,7 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
         errors = [str(r.error).splitlines()[0] for r in grid if r.error][:1]
         raise RuntimeError(f"no trial completed every fold{': ' + errors[0] if errors else ''}")
     best = max(completed, key=lambda t: t.mean)
-    seed_params = space_point(seed_config, space)
-    seed_trial = next((t for t in trials if _same_params(t.params, seed_params)), None)
+    seed_trial = next((t for t in trials if _same_params(t.params, baseline)), None)
     best_config = apply_overrides(config, params_to_overrides(best.params))
     log(f"best of {len(completed)} completed trials: {config.search.metric} {best.mean:.4f} ± {best.std:.4f}; "
         "retraining on all search subjects")
@@ -364,15 +350,12 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
     )
 
 
-def _new_tuner(config, space, seed_config, trainable, resources, folder, fold_order, verbose):
+def _new_tuner(config, space, baseline, trainable, resources, folder, fold_order, verbose):
     s = config.search
     folder.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(folder / STUDY_FILE)))
-    baseline = space_point(seed_config, space)
     searcher = TruthfulOptunaSearch(space=space, metric="score", mode="max", points_to_evaluate=[baseline],
                                     sampler=optuna.samplers.TPESampler(seed=config.seed), study_name=folder.name,
-                                    storage=storage)
+                                    storage=_study_storage(folder))
     # Tune lets a custom searcher have one pending trial unless it is wrapped in a ConcurrencyLimiter
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent or trial_slots(s))
     scheduler = BaselineKeepingASHA(baseline, time_attr="folds_done", max_t=len(fold_order),
@@ -425,9 +408,12 @@ def _same_params(a: dict, b: dict) -> bool:
                for k in b)
 
 
+def _study_storage(folder: Path) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / STUDY_FILE)))
+
+
 def load_study(folder: Path) -> optuna.Study:
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / STUDY_FILE)))
-    return optuna.load_study(study_name=folder.name, storage=storage)
+    return optuna.load_study(study_name=folder.name, storage=_study_storage(folder))
 
 
 def param_importances(folder: Path) -> dict[str, float]:

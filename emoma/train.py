@@ -51,7 +51,7 @@ def train_fold(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_va
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     Xt, yt = torch.as_tensor(X_train, device=device), torch.as_tensor(y_train, device=device)
     Xv, yv = torch.as_tensor(X_val, device=device), torch.as_tensor(y_val, device=device)
-    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(y_train, n_classes, device) if train_cfg.class_weights else None)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(y_train, n_classes, device) if train_cfg.class_weights else None)
 
     n = len(yt)
     best = (-1.0, float("inf"))
@@ -105,7 +105,8 @@ def predict_proba(model: nn.Module, X: np.ndarray) -> np.ndarray:
     return torch.softmax(model(torch.as_tensor(X, device=device)), dim=1).cpu().numpy()
 
 
-def _class_weights(y: np.ndarray, n_classes: int, device) -> torch.Tensor:
+def class_weights(y: np.ndarray, n_classes: int, device) -> torch.Tensor:
+    """(n_classes,) inverse class frequencies of `y`, as scikit-learn's "balanced"."""
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     weights = len(y) / (n_classes * np.maximum(counts, 1))
     return torch.as_tensor(weights, dtype=torch.float32, device=device)
