@@ -14,15 +14,8 @@ import argparse
 import numpy as np
 import pandas as pd
 
-SIGNAL_COLUMNS = [
-    f"{signal}_{stat}"
-    for signal in ("net_acc", "ACC_x", "ACC_y", "ACC_z", "BVP", "EDA", "EDA_phasic", "EDA_smna", "EDA_tonic",
-                   "Resp", "TEMP")
-    for stat in ("mean", "std", "min", "max")
-] + ["BVP_peak_freq", "TEMP_slope"]
-METADATA_COLUMNS = ["age", "height", "weight", "gender_ female", "gender_ male", "coffee_today_YES",
-                    "sport_today_YES", "smoker_NO", "smoker_YES", "feel_ill_today_YES"]
-COLUMNS = SIGNAL_COLUMNS + ["subject", "label"] + METADATA_COLUMNS
+from emoma.data import MERGED_COLUMNS, MERGED_SIGNAL_COLUMNS
+
 SUBJECTS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17)
 # Windows per condition, in recording order, as in WESAD: label 1 baseline, 2 stress, 0 amusement.
 CONDITIONS = ((1, 42), (2, 24), (0, 13))
@@ -39,7 +32,7 @@ def make_frame(seed: int = 0, subjects=SUBJECTS, windows_scale: float = 1.0) -> 
     """
     rng = np.random.default_rng(seed)
     blocks = [_subject_block(rng, s, windows_scale) for s in subjects]
-    return pd.DataFrame(pd.concat(blocks, ignore_index=True), columns=COLUMNS)
+    return pd.DataFrame(pd.concat(blocks, ignore_index=True), columns=MERGED_COLUMNS)
 
 
 def _subject_block(rng: np.random.Generator, subject, windows_scale: float) -> pd.DataFrame:
@@ -156,7 +149,7 @@ def _condition_windows(rng: np.random.Generator, p: dict, label: int, n: int) ->
     cols["BVP_peak_freq"] = np.clip(hr / 60 / 8 + rng.normal(0, 0.035, n), 0.027, 0.3)
     slope_mean = {1: 1.4e-4, 2: -2.6e-4, 0: -5e-5}[label]
     cols["TEMP_slope"] = slope_mean + _ar1(rng, n, 0.3, 5.4e-4)
-    frame = pd.DataFrame(cols, columns=SIGNAL_COLUMNS)
+    frame = pd.DataFrame(cols, columns=MERGED_SIGNAL_COLUMNS)
     frame["label"] = label
     return frame
 

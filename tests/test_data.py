@@ -3,14 +3,13 @@ import pandas as pd
 import pytest
 
 from emoma.config import DataConfig
-from emoma.data import load_table, read_csv, table_from_frame
+from emoma.data import MERGED_COLUMNS, MERGED_METADATA_COLUMNS, load_table, read_csv, table_from_frame
 from emoma.errors import UserError
-from emoma.synthetic import COLUMNS, METADATA_COLUMNS
 
 
 def test_signal_features_only_by_default(small_frame):
     table = table_from_frame(small_frame, DataConfig(), "t")
-    assert not set(METADATA_COLUMNS) & set(table.feature_names)
+    assert not set(MERGED_METADATA_COLUMNS) & set(table.feature_names)
     assert table.dropped_columns["age"].startswith("subject metadata")
     # ACC_z_* equals ACC_y_* (the WESAD table's bug): reported and dropped
     assert table.dropped_columns["ACC_z_mean"] == "duplicate of ACC_y_mean"
@@ -103,13 +102,13 @@ def test_index_column_round_trip(small_frame, tmp_path):
     path = tmp_path / "merged.csv"
     small_frame.to_csv(path)  # with the unnamed index column, like WESAD's merged.csv
     frame = read_csv(path)
-    assert list(frame.columns) == COLUMNS
+    assert list(frame.columns) == MERGED_COLUMNS
     table = load_table(DataConfig(path=str(path)))
     assert table.source == str(path) and len(table.y) == len(small_frame)
 
 
 def test_real_table_layout(real_data):
     frame = pd.read_csv(real_data, index_col=0)
-    assert list(frame.columns) == COLUMNS
+    assert list(frame.columns) == MERGED_COLUMNS
     table = load_table(DataConfig(path=str(real_data)))
     assert len(table.y) == 1178 and len(table.subjects) == 15 and len(table.feature_names) == 42

@@ -5,15 +5,15 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from emoma.config import DataConfig
-from emoma.data import table_from_frame
-from emoma.synthetic import COLUMNS, SUBJECTS, make_frame, main
+from emoma.data import MERGED_COLUMNS, table_from_frame
+from emoma.synthetic import SUBJECTS, make_frame, main
 
 
 def test_deterministic_and_seeded():
     a, b, c = make_frame(seed=0), make_frame(seed=0), make_frame(seed=1)
     assert a.equals(b)
     assert not a.equals(c)
-    assert list(a.columns) == COLUMNS
+    assert list(a.columns) == MERGED_COLUMNS
     assert sorted(a["subject"].unique()) == list(SUBJECTS)
     assert 70 <= a.groupby("subject").size().min() and a.groupby("subject").size().max() <= 90
 
