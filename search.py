@@ -27,7 +27,8 @@ def parse_args(argv=None):
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU: 0.25 runs four trials per GPU")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
-    p.add_argument("--prune", action="store_true", help="ASHA early stopping over folds")
+    p.add_argument("--prune", action=argparse.BooleanOptionalAction,
+                   help="ASHA early stopping over folds (default: on; --no-prune runs every trial's every fold)")
     p.add_argument("--holdout", type=int, help="subjects held out of the search for the final test (default 3)")
     p.add_argument("--holdout-subjects", help="comma-separated subject ids to hold out, e.g. 2,5,11")
     p.add_argument("--outer", choices=("loso",), help="nested CV: the whole search once per held-out subject")
@@ -50,7 +51,7 @@ def main(argv=None):
              "seed": args.seed, "data.drop_nan": args.drop_nan or None, "search.num_samples": args.num_samples,
              "search.metric": args.metric, "search.cpus_per_trial": args.cpus_per_trial,
              "search.gpus_per_trial": args.gpus_per_trial, "search.max_concurrent": args.max_concurrent,
-             "search.prune": args.prune or None, "search.holdout": args.holdout,
+             "search.prune": args.prune, "search.holdout": args.holdout,
              "search.holdout_subjects": holdout_subjects, "search.time_budget_s": args.time_budget_s}
     config = load_config(args.config, args.set, flags=flags)
     seed_config = load_config(args.seed_config)

@@ -6,7 +6,8 @@
     extrapolated from its measured epochs;
 (c) a small search (8 trials, 3 folds, 5 epochs, seed-sized model) with 1 and 2 concurrent trials;
 (d) one fold's plan (scaler + RFE) and one epoch on synthetic tables of growing size, with peak memory
-    (each size in its own process).
+    (each size in its own process);
+(e) where one fold's training time goes: torch.profiler over a few epochs of seed.yaml at batch 25.
 Figures go to stdout as Markdown rows; copy them into bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -107,8 +108,11 @@ def part_d(rows: list[int]):
             print(out.stderr)
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| (d) {r['rows']} rows ({r['table_mb']:.1f} MB of features) | fold plan (scaler + RFE, one fold) "
-              f"{r['plan_s']:.1f} s | one epoch {r['epoch_s']:.2f} s | peak RSS {r['peak_mb']:.0f} MB |")
+        grown = r["peak_mb"] - r["fixed_mb"]
+        print(f"| (d) {r['rows']} rows ({r['frame_mb']:.1f} MB as a DataFrame, {r['table_mb']:.1f} MB of float32 "
+              f"features) | fold plan (scaler + RFE, one fold) {r['plan_s']:.1f} s | one epoch {r['epoch_s']:.2f} s | "
+              f"peak RSS {r['peak_mb']:.0f} MB = {r['fixed_mb']:.0f} MB after imports + {grown:.0f} MB "
+              f"({grown / r['frame_mb']:.1f}x the DataFrame) |")
 
 
 def one_size(n: int):
@@ -119,7 +123,11 @@ def one_size(n: int):
     from emoma.synthetic import make_frame
 
     torch.set_num_threads(1)
-    table = table_from_frame(make_frame(seed=0, windows_scale=n / 1199), DataConfig(), "synthetic")
+    fixed_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # interpreter, torch, scikit-learn
+    frame = make_frame(seed=0, windows_scale=n / 1199)
+    frame_mb = frame.memory_usage(deep=True).sum() / 2**20
+    table = table_from_frame(frame, DataConfig(), "synthetic")
+    del frame
     config = load_config(ROOT / "configs" / "default.yaml", ["train.epochs=1", "train.batch_size=256"])
     train_val, test = outer_splits(table, config.cv, config.seed)[0]
     start = time.perf_counter()
@@ -133,13 +141,46 @@ def one_size(n: int):
                model_cfg=config.model, train_cfg=config.train, seed=0)
     epoch_s = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"rows": len(table.y), "table_mb": table.X.nbytes / 2**20, "plan_s": plan_s,
-                      "epoch_s": epoch_s, "peak_mb": peak_mb}))
+    print(json.dumps({"rows": len(table.y), "table_mb": table.X.nbytes / 2**20, "frame_mb": frame_mb,
+                      "plan_s": plan_s, "epoch_s": epoch_s, "peak_mb": peak_mb, "fixed_mb": fixed_mb}))
+
+
+def part_e(config, table, plan, epochs: int):
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(1)
+    fold = plan.folds[0]
+    parts = fold.arrays(table.X, config.model.n_features)
+    cfg = apply_overrides(config, {"train.epochs": epochs, "train.patience": 0})
+
+    def train():
+        train_fold(parts["train"], table.y[fold.train], parts["val"], table.y[fold.val],
+                   n_classes=len(table.class_names), model_cfg=cfg.model, train_cfg=cfg.train, seed=0)
+
+    train()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        train()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    steps = epochs * -(-len(fold.train) // cfg.train.batch_size)
+
+    def total(match) -> float:
+        return sum(e.cpu_time_total for e in events if match(e.key)) / 1e6
+
+    adam = total(lambda k: k.startswith("Optimizer.step"))
+    backward = total(lambda k: k.startswith("autograd::engine::evaluate_function"))
+    kernels = sum(e.self_cpu_time_total for e in events) / 1e6
+    print(f"| (e) one fold, {epochs} epochs, {steps} steps of batch {cfg.train.batch_size}, 1 thread | "
+          f"{wall / steps * 1e3:.2f} ms per step | Adam {adam / wall:.0%}, backward {backward / wall:.0%}, "
+          f"the rest (forward, batching, validation) {1 - (adam + backward) / wall:.0%} | self time of all "
+          f"torch ops {kernels / wall:.0%} of wall: the rest is Python |")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
+    p.add_argument("--parts", nargs="+", default=["a", "b", "c", "d", "e"], choices=["a", "b", "c", "d", "e"])
     p.add_argument("--data", default=str(REAL) if REAL.is_file() else None,
                    help="table for (a)-(c) (default: the real WESAD table when present, else synthetic)")
     p.add_argument("--ref-epochs", type=int, default=3)
@@ -152,8 +193,9 @@ def main():
         return one_size(args.one_size)
     print(f"data: {args.data or 'synthetic'}; torch {torch.__version__}")
     ref_epoch_s = None
-    if {"a", "b"} & set(args.parts):
+    if {"a", "b", "e"} & set(args.parts):
         config, table, plan = seed_setup(args.data)
+    if {"a", "b"} & set(args.parts):
         ref_epoch_s = part_a(config, table, plan, args.ref_epochs, args.emoma_epochs, args.repeats)
         if "b" in args.parts:
             part_b(config, table, plan, ref_epoch_s)
@@ -161,6 +203,8 @@ def main():
         part_c(args.data)
     if "d" in args.parts:
         part_d(args.rows)
+    if "e" in args.parts:
+        part_e(config, table, plan, epochs=5)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class CVConfig:
     val_fraction: float = 0.15  # fraction of training rows held out for early stopping (kfold only)
     rfe_trees: int = 50  # trees in the RandomForest that ranks features by RFE
     rfe_step: int = 2  # features eliminated per RFE round (1 = a strict ranking, slower)
+    rfe_max_samples: int = 20000  # rows drawn for each RFE tree when the fold has more (big tables); 0 = all
     jobs: int = 0  # worker processes for fold plans and fold training; 0 = one per CPU core
     batch_folds: bool = False  # train each worker's folds together as one vmapped model (emoma/batched.py)
     cache_dir: str | None = "~/.cache/emoma/plans"  # where fold plans are cached by content hash; None = no cache
@@ -78,7 +79,7 @@ class SearchConfig:
     num_samples: int = 20  # configurations to try (the seed configuration is the first)
     holdout: int = 3  # subjects held out of the whole search, drawn with the seed so every class is present
     holdout_subjects: list = field(default_factory=list)  # explicit held-out subject ids (overrides holdout)
-    prune: bool = False  # ASHA early stopping over folds; the best is chosen among trials that ran every fold
+    prune: bool = True  # ASHA early stopping over folds; the best is chosen among trials that ran every fold
     grace_folds: int = 2  # ASHA: folds every trial runs before it can be stopped
     reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
     cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial (torch uses that many threads)
@@ -155,6 +156,7 @@ def validate(config: Config) -> None:
         ("cv.val_fraction", 0 < config.cv.val_fraction < 1, "between 0 and 1"),
         ("cv.rfe_trees", config.cv.rfe_trees >= 1, "at least 1"),
         ("cv.rfe_step", config.cv.rfe_step >= 1, "at least 1"),
+        ("cv.rfe_max_samples", config.cv.rfe_max_samples >= 0, "0 (all rows) or more"),
         ("cv.jobs", config.cv.jobs >= 0, "0 (one per core) or more"),
         ("model.n_features", config.model.n_features >= 0, "0 (all) or more"),
         ("model.conv_channels", all(isinstance(c, int) and c >= 1 for c in config.model.conv_channels),

@@ -107,7 +107,7 @@ def plan_key(table: Table, cfg: CVConfig, seed: int) -> str:
     for array in (table.X, table.y, table.groups.astype(str)):
         h.update(np.ascontiguousarray(array).tobytes())
     settings = (PLAN_VERSION, table.feature_names, cfg.scheme, cfg.folds, cfg.val_subjects, cfg.val_fraction,
-                cfg.rfe_trees, cfg.rfe_step, seed)
+                cfg.rfe_trees, cfg.rfe_step, cfg.rfe_max_samples, seed)
     h.update(repr(settings).encode())
     return h.hexdigest()[:16]
 
@@ -163,7 +163,9 @@ def rank_features(X: np.ndarray, y: np.ndarray, cfg: CVConfig, seed: int) -> np.
             first_importances.append(forest.feature_importances_)
         return forest.feature_importances_
 
-    forest = RandomForestClassifier(n_estimators=cfg.rfe_trees, random_state=seed, n_jobs=1)
+    # On big tables each tree grows on a bootstrap subsample: RFE time stops growing with the rows.
+    max_samples = cfg.rfe_max_samples if 0 < cfg.rfe_max_samples < len(y) else None
+    forest = RandomForestClassifier(n_estimators=cfg.rfe_trees, max_samples=max_samples, random_state=seed, n_jobs=1)
     if X.shape[1] == 1:
         return np.zeros(1, dtype=np.int64)
     rfe = RFE(forest, n_features_to_select=1, step=cfg.rfe_step, importance_getter=importances).fit(X, y)

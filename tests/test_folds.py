@@ -4,7 +4,7 @@ import pytest
 from emoma.config import CVConfig
 from emoma.data import Table
 from emoma.errors import UserError
-from emoma.folds import make_plan, outer_splits
+from emoma.folds import make_plan, outer_splits, rank_features
 
 
 def cv_config(tmp_path=None, **kw):
@@ -83,3 +83,11 @@ def test_too_few_subjects(small_table):
         outer_splits(small_table, cv_config(scheme="group-kfold", folds=10), seed=0)
     with pytest.raises(UserError, match="needs at least 7 subjects"):
         outer_splits(small_table, cv_config(scheme="loso", val_subjects=5), seed=0)
+
+
+def test_rfe_subsamples_only_big_folds(small_table):
+    X, y = small_table.X, small_table.y
+    full = rank_features(X, y, cv_config(rfe_max_samples=0), seed=0)
+    assert np.array_equal(rank_features(X, y, cv_config(rfe_max_samples=len(y)), seed=0), full)
+    capped = rank_features(X, y, cv_config(rfe_max_samples=40), seed=0)
+    assert sorted(capped) == list(range(X.shape[1])) and not np.array_equal(capped, full)
