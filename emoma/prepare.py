@@ -336,7 +336,8 @@ def prepare(wesad_dir: str | Path, opts: PrepareOptions, *, subjects: list[int] 
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Turn a WESAD folder into a merged.csv window-by-feature table.")
+    p = argparse.ArgumentParser(prog="python -m emoma.prepare",
+                                description="Turn a WESAD folder into a merged.csv window-by-feature table.")
     p.add_argument("--wesad-dir", required=True, help="the unpacked WESAD folder (holds S2 ... S17)")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--window-s", type=float, default=30.0, help="window length in seconds (default: 30)")

@@ -137,7 +137,8 @@ def write_subject(root: str | Path, subject: int, seed: int = 0, protocol=PROTOC
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Write synthetic subjects in the raw WESAD format.")
+    p = argparse.ArgumentParser(prog="python -m emoma.synthetic_wesad",
+                                description="Write synthetic subjects in the raw WESAD format.")
     p.add_argument("out_dir", help="folder to write S2/, S3/, ... into")
     p.add_argument("--subjects", default="2,3", help="comma-separated subject numbers (default: %(default)s)")
     p.add_argument("--scale", type=float, default=1.0, help="duration factor; 1 = ~100 minutes (default: 1)")

@@ -14,6 +14,7 @@ from emoma.data import MERGED_COLUMNS
 from emoma.errors import UserError
 from emoma.prepare import (ACC_FIR, PrepareOptions, decompose_eda, peak_frequency, plan_windows, prepare, slope,
                            window_stats)
+from emoma.synthetic_wesad import main as synthetic_wesad_main
 from emoma.synthetic_wesad import write_subject
 
 # Seconds per segment, in WESAD's order: baseline 130, amusement 70, meditation 2 x 45, stress 100.
@@ -215,3 +216,13 @@ def test_all_subjects_bad_is_an_error(wesad_dir, tmp_path):
         (root / f"S{subject}" / f"S{subject}.pkl").write_bytes(b"not a pickle")
     with pytest.raises(UserError, match="no subject"):
         prepare(root, PrepareOptions(), jobs=1, skip_bad=True, progress=False)
+
+
+def test_synthetic_wesad_cli_writes_the_raw_layout(tmp_path):
+    synthetic_wesad_main([str(tmp_path), "--subjects", "2,3", "--scale", "0.05"])
+    for subject in (2, 3):
+        with open(tmp_path / f"S{subject}" / f"S{subject}.pkl", "rb") as f:
+            recording = pickle.load(f, encoding="latin1")
+        assert recording["signal"]["wrist"]["BVP"].shape == (len(recording["label"]) * 64 // 700, 1)
+        assert recording["signal"]["wrist"]["ACC"].shape[1] == 3
+        assert "Age:" in (tmp_path / f"S{subject}" / f"S{subject}_readme.txt").read_text()
