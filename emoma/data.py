@@ -14,7 +14,7 @@ from emoma.errors import UserError
 # Constant within a subject: as features they identify the subject and leak it across folds.
 METADATA_PATTERNS = ("age", "height", "weight", "gender_*", "coffee_*", "sport_*", "smoker_*", "feel_ill_*")
 STRESS_LABEL = 2
-CSV_BLOCK_ROWS = 20_000
+CSV_BLOCK_ROWS = 20_000  # read_csv parses this many rows at a time: small parser buffers on big tables
 THREE_CLASS_NAMES = {0: "amusement", 1: "baseline", 2: "stress"}
 # The published WESAD merged.csv layout, column for column (emoma.prepare and emoma.synthetic write it).
 MERGED_SIGNAL_COLUMNS = [
@@ -69,7 +69,6 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise UserError(f"data file {path} is empty: give a merged.csv with a header and rows")
     try:
-        # in blocks of rows: the parser's buffers then stay small next to the table (half the peak at 100k rows)
         frame = pd.concat(pd.read_csv(path, chunksize=CSV_BLOCK_ROWS), ignore_index=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

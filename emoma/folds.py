@@ -163,11 +163,11 @@ def rank_features(X: np.ndarray, y: np.ndarray, cfg: CVConfig, seed: int) -> np.
             first_importances.append(forest.feature_importances_)
         return forest.feature_importances_
 
+    if X.shape[1] == 1:
+        return np.zeros(1, dtype=np.int64)
     # On big tables each tree grows on a bootstrap subsample: RFE time stops growing with the rows.
     max_samples = cfg.rfe_max_samples if 0 < cfg.rfe_max_samples < len(y) else None
     forest = RandomForestClassifier(n_estimators=cfg.rfe_trees, max_samples=max_samples, random_state=seed, n_jobs=1)
-    if X.shape[1] == 1:
-        return np.zeros(1, dtype=np.int64)
     rfe = RFE(forest, n_features_to_select=1, step=cfg.rfe_step, importance_getter=importances).fit(X, y)
     return np.lexsort((-first_importances[0], rfe.ranking_)).astype(np.int64)
 

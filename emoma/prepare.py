@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from emoma.data import MERGED_METADATA_COLUMNS, MERGED_SIGNAL_COLUMNS
 from emoma.errors import UserError, exit_on_user_error
-from emoma.wesad import (CHEST_HZ, LABEL_HZ, WRIST_HZ, Recording, SubjectFiles, find_subjects, load_recording,
+from emoma.wesad import (CHEST_HZ, CHEST_SIGNALS, LABEL_HZ, WRIST_HZ, Recording, SubjectFiles, find_subjects, load_recording,
                          read_readme, subject_files)
 
 # condition name -> (WESAD label code, label in the output table); the output keeps merged.csv's coding.
@@ -84,7 +84,7 @@ class PrepareOptions:
     @property
     def chest_signals(self) -> tuple[str, ...]:
         if {"chest", "all"} & set(self.signals):
-            return ("ACC", "ECG", "EDA", "EMG", "Resp", "Temp")
+            return CHEST_SIGNALS
         return ("Resp",) if "resp" in self.signals else ()
 
 

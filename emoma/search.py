@@ -2,7 +2,7 @@
 FoldPlan. The only module that imports Ray or Optuna.
 
 Flow: table -> held-out subjects removed -> fold plan of the rest (once, into the object store) ->
-Tuner(OptunaSearch, optional ASHA over folds) -> best among trials that ran every fold -> retrained on all
+Tuner(OptunaSearch, ASHA over folds unless --no-prune) -> best among trials that ran every fold -> retrained on all
 search subjects -> scored once on the held-out subjects.
 """
 from __future__ import annotations

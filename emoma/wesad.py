@@ -51,14 +51,9 @@ class SubjectFiles:
 class Recording:
     """The arrays of one subject that feature extraction needs; each signal 1-D float64 (ACC: n x 3)."""
 
-    subject: int
     label: np.ndarray  # WESAD condition code per 700 Hz sample
     wrist: dict[str, np.ndarray]
     chest: dict[str, np.ndarray]
-
-    @property
-    def duration_s(self) -> float:
-        return len(self.label) / LABEL_HZ
 
 
 def find_subjects(wesad_dir: str | Path, only: list[int] | None = None) -> list[Path]:
@@ -125,7 +120,7 @@ def load_recording(path: Path, wrist: tuple[str, ...], chest: tuple[str, ...]) -
         shown = ", ".join(str(c) for c in unknown[:5])
         raise UserError(f"{name}: label codes {shown} in {path} are not WESAD codes (0-7): "
                         f"the file is damaged or not WESAD; download it again")
-    return Recording(int(name[1:]), label.astype(np.int8), wrist_arrays, chest_arrays)
+    return Recording(label.astype(np.int8), wrist_arrays, chest_arrays)
 
 
 def _signal(array) -> np.ndarray:
