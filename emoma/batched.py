@@ -1,188 +1,413 @@
-"""Stage 3, fold-batched: train the K fold models of one configuration together as one vmapped model.
+"""Stage 3, fold-batched (the default trainer): the K fold models of one configuration trained together.
 
-Each fold keeps its own initial weights (same seeds as `train.train_fold`), its own mini-batches (same
-permutations), its own Adam state and its own early stopping; only the arithmetic is batched, so per-step
-overhead is paid once for K folds. Without dropout the results equal sequential training up to float
-rounding; with dropout the masks come from another random stream (same distribution).
+Every layer is a batched matmul with the folds as its batch dimension (Conv1d = unfold + baddbmm, the LSTM =
+one input matmul and a loop of baddbmm over its positions), so a step's fixed per-operation cost is paid once
+for K folds. Each fold keeps what `emoma.train.train_fold` gives it: its own initial weights (same seeds),
+its own mini-batches (same permutations), its own Adam state and step count, its own early stopping and best
+epoch (`emoma.metrics.EpochSelector`). Folds that stop leave the batch. Dropout masks come from one random
+stream per fold (not the sequential trainer's), so a fold's result does not depend on which folds share its
+batch.
+
+The parameters of all folds live in one flat (K, P) buffer, one contiguous row per fold; the optimiser is one
+fused Adam call over the rows of the folds that have rows in the step. The step loop never waits for the
+device: losses, accuracies and validation metrics are read once per epoch.
 """
 from __future__ import annotations
 
-import copy
+import math
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.nn import functional as F
 
 from emoma.config import ModelConfig, TrainConfig
-from emoma.model import build_model
-from emoma.train import FoldFit, class_weights, resolve_device
+from emoma.folds import Samples
+from emoma.metrics import EpochSelector, confusion_tensor, metrics_from_confusion
+from emoma.model import ChannelAttention, CNNLSTM, SpatialAttention, build_model
+from emoma.train import EVAL_CHUNK, FoldFit, class_weights, epoch_line, resolve_device
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as in train_fold
+DROPOUT_BLOCK = 32  # steps whose dropout masks are drawn at once, per fold
 
 
-class MatmulLSTM(nn.Module):
-    """nn.LSTM's math from matmuls, under nn.LSTM's parameter names, so that vmap can batch it
-    (torch has no vmap rule for aten::lstm)."""
-
-    def __init__(self, lstm: nn.LSTM):
-        super().__init__()
-        self.layers, self.hidden, self.dropout = lstm.num_layers, lstm.hidden_size, lstm.dropout
-        self.directions = 2 if lstm.bidirectional else 1
-        for name, p in lstm.named_parameters():
-            self.register_parameter(name, nn.Parameter(p.detach().clone()))
-
-    def forward(self, x):  # x: (B, L, D) -> ((B, L, H * directions), None)
-        for layer in range(self.layers):
-            if layer and self.dropout and self.training:
-                x = nn.functional.dropout(x, self.dropout, True)
-            x = torch.cat([self._direction(x, layer, reverse) for reverse in (False, True)[:self.directions]], dim=2)
-        return x, None
-
-    def _direction(self, x, layer: int, reverse: bool):
-        suffix = f"_l{layer}" + ("_reverse" if reverse else "")
-        w_hh = getattr(self, "weight_hh" + suffix)
-        gates_x = x @ getattr(self, "weight_ih" + suffix).T + getattr(self, "bias_ih" + suffix) \
-            + getattr(self, "bias_hh" + suffix)  # (B, L, 4H), gate order i, f, g, o
-        h = c = x.new_zeros(x.shape[0], self.hidden)
-        out = [None] * x.shape[1]
-        for t in (reversed(range(x.shape[1])) if reverse else range(x.shape[1])):
-            i, f, g, o = (gates_x[:, t] + h @ w_hh.T).chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            out[t] = h
-        return torch.stack(out, dim=1)
+def _tanh(x):
+    return 2 * torch.sigmoid(2 * x) - 1  # tanh, several times faster than torch.tanh on CPU
 
 
-def _pad(arrays: list[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ragged per-fold arrays: (K, n_max, ...) zero-padded, and the row counts (K,)."""
-    n_max = max(len(a) for a in arrays)
-    out = np.zeros((len(arrays), n_max, *arrays[0].shape[1:]), dtype=arrays[0].dtype)
-    for k, a in enumerate(arrays):
-        out[k, :len(a)] = a
-    return torch.as_tensor(out, device=device), torch.as_tensor([len(a) for a in arrays], device=device)
+class Layout:
+    """Where each parameter of a CNNLSTM lives in a fold's row of the flat buffer, in matmul layout.
+
+    Linear weights are stored (in, out), Conv1d weights (c_in * kernel, c_out), biases (1, out), so that a
+    layer is one baddbmm over the folds.
+    """
+
+    def __init__(self, model: CNNLSTM):
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for name, p in model.named_parameters():
+            self.shapes[name] = tuple(_to_matmul(name, p.detach()).shape)
+        self.offsets, total = {}, 0
+        for name, shape in self.shapes.items():
+            self.offsets[name] = total
+            total += math.prod(shape)
+        self.size = total
+
+    def rows(self, models: list[CNNLSTM]) -> torch.Tensor:
+        """(K, P) the models' parameters, one row each."""
+        return torch.stack([torch.cat([_to_matmul(n, p.detach()).reshape(-1) for n, p in m.named_parameters()])
+                            for m in models])
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{name: (K, *shape) view of `flat`}."""
+        out = {}
+        for name, shape in self.shapes.items():
+            a = self.offsets[name]
+            out[name] = flat[:, a:a + math.prod(shape)].view(flat.shape[0], *shape)
+        return out
+
+    def state_dict(self, row: torch.Tensor, model: CNNLSTM) -> dict[str, torch.Tensor]:
+        """One fold's parameters (P,) back in `model`'s own layout."""
+        reference = dict(model.named_parameters())
+        out = {}
+        for name, shape in self.shapes.items():
+            a = self.offsets[name]
+            value = row[a:a + math.prod(shape)].view(shape)
+            out[name] = _from_matmul(name, value, reference[name].shape)
+        return out
 
 
-def train_folds(X_train: list[np.ndarray], y_train: list[np.ndarray], X_val: list[np.ndarray],
-                y_val: list[np.ndarray], *, n_classes: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                seeds: list[int], log=None) -> list[FoldFit]:
-    """`train.train_fold` for K folds at once. Inputs are per-fold lists; every fold has the same n_inputs.
+def _to_matmul(name: str, p: torch.Tensor) -> torch.Tensor:
+    if p.dim() == 3:  # Conv1d (c_out, c_in, k) -> (c_in * k, c_out), matching unfold's (channel, tap) order
+        return p.permute(1, 2, 0).reshape(-1, p.shape[0])
+    if p.dim() == 2:  # Linear / LSTM (out, in) -> (in, out)
+        return p.t()
+    return p.reshape(1, -1)  # bias (out,) -> (1, out)
 
-    Returns one FoldFit per fold, with the best-validation weights restored in a plain CNNLSTM.
+
+def _from_matmul(name: str, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    if len(shape) == 3:
+        c_out, c_in, k = shape
+        return value.reshape(c_in, k, c_out).permute(2, 0, 1).contiguous()
+    if len(shape) == 2:
+        return value.t().contiguous()
+    return value.reshape(shape).clone()
+
+
+class FoldBatchedForward:
+    """The CNNLSTM's forward pass for K folds at once, reading parameters from (K, ...) views."""
+
+    def __init__(self, model: CNNLSTM, cfg: ModelConfig):
+        self.cfg = cfg
+        self.blocks = []  # per conv block: (conv prefix, kernel, channel-attention prefix, spatial prefix, pool)
+        for i, block in enumerate(model.cnn):
+            layers = dict(block.layers.named_children())
+            conv = f"cnn.{i}.layers.0"
+            channel = next((f"cnn.{i}.layers.{k}" for k, m in layers.items() if isinstance(m, ChannelAttention)), None)
+            spatial = next((f"cnn.{i}.layers.{k}" for k, m in layers.items() if isinstance(m, SpatialAttention)), None)
+            spatial_kernel = block.layers[int(spatial.rsplit(".", 1)[1])].conv.kernel_size[0] if spatial else 0
+            self.blocks.append((conv, block.layers[0].kernel_size[0], channel, spatial, spatial_kernel, cfg.pool))
+        self.lstm_layers, self.hidden = model.lstm.num_layers, model.lstm.hidden_size
+        self.directions = 2 if model.lstm.bidirectional else 1
+        self.lstm_dropout = model.lstm.dropout
+        self.attention = model.pool is not None
+        self.head = [f"head.{i}" for i, m in enumerate(model.head) if isinstance(m, nn.Linear)]
+        self.dropout = cfg.dropout
+
+    def __call__(self, p: dict, x: torch.Tensor, mask: torch.Tensor | None, drop: list | None) -> torch.Tensor:
+        """Logits (K, B, n_classes) of x (K, B, T, F) with mask (K, B, T) or None; `drop` holds this step's
+        dropout keep-masks (None in eval mode)."""
+        K, B, T, n_in = x.shape
+        h = x.reshape(K, B * T, n_in, 1)  # (K, N, L, C): channel-last, each window a 1-channel sequence
+        for conv, kernel, channel, spatial, spatial_kernel, pool in self.blocks:
+            h = torch.relu(_conv(h, p[f"{conv}.weight"], p[f"{conv}.bias"], kernel))
+            if channel:
+                h = _channel_attention(h, p, channel)
+            if spatial:
+                s = torch.cat([h.mean(3, keepdim=True), h.max(3, keepdim=True).values], dim=3)  # (K, N, L, 2)
+                h = h * torch.sigmoid(_conv(s, p[f"{spatial}.conv.weight"], p[f"{spatial}.conv.bias"], spatial_kernel))
+            if pool != "none":
+                h = _pool(h, pool)
+        L = h.shape[2]
+        h = h.reshape(K, B, T * L, -1)  # (K, B, S, C): the windows' positions in time order
+        pos_mask = None if mask is None else mask.repeat_interleave(L, dim=2)  # (K, B, S)
+        h, last = self._lstm(p, h, pos_mask, drop)
+        if self.attention:
+            D = h.shape[3]
+            scores = torch.baddbmm(p["pool.score.bias"], h.reshape(K, -1, D), p["pool.score.weight"]).view(K, B, -1)
+            if pos_mask is not None:
+                scores = scores.masked_fill(~pos_mask, float("-inf"))
+            weights = torch.softmax(scores, dim=2)  # (K, B, S)
+            h = (weights.unsqueeze(3) * h).sum(2)  # (K, B, D)
+        else:
+            h = last
+        for i, name in enumerate(self.head):
+            if drop is not None:
+                h = h * drop[i]
+            h = torch.baddbmm(p[f"{name}.bias"], h, p[f"{name}.weight"])
+            if i < len(self.head) - 1:
+                h = torch.relu(h)
+        return h
+
+    def _lstm(self, p, x, mask, drop):
+        """Masked LSTM over (K, B, S, D_in): padded positions leave the state unchanged (as packing does).
+        Returns outputs (K, B, S, H * directions) and the last position's output (K, B, H * directions)."""
+        K, B, S, _ = x.shape
+        H = self.hidden
+        gate_scale = x.new_ones(4 * H)
+        gate_scale[2 * H:3 * H] = 2  # the g gate's tanh as 2 * sigmoid(2x) - 1: one sigmoid for all four gates
+        for layer in range(self.lstm_layers):
+            if layer and drop is not None and self.lstm_dropout:
+                x = x * drop[len(self.head) + layer - 1]
+            outs = []
+            for reverse in (False, True)[:self.directions]:
+                sfx = f"_l{layer}" + ("_reverse" if reverse else "")
+                bias = p[f"lstm.bias_ih{sfx}"] + p[f"lstm.bias_hh{sfx}"]  # (K, 1, 4H)
+                xp = torch.baddbmm(bias, x.reshape(K, B * S, -1), p[f"lstm.weight_ih{sfx}"]).view(K, B, S, 4 * H)
+                w_hh = p[f"lstm.weight_hh{sfx}"]  # (K, H, 4H)
+                h = c = x.new_zeros(K, B, H)
+                out = [None] * S
+                for t in (range(S - 1, -1, -1) if reverse else range(S)):
+                    gates = torch.sigmoid(torch.baddbmm(xp[:, :, t], h, w_hh) * gate_scale)
+                    i, f, g, o = gates.chunk(4, dim=2)
+                    c_new = f * c + i * (2 * g - 1)
+                    h_new = o * _tanh(c_new)
+                    if mask is not None:
+                        m = mask[:, :, t, None]
+                        c, h = torch.where(m, c_new, c), torch.where(m, h_new, h)
+                    else:
+                        c, h = c_new, h_new
+                    out[t] = h_new
+                outs.append(torch.stack(out, dim=2))
+            x = torch.cat(outs, dim=3) if self.directions == 2 else outs[0]
+        return x, x[:, :, -1]
+
+    def dropout_shapes(self, B: int, S: int, model: CNNLSTM) -> list[tuple[int, ...]]:
+        """Shapes (per fold) of a step's dropout masks: one per head Linear's input, one per inner LSTM layer."""
+        D = self.hidden * self.directions
+        shapes = [(B, D)] + [(B, model.head[int(n.split(".")[1])].in_features) for n in self.head[1:]]
+        return shapes + [(B, S, D)] * (self.lstm_layers - 1)
+
+
+def _conv(h, weight, bias, kernel):
+    """Conv1d (padding kernel // 2) on channel-last h (K, N, L, C) -> (K, N, L, C_out)."""
+    K, N, L, C = h.shape
+    pad = kernel // 2
+    if kernel > 1:
+        h = F.pad(h, (0, 0, pad, pad))
+    cols = h.unfold(2, kernel, 1).reshape(K, N * L, C * kernel)  # (K, N*L, C*kernel), (channel, tap) order
+    return torch.baddbmm(bias, cols, weight).view(K, N, L, -1)
+
+
+def _channel_attention(h, p, prefix):
+    """CBAM channel attention, the shared MLP run once on the average- and max-pooled positions stacked."""
+    K, N = h.shape[:2]
+    pooled = torch.cat([h.mean(2), h.max(2).values], dim=1)  # (K, 2N, C)
+    hidden = torch.relu(torch.baddbmm(p[f"{prefix}.mlp.0.bias"], pooled, p[f"{prefix}.mlp.0.weight"]))
+    out = torch.baddbmm(p[f"{prefix}.mlp.2.bias"], hidden, p[f"{prefix}.mlp.2.weight"])  # (K, 2N, C)
+    return h * torch.sigmoid(out[:, :N] + out[:, N:]).unsqueeze(2)
+
+
+def _pool(h, kind):
+    """Pool pairs of positions (ceil mode: an odd last position is pooled alone), channel-last."""
+    K, N, L, C = h.shape
+    if L % 2:
+        h = F.pad(h, (0, 0, 0, 1), value=float("-inf") if kind == "max" else 0.0)
+    pairs = h.view(K, N, (L + 1) // 2, 2, C)
+    if kind == "max":
+        return pairs.max(3).values
+    counts = h.new_full(((L + 1) // 2, 1), 2.0)
+    if L % 2:
+        counts[-1] = 1.0
+    return pairs.sum(3) / counts
+
+
+class _Stack:
+    """Per-fold samples stacked and padded: X (K, N, F), index (K, n_max, k), mask, y (K, n_max), counts."""
+
+    def __init__(self, parts: list[Samples], device):
+        K = len(parts)
+        n_windows = max(len(s.X) for s in parts)
+        n_max = max(len(s) for s in parts)
+        k = parts[0].index.shape[1]
+        X = np.zeros((K, n_windows, parts[0].X.shape[1]), dtype=np.float32)
+        index = np.zeros((K, n_max, k), dtype=np.int64)
+        mask = np.ones((K, n_max, k), dtype=bool)  # padding rows: all real, so their (unused) outputs stay finite
+        y = np.zeros((K, n_max), dtype=np.int64)
+        for f, s in enumerate(parts):
+            X[f, :len(s.X)], index[f, :len(s)], mask[f, :len(s)], y[f, :len(s)] = s.X, s.index, s.mask, s.y
+        self.padded = any(s.padded for s in parts)
+        self.X, self.index = torch.as_tensor(X, device=device), torch.as_tensor(index, device=device)
+        self.mask = torch.as_tensor(mask, device=device) if self.padded else None
+        self.y = torch.as_tensor(y, device=device)
+        self.counts = [len(s) for s in parts]
+        self.n = torch.as_tensor(self.counts, device=device)
+
+    def keep(self, local: list[int]) -> None:
+        ix = torch.as_tensor(local, device=self.X.device)
+        self.X, self.index, self.y, self.n = self.X[ix], self.index[ix], self.y[ix], self.n[ix]
+        self.mask = None if self.mask is None else self.mask[ix]
+        self.counts = [self.counts[i] for i in local]
+
+    def batch(self, rows: torch.Tensor):
+        """rows (K, B) per-fold sample numbers -> x (K, B, T, F), mask (K, B, T) or None, y (K, B)."""
+        fold = torch.arange(len(rows), device=rows.device)[:, None]
+        index = self.index[fold, rows]  # (K, B, T)
+        x = self.X[fold[:, :, None], index]  # (K, B, T, F)
+        return x, None if self.mask is None else self.mask[fold, rows], self.y[fold, rows]
+
+
+def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, model_cfg: ModelConfig,
+                train_cfg: TrainConfig, seeds: list[int], log=None) -> list[FoldFit]:
+    """`emoma.train.train_fold` for K folds at once (one Samples per fold; every fold has the same n_inputs).
+
+    Returns one FoldFit per fold, its best epoch's weights restored in a plain CNNLSTM.
     """
     device = resolve_device(train_cfg.device)
-    K, n_inputs = len(seeds), X_train[0].shape[1]
+    K, n_inputs = len(seeds), train[0].X.shape[1]
     models = []
     for seed in seeds:  # same initial weights as train_fold with this seed
         torch.manual_seed(seed)
         models.append(build_model(model_cfg, n_inputs, n_classes))
-    base = copy.deepcopy(models[0])
-    base.lstm = MatmulLSTM(base.lstm)
-    base = base.to(device)
-    params, buffers = stack_module_state([_with_matmul_lstm(m) for m in models])
-    params = {k: v.to(device).detach().requires_grad_() for k, v in params.items()}
-    buffers = {k: v.to(device) for k, v in buffers.items()}
-    forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), randomness="different")
-
-    Xt, nt = _pad(X_train, device)
-    yt, _ = _pad(y_train, device)
-    Xv, nv = _pad(X_val, device)
-    yv, _ = _pad(y_val, device)
-    class_w = torch.stack([class_weights(y, n_classes, device) if train_cfg.class_weights
-                           else torch.ones(n_classes, device=device) for y in y_train])  # (K, C)
-    val_mask = (torch.arange(Xv.shape[1], device=device)[None] < nv[:, None]).float()  # (K, nv_max)
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    m = {k: torch.zeros_like(v) for k, v in params.items()}
-    v2 = {k: torch.zeros_like(v) for k, v in params.items()}
+    layout = Layout(models[0])
+    forward = FoldBatchedForward(models[0], model_cfg)
+    flat = layout.rows(models).to(device)  # (K, P) parameters
+    grad = torch.zeros_like(flat)
+    m, v = torch.zeros_like(flat), torch.zeros_like(flat)
     steps = torch.zeros(K, device=device)
+    best = flat.clone()  # rows by original fold number
+    tr, va = _Stack(train, device), _Stack(val, device)
+    class_w = torch.stack([class_weights(s.y, n_classes, device) if train_cfg.class_weights
+                           else torch.ones(n_classes, device=device) for s in train])  # (K, C)
+    dropout_gen = [torch.Generator(device=device).manual_seed(seed + 1) for seed in seeds]
+    batch_gen = [torch.Generator().manual_seed(seed) for seed in seeds]  # the permutations of train_fold
+    selectors = [EpochSelector(train_cfg.patience) for _ in seeds]
+    histories: list[list[dict]] = [[] for _ in seeds]
+    alive = list(range(K))  # original fold number of each row of the batch
     bs = train_cfg.batch_size
-    n_steps = int(-(-nt.max().item() // bs))
-    best = [(-1.0, float("inf"))] * K
-    best_epoch, stopped = [0] * K, [False] * K
-    best_params = {k: v.detach().clone() for k, v in params.items()}
-    histories: list[list[dict]] = [[] for _ in range(K)]
-    fold_index = torch.arange(K, device=device)[:, None]
+    p_drop = model_cfg.dropout if model_cfg.dropout > 0 else 0.0
+
+    def rebind():
+        params = layout.views(flat)
+        leaves = {n: t.detach().requires_grad_() for n, t in params.items()}
+        grads = layout.views(grad)
+        rows = [(flat[i], grad[i], m[i], v[i], steps[i:i + 1].view(())) for i in range(len(alive))]
+        return leaves, [grads[n] for n in leaves], rows
+
+    leaves, grad_views, fold_rows = rebind()
     for epoch in range(1, train_cfg.epochs + 1):
-        base.train()
-        # each fold's permutation (as in train_fold), padded to n_steps * bs; mask marks real rows
-        order = torch.zeros(K, n_steps * bs, dtype=torch.long)
-        for k, (n, g) in enumerate(zip(nt.tolist(), generators)):
-            order[k, :n] = torch.randperm(n, generator=g)
+        counts = tr.counts
+        n_steps = -(-max(counts) // bs)
+        order = torch.zeros(len(alive), n_steps * bs, dtype=torch.long)
+        for j, (f, n) in enumerate(zip(alive, counts)):
+            order[j, :n] = torch.randperm(n, generator=batch_gen[f])
         order = order.to(device)
-        valid = (torch.arange(n_steps * bs, device=device)[None] < nt[:, None]).float()
-        running = ~torch.tensor(stopped, device=device)
-        loss_sum = torch.zeros(K, device=device)
-        correct = torch.zeros(K, device=device)
+        valid = (torch.arange(n_steps * bs, device=device)[None] < tr.n[:, None]).float()  # (K, n_steps*bs)
+        loss_sum = torch.zeros(len(alive), device=device)
+        correct = torch.zeros(len(alive), device=device)
+        drop_masks = None
         for s in range(n_steps):
-            idx, mask = order[:, s * bs:(s + 1) * bs], valid[:, s * bs:(s + 1) * bs]  # (K, bs)
-            active = (mask.sum(1) > 0) & running
-            xb, yb = Xt[fold_index, idx], yt[fold_index, idx]  # (K, bs, F), (K, bs)
-            logits = forward(params, buffers, xb)  # (K, bs, C)
-            per_row = nn.functional.cross_entropy(logits.transpose(1, 2), yb, reduction="none")  # (K, bs)
-            weight = class_w[fold_index, yb] * mask
-            fold_loss = (per_row * weight).sum(1) / weight.sum(1).clamp_min(1e-12)  # (K,) weighted means
-            grads = torch.autograd.grad(fold_loss.sum(), list(params.values()))
-            _adam_step(params, dict(zip(params, grads)), m, v2, steps, active, train_cfg)
+            if p_drop and s % DROPOUT_BLOCK == 0:
+                drop_masks = _draw_dropout(forward, models[0], alive, dropout_gen, min(DROPOUT_BLOCK, n_steps - s),
+                                           bs, tr, p_drop, device)
+            rows, weight = order[:, s * bs:(s + 1) * bs], valid[:, s * bs:(s + 1) * bs]  # (K, bs)
+            x, mask, y = tr.batch(rows)
+            drop = None if not p_drop else [d[:, s % DROPOUT_BLOCK] for d in drop_masks]
+            logits = forward(leaves, x, mask, drop)  # (K, bs, C)
+            per_row = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (K, bs)
+            w = class_w.gather(1, y) * weight
+            fold_loss = (per_row * w).sum(1) / w.sum(1).clamp_min(1e-12)  # (K,) each fold's weighted mean
+            grads = torch.autograd.grad(fold_loss.sum(), list(leaves.values()))
+            torch._foreach_copy_(grad_views, grads)
+            active = [j for j, n in enumerate(counts) if n > s * bs]  # folds with rows left in this epoch
+            _adam(fold_rows, active, grad, train_cfg)
             with torch.no_grad():
-                loss_sum += fold_loss.detach() * mask.sum(1)
-                correct += ((logits.argmax(2) == yb).float() * mask).sum(1)
-        base.eval()
-        with torch.no_grad():
-            logits = forward(params, buffers, Xv)
-            per_row = nn.functional.cross_entropy(logits.transpose(1, 2), yv, reduction="none")
-            weight = class_w[fold_index, yv] * val_mask
-            val_loss = ((per_row * weight).sum(1) / weight.sum(1)).tolist()
-            val_acc = (((logits.argmax(2) == yv).float() * val_mask).sum(1) / nv).tolist()
-        for k in range(K):
-            if stopped[k]:
-                continue
-            row = {"epoch": epoch, "train_loss": loss_sum[k].item() / nt[k].item(),
-                   "train_acc": correct[k].item() / nt[k].item(), "val_loss": val_loss[k], "val_acc": val_acc[k]}
-            histories[k].append(row)
+                loss_sum += fold_loss.detach() * weight.sum(1)
+                correct += ((logits.argmax(2) == y).float() * weight).sum(1)
+        val_scores = _validate(forward, leaves, va, class_w, n_classes)  # (K, 4) on the device
+        table = torch.cat([val_scores, (loss_sum / tr.n)[:, None], (correct / tr.n)[:, None]], dim=1).tolist()
+        improved, stopped = [], []
+        for j, f in enumerate(alive):
+            val_loss, acc, bal, f1, train_loss, train_acc = table[j]
+            row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
+                   "val_accuracy": acc, "val_balanced_accuracy": bal, "val_macro_f1": f1}
+            histories[f].append(row)
             if log is not None:
-                log(k, f"epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}  "
-                       f"val loss {val_loss[k]:.4f} acc {val_acc[k]:.3f}")
-            if (val_acc[k], -val_loss[k]) > (best[k][0], -best[k][1]):
-                best[k], best_epoch[k] = (val_acc[k], val_loss[k]), epoch
-                for name, value in params.items():
-                    best_params[name][k] = value.detach()[k]
-            elif train_cfg.patience and epoch - best_epoch[k] >= train_cfg.patience:
-                stopped[k] = True
-        if all(stopped):
-            break
+                log(f, epoch_line(row, train_cfg.metric))
+            if selectors[f].update(epoch, row[f"val_{train_cfg.metric}"], val_loss):
+                improved.append(j)
+            elif selectors[f].should_stop(epoch):
+                stopped.append(j)
+        if improved:
+            local = torch.as_tensor(improved, device=device)
+            best[torch.as_tensor([alive[j] for j in improved], device=device)] = flat[local]
+        if stopped:  # stopped folds leave the batch: compact every per-fold tensor
+            keep = [j for j in range(len(alive)) if j not in stopped]
+            if not keep:
+                break
+            ix = torch.as_tensor(keep, device=device)
+            flat, grad, m, v, steps, class_w = flat[ix], grad[ix], m[ix], v[ix], steps[ix], class_w[ix]
+            tr.keep(keep)
+            va.keep(keep)
+            alive = [alive[j] for j in keep]
+            leaves, grad_views, fold_rows = rebind()
     fits = []
-    for k, model in enumerate(models):
-        model.load_state_dict({name: value[k].cpu() for name, value in best_params.items()})
+    for f, model in enumerate(models):
+        model.load_state_dict(layout.state_dict(best[f].cpu(), model))
         model.to(device).eval()
-        fits.append(FoldFit(model=model, best_epoch=best_epoch[k], epochs_run=len(histories[k]),
-                            history=histories[k]))
+        fits.append(FoldFit(model=model, best_epoch=selectors[f].best_epoch, epochs_run=len(histories[f]),
+                            history=histories[f]))
     return fits
 
 
-def _with_matmul_lstm(model: nn.Module) -> nn.Module:
-    copy_ = copy.deepcopy(model)
-    copy_.lstm = MatmulLSTM(model.lstm)
-    return copy_
+def _draw_dropout(forward, model, alive, generators, n_steps, bs, tr, p, device):
+    """Keep-masks scaled by 1/(1-p) for the next `n_steps` steps: per dropout site (K, n_steps, ...)."""
+    S = tr.index.shape[2] * _positions(model, tr.X.shape[2])
+    out = []
+    for shape in forward.dropout_shapes(bs, S, model):
+        masks = [(torch.rand((n_steps, *shape), generator=generators[f], device=device) >= p) for f in alive]
+        out.append(torch.stack(masks).float() / (1 - p))
+    return out
+
+
+def _positions(model: CNNLSTM, n_inputs: int) -> int:
+    """CNN output positions of one window of n_inputs features."""
+    L = n_inputs
+    for block in model.cnn:
+        if any(isinstance(layer, (nn.MaxPool1d, nn.AvgPool1d)) for layer in block.layers):
+            L = (L + 1) // 2
+    return L
 
 
 @torch.no_grad()
-def _adam_step(params, grads, m, v, steps, active, cfg: TrainConfig) -> None:
-    """torch.optim.Adam (L2 weight decay), per fold; folds not `active` are left untouched."""
-    steps += active.float()
-    if cfg.grad_clip:
-        norms = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads.values()))  # (K,) per-fold norm
-        scale = (cfg.grad_clip / (norms + 1e-6)).clamp(max=1.0)
-    b1, b2 = BETAS
-    for name, p in params.items():
-        g = grads[name]
-        shape = (-1,) + (1,) * (p.dim() - 1)  # broadcast (K,) over the parameter's own dimensions
-        if cfg.grad_clip:
-            g = g * scale.view(shape)
-        if cfg.weight_decay:
-            g = g + cfg.weight_decay * p
-        on = active.view(shape)
-        m[name] = torch.where(on, b1 * m[name] + (1 - b1) * g, m[name])
-        v[name] = torch.where(on, b2 * v[name] + (1 - b2) * g * g, v[name])
-        t = steps.clamp_min(1).view(shape)
-        denom = v[name].sqrt() / torch.sqrt(1 - b2**t) + EPS
-        p.sub_(torch.where(on, cfg.lr / (1 - b1**t) * m[name] / denom, torch.zeros_like(p)))
+def _adam(fold_rows, active, grad, cfg: TrainConfig) -> None:
+    """torch.optim.Adam (L2 weight decay, optional per-fold gradient clipping) on the active folds' rows."""
+    if cfg.grad_clip:  # clip_grad_norm_ per fold: one norm over all of its parameters
+        norms = grad.norm(dim=1, keepdim=True)
+        grad.mul_((cfg.grad_clip / (norms + 1e-6)).clamp(max=1.0))
+    rows = [fold_rows[j] for j in active]
+    params, grads, m, v, steps = (list(t) for t in zip(*rows))
+    torch._foreach_add_(steps, 1.0)  # the fused kernel reads the step count; it does not increment it
+    torch._fused_adam_(params, grads, m, v, [], steps, lr=cfg.lr, beta1=BETAS[0], beta2=BETAS[1],
+                       weight_decay=cfg.weight_decay, eps=EPS, amsgrad=False, maximize=False)
+
+
+@torch.no_grad()
+def _validate(forward, leaves, va: _Stack, class_w, n_classes) -> torch.Tensor:
+    """(K, 4): validation loss (class-weighted mean), accuracy, balanced accuracy, macro-F1 per fold."""
+    K, n_max = va.y.shape
+    loss_sum = torch.zeros(K, device=va.y.device)
+    weight_sum = torch.zeros(K, device=va.y.device)
+    confusion = torch.zeros(K, n_classes, n_classes, device=va.y.device)
+    all_rows = torch.arange(n_max, device=va.y.device).expand(K, n_max)
+    for start in range(0, n_max, EVAL_CHUNK):
+        rows = all_rows[:, start:start + EVAL_CHUNK]
+        x, mask, y = va.batch(rows)
+        real = (rows < va.n[:, None]).float()
+        logits = forward(leaves, x, mask, None)
+        w = class_w.gather(1, y) * real
+        loss_sum += (F.cross_entropy(logits.transpose(1, 2), y, reduction="none") * w).sum(1)
+        weight_sum += w.sum(1)
+        confusion += confusion_tensor(logits.argmax(2), y, n_classes, real)
+    metrics = metrics_from_confusion(confusion)
+    return torch.stack([loss_sum / weight_sum, metrics["accuracy"], metrics["balanced_accuracy"],
+                        metrics["macro_f1"]], dim=1)

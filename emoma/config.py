@@ -16,6 +16,8 @@ SCHEMES = ("loso", "group-kfold", "stratified-group-kfold", "kfold")
 POOLS = ("max", "avg", "none")
 DEVICES = ("auto", "cpu", "cuda")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+SUBJECT_NORMS = ("none", "subject", "causal")
+TRAINERS = ("batched", "sequential")
 
 
 @dataclass
@@ -29,6 +31,10 @@ class DataConfig:
     drop_nan: bool = False  # drop rows with NaN/inf features instead of stopping with an error
     subject_column: str = "subject"  # column holding the subject id
     label_column: str = "label"  # column holding the raw label
+    time_column: str = "time_s"  # window start in seconds, orders a subject's windows; absent = row order
+    window_s: float | None = None  # window length for the time-gap rule; None = a subject's median time step
+    subject_norm: str = "none"  # none | subject (each subject's own mean/std; transductive) | causal (running)
+    norm_warmup: int = 5  # causal: a window's z-scores are shrunk by n/norm_warmup while its statistics rest on n < norm_warmup windows
 
 
 @dataclass
@@ -41,12 +47,13 @@ class CVConfig:
     rfe_step: int = 2  # features eliminated per RFE round (1 = a strict ranking, slower)
     rfe_max_samples: int = 20000  # rows drawn for each RFE tree when the fold has more (big tables); 0 = all
     jobs: int = 0  # worker processes for fold plans and fold training; 0 = one per CPU core
-    batch_folds: bool = False  # train each worker's folds together as one vmapped model (emoma/batched.py)
+    trainer: str = "batched"  # batched: a worker's folds trained together as one model | sequential: one by one (reference)
     cache_dir: str | None = "~/.cache/emoma/plans"  # where fold plans are cached by content hash; None = no cache
 
 
 @dataclass
 class ModelConfig:
+    context: int = 1  # windows per sample: the current one and the context-1 before it, same subject, in time order
     n_features: int = 20  # top-k features of each fold's RFE ranking the model reads; 0 = all
     conv_channels: list = field(default_factory=lambda: [16, 32])  # output channels of each Conv1d block
     kernel_size: int = 3  # Conv1d kernel size (odd; padded to keep the length)
@@ -70,6 +77,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without a better validation score; 0 = run all epochs
     class_weights: bool = False  # weight the loss by inverse class frequency of the training rows
     grad_clip: float = 0.0  # clip the gradient norm to this value; 0 = off
+    metric: str = "macro_f1"  # validation metric that picks the best epoch and drives early stopping (ties: lower loss)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
 
 
@@ -80,6 +88,7 @@ class SearchConfig:
     holdout: int = 3  # subjects held out of the whole search, drawn with the seed so every class is present
     holdout_subjects: list = field(default_factory=list)  # explicit held-out subject ids (overrides holdout)
     prune: bool = True  # ASHA early stopping over folds; the best is chosen among trials that ran every fold
+    fold_batch: int = 4  # folds a trial trains together as one batched model (0 = all); it reports after each
     grace_folds: int = 2  # ASHA: folds every trial runs before it can be stopped
     reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
     cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial (torch uses that many threads)
@@ -150,6 +159,9 @@ def validate(config: Config) -> None:
     """Check values against their rules; raise UserError naming the key, its value and the rule."""
     rules = [
         ("data.task", config.data.task in TASKS, f"one of {', '.join(TASKS)}"),
+        ("data.subject_norm", config.data.subject_norm in SUBJECT_NORMS, f"one of {', '.join(SUBJECT_NORMS)}"),
+        ("data.norm_warmup", config.data.norm_warmup >= 1, "at least 1"),
+        ("data.window_s", config.data.window_s is None or config.data.window_s > 0, "positive, or null (inferred)"),
         ("cv.scheme", config.cv.scheme in SCHEMES, f"one of {', '.join(SCHEMES)}"),
         ("cv.folds", config.cv.folds >= 2, "at least 2"),
         ("cv.val_subjects", config.cv.val_subjects >= 1, "at least 1"),
@@ -158,6 +170,8 @@ def validate(config: Config) -> None:
         ("cv.rfe_step", config.cv.rfe_step >= 1, "at least 1"),
         ("cv.rfe_max_samples", config.cv.rfe_max_samples >= 0, "0 (all rows) or more"),
         ("cv.jobs", config.cv.jobs >= 0, "0 (one per core) or more"),
+        ("cv.trainer", config.cv.trainer in TRAINERS, f"one of {', '.join(TRAINERS)}"),
+        ("model.context", config.model.context >= 1, "at least 1 (1 = the current window only)"),
         ("model.n_features", config.model.n_features >= 0, "0 (all) or more"),
         ("model.conv_channels", all(isinstance(c, int) and c >= 1 for c in config.model.conv_channels),
          "a list of positive integers (may be empty)"),
@@ -174,10 +188,12 @@ def validate(config: Config) -> None:
         ("train.epochs", config.train.epochs >= 1, "at least 1"),
         ("train.patience", config.train.patience >= 0, "0 (off) or more"),
         ("train.grad_clip", config.train.grad_clip >= 0, "0 (off) or more"),
+        ("train.metric", config.train.metric in METRICS, f"one of {', '.join(METRICS)}"),
         ("train.device", config.train.device in DEVICES, f"one of {', '.join(DEVICES)}"),
         ("search.metric", config.search.metric in METRICS, f"one of {', '.join(METRICS)}"),
         ("search.num_samples", config.search.num_samples >= 1, "at least 1"),
         ("search.holdout", config.search.holdout >= 0, "0 or more"),
+        ("search.fold_batch", config.search.fold_batch >= 0, "0 (all folds at once) or more"),
         ("search.grace_folds", config.search.grace_folds >= 1, "at least 1"),
         ("search.reduction_factor", config.search.reduction_factor >= 2, "at least 2"),
         ("search.cpus_per_trial", config.search.cpus_per_trial > 0, "positive"),

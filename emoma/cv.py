@@ -1,4 +1,4 @@
-"""Stage 4: one configuration's cross-validation over a FoldPlan -> CVResult (per fold and mean ± std)."""
+"""Stage 4: one configuration's cross-validation over a FoldPlan -> CVResult (per fold, per subject, pooled)."""
 from __future__ import annotations
 
 import time
@@ -9,17 +9,22 @@ import torch
 from joblib import Parallel, delayed
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
+from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
 
 from emoma.batched import train_folds
 from emoma.config import METRICS, Config
+from emoma.context import context_index, run_starts
 from emoma.data import Table
-from emoma.folds import Fold, FoldPlan, resolve_jobs
+from emoma.folds import Fold, FoldPlan, Samples, resolve_jobs
+from emoma.metrics import score
 from emoma.train import FoldFit, predict_proba, resolve_device, train_fold
 
+# Classical models given exactly the CNN-LSTM's inputs: the fold's scaled RFE features of the (subject-
+# normalised) table, the k context windows concatenated.
 BASELINES = {
     "LDA": lambda seed: LinearDiscriminantAnalysis(),
+    "LogisticRegression": lambda seed: LogisticRegression(max_iter=2000),
     "RandomForest": lambda seed: RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1),
 }
 
@@ -42,6 +47,7 @@ class FoldResult:
     y_pred: np.ndarray  # (n_test,)
     proba: np.ndarray  # (n_test, n_classes)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> metrics on the same fold
+    baseline_proba: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_test, n_classes)
     model: torch.nn.Module | None = None  # the trained model, when asked for
 
 
@@ -66,10 +72,24 @@ class CVResult:
         """Pooled confusion matrix: the sum over folds."""
         return np.sum([f.confusion for f in self.folds], axis=0)
 
+    def pooled(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Test rows of every fold (n,) and {model: (n, n_classes) probabilities}: the CNN-LSTM and each
+        baseline, rows in the same order."""
+        rows = np.concatenate([f.test_rows for f in self.folds])
+        proba = {"CNN-LSTM": np.concatenate([f.proba for f in self.folds])}
+        for name in self.folds[0].baseline_proba if self.folds else []:
+            proba[name] = np.concatenate([f.baseline_proba[name] for f in self.folds])
+        return rows, proba
+
 
 def fold_seed(seed: int, fold: int) -> int:
     """A distinct, reproducible seed per (config seed, fold)."""
     return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+
+
+def table_context(table: Table, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(index, mask) of every window's `model.context` windows, built once per table and configuration."""
+    return context_index(run_starts(table, config.data.window_s), config.model.context)
 
 
 def run_cv(table: Table, plan: FoldPlan, config: Config, *, baselines: bool = False, progress: bool = True,
@@ -82,12 +102,13 @@ def run_cv(table: Table, plan: FoldPlan, config: Config, *, baselines: bool = Fa
     start = time.perf_counter()
     on_gpu = resolve_device(config.train.device).type == "cuda"
     jobs = 1 if on_gpu else min(resolve_jobs(config.cv.jobs), len(plan.folds))
-    if config.cv.batch_folds:  # each worker trains its share of the folds as one batched model
+    context = table_context(table, config)
+    if config.cv.trainer == "batched":  # each worker trains its share of the folds as one batched model
         groups = [list(range(len(plan.folds)))[w::jobs] for w in range(jobs)]
-        args = [(table, [plan.folds[i] for i in g], g, config, baselines, verbose) for g in groups]
+        args = [(table, [plan.folds[i] for i in g], g, config, context, baselines, verbose) for g in groups]
         task = run_folds_batched
     else:
-        args = [(table, fold, i, config, baselines, verbose) for i, fold in enumerate(plan.folds)]
+        args = [(table, fold, i, config, context, baselines, verbose) for i, fold in enumerate(plan.folds)]
         task = run_fold
     if jobs == 1:
         stream = (task(*a) for a in args)
@@ -106,71 +127,64 @@ def run_cv(table: Table, plan: FoldPlan, config: Config, *, baselines: bool = Fa
     return CVResult(plan.scheme, table.class_names, results, time.perf_counter() - start, notes=list(plan.notes))
 
 
-def run_fold(table: Table, fold: Fold, index: int, config: Config, baselines: bool = False,
-             verbose: bool = False, threads: int = 1, keep_model: bool = False) -> FoldResult:
+def run_fold(table: Table, fold: Fold, index: int, config: Config, context: tuple[np.ndarray, np.ndarray],
+             baselines: bool = False, verbose: bool = False, threads: int = 1,
+             keep_model: bool = False) -> FoldResult:
     """Train on the fold's training rows, early-stop on its validation rows, score its test rows once.
 
-    `threads` fixes torch's CPU threads (results depend on it only in the last bits); `keep_model` puts the
-    trained model in the result.
+    `context` is `table_context(table, config)`; `threads` fixes torch's CPU threads (results depend on it
+    only in the last bits); `keep_model` puts the trained model in the result.
     """
     start = time.perf_counter()
     torch.set_num_threads(threads)
-    parts = fold.arrays(table.X, config.model.n_features)
+    parts = fold.samples(table.X, table.y, context, config.model.n_features)
     log = (lambda line: print(f"fold {index + 1:2d} {line}", flush=True)) if verbose else None
-    fit = train_fold(parts["train"], table.y[fold.train], parts["val"], table.y[fold.val],
-                     n_classes=len(table.class_names), model_cfg=config.model, train_cfg=config.train,
-                     seed=fold_seed(config.seed, index), log=log)
+    fit = train_fold(parts["train"], parts["val"], n_classes=len(table.class_names), model_cfg=config.model,
+                     train_cfg=config.train, seed=fold_seed(config.seed, index), log=log)
     return fold_result(table, fold, index, config, parts, fit, time.perf_counter() - start, baselines, keep_model)
 
 
 def run_folds_batched(table: Table, folds: list[Fold], indices: list[int], config: Config,
-                      baselines: bool = False, verbose: bool = False, threads: int = 1) -> list[FoldResult]:
+                      context: tuple[np.ndarray, np.ndarray], baselines: bool = False, verbose: bool = False,
+                      threads: int = 1) -> list[FoldResult]:
     """`run_fold` for several folds at once, their models trained together (emoma.batched)."""
     start = time.perf_counter()
     torch.set_num_threads(threads)
-    parts = [fold.arrays(table.X, config.model.n_features) for fold in folds]
+    parts = [fold.samples(table.X, table.y, context, config.model.n_features) for fold in folds]
     log = (lambda k, line: print(f"fold {indices[k] + 1:2d} {line}", flush=True)) if verbose else None
-    fits = train_folds([p["train"] for p in parts], [table.y[f.train] for f in folds],
-                       [p["val"] for p in parts], [table.y[f.val] for f in folds],
-                       n_classes=len(table.class_names), model_cfg=config.model, train_cfg=config.train,
+    fits = train_folds([p["train"] for p in parts], [p["val"] for p in parts], n_classes=len(table.class_names),
+                       model_cfg=config.model, train_cfg=config.train,
                        seeds=[fold_seed(config.seed, i) for i in indices], log=log)
     seconds = (time.perf_counter() - start) / len(folds)  # shared training time, split evenly
     return [fold_result(table, fold, i, config, p, fit, seconds, baselines)
             for fold, i, p, fit in zip(folds, indices, parts, fits)]
 
 
-def fold_result(table: Table, fold: Fold, index: int, config: Config, parts: dict, fit: FoldFit, seconds: float,
-                baselines: bool = False, keep_model: bool = False) -> FoldResult:
-    """Score a trained fold once on its test rows (and the baselines on the same features)."""
+def fold_result(table: Table, fold: Fold, index: int, config: Config, parts: dict[str, Samples], fit: FoldFit,
+                seconds: float, baselines: bool = False, keep_model: bool = False) -> FoldResult:
+    """Score a trained fold once on its test rows (and the baselines on the same inputs)."""
     n_classes = len(table.class_names)
-    y_train, y_test = table.y[fold.train], table.y[fold.test]
-    proba = predict_proba(fit.model, parts["test"])
+    test = parts["test"]
+    proba = predict_proba(fit.model, test)
     y_pred = proba.argmax(1)
-    baseline_metrics = {}
+    baseline_metrics, baseline_proba = {}, {}
     if baselines:
+        train_inputs, test_inputs = parts["train"].flat(), test.flat()
         for name, make in BASELINES.items():
-            model = make(fold_seed(config.seed, index)).fit(parts["train"], y_train)
-            baseline_metrics[name] = score(y_test, model.predict(parts["test"]), n_classes)[0]
-    metrics, confusion = score(y_test, y_pred, n_classes)
+            model = make(fold_seed(config.seed, index)).fit(train_inputs, parts["train"].y)
+            baseline_proba[name] = np.zeros((len(test), n_classes))
+            baseline_proba[name][:, model.classes_] = model.predict_proba(test_inputs)  # classes seen in training
+            baseline_metrics[name] = score(test.y, baseline_proba[name].argmax(1), n_classes)[0]
+    metrics, confusion = score(test.y, y_pred, n_classes)
     return FoldResult(
         index=index, test_subjects=sorted(np.unique(table.groups[fold.test]).tolist()),
         n_train=len(fold.train), n_val=len(fold.val), n_test=len(fold.test),
         features=[table.feature_names[j] for j in fold.selected(config.model.n_features)],
         metrics=metrics, confusion=confusion, epochs_run=fit.epochs_run, best_epoch=fit.best_epoch,
         seconds=seconds, history=fit.history, test_rows=fold.test, y_pred=y_pred,
-        proba=proba, baselines=baseline_metrics, model=fit.model if keep_model else None,
+        proba=proba, baselines=baseline_metrics, baseline_proba=baseline_proba,
+        model=fit.model if keep_model else None,
     )
-
-
-def score(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[dict[str, float], np.ndarray]:
-    """(metrics, confusion matrix (n_classes, n_classes)) of predictions against the truth."""
-    labels = list(range(n_classes))
-    metrics = {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-    }
-    return metrics, confusion_matrix(y_true, y_pred, labels=labels)
 
 
 def _mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -40,10 +40,18 @@ class Table:
     source: str  # the CSV path, or "synthetic"
     dropped_columns: dict[str, str] = field(default_factory=dict)  # column -> why it is not a feature
     dropped_rows: int = 0  # rows removed by drop_labels or drop_nan
+    time_s: np.ndarray | None = None  # (n_windows,) window start in seconds; None = row order is time order
+    row_ids: np.ndarray | None = None  # (n_windows,) each window's data row in the source file (0-based)
+    normalisation: str = "none"  # subject normalisation applied to X (emoma.context.normalise_subjects)
 
     @property
     def subjects(self) -> np.ndarray:
         return np.unique(self.groups)
+
+    @property
+    def time_order(self) -> str:
+        """How a subject's windows are ordered in time, for reports."""
+        return "by the time_s column" if self.time_s is not None else "by row order within each subject"
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.y, minlength=len(self.class_names))
@@ -114,16 +122,52 @@ def table_from_frame(frame: pd.DataFrame, cfg: DataConfig, source: str) -> Table
     values, features, dropped = drop_uninformative(values, features, dropped)
     if not features:
         raise UserError(f"{source}: no feature columns left: check data.include and data.exclude")
+    groups = frame[cfg.subject_column].to_numpy()
+    time_s = read_time(frame, cfg, source)
+    order = canonical_order(groups, time_s)
     return Table(
-        X=values,
-        y=y.astype(np.int64),
-        groups=frame[cfg.subject_column].to_numpy(),
+        X=values[order],
+        y=y.astype(np.int64)[order],
+        groups=groups[order],
         feature_names=features,
         class_names=class_names,
         source=source,
         dropped_columns=dropped,
         dropped_rows=n_before - len(y),
+        time_s=None if time_s is None else time_s[order],
+        row_ids=frame.index.to_numpy()[order],
     )
+
+
+def canonical_order(groups: np.ndarray, time_s: np.ndarray | None) -> np.ndarray:
+    """Row order by subject, then time (row order when there is no time column): a table's meaning never
+    depends on how its file interleaves the subjects."""
+    subject_code = np.unique(groups.astype(str), return_inverse=True)[1]
+    within = time_s if time_s is not None else np.arange(len(groups))
+    return np.lexsort((within, subject_code))
+
+
+def read_time(frame: pd.DataFrame, cfg: DataConfig, source: str) -> np.ndarray | None:
+    """The time column as float64 seconds (None when the table has none), checked per subject."""
+    column = cfg.time_column
+    if column not in frame.columns:
+        return None
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+    raw_missing = frame[column].isna().to_numpy()
+    if (np.isnan(values) & ~raw_missing).any():
+        bad = frame[column][np.isnan(values) & ~raw_missing].iloc[0]
+        raise UserError(f"{source}: time column {column!r} holds non-numeric values such as {bad!r}: "
+                        "give window start times in seconds")
+    if raw_missing.any() or not np.isfinite(values).all():
+        raise UserError(f"{source}: time column {column!r} is missing or infinite in {int((~np.isfinite(values)).sum())} "
+                        "rows: fill them, or drop the column to order windows by row")
+    keys = pd.DataFrame({"subject": frame[cfg.subject_column].astype(str).to_numpy(), "time": values})
+    duplicated = keys.duplicated()
+    if duplicated.any():
+        first = keys[duplicated].iloc[0]
+        raise UserError(f"{source}: subject {first['subject']} has two windows at {column}={first['time']:g}: "
+                        "each window of a subject needs its own start time")
+    return values
 
 
 def encode_labels(labels: pd.Series, cfg: DataConfig) -> tuple[np.ndarray, list[str]]:
@@ -166,7 +210,7 @@ def encode_labels(labels: pd.Series, cfg: DataConfig) -> tuple[np.ndarray, list[
 
 def choose_feature_columns(frame: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[list[str], dict[str, str]]:
     """Signal features by default; `include`/`exclude` (names or globs) override. Returns (features, dropped)."""
-    candidates = [c for c in frame.columns if c not in (cfg.subject_column, cfg.label_column)]
+    candidates = [c for c in frame.columns if c not in (cfg.subject_column, cfg.label_column, cfg.time_column)]
     dropped: dict[str, str] = {}
     if cfg.include:
         for pattern in cfg.include:

@@ -47,12 +47,44 @@ class Fold:
         k = len(self.ranking) if k <= 0 else min(k, len(self.ranking))
         return np.sort(self.ranking[:k])
 
-    def arrays(self, X: np.ndarray, k: int) -> dict[str, np.ndarray]:
-        """Scaled top-k features of the train/val/test rows: {"train": (n_train, k), ...}, float32."""
+    def scaled(self, X: np.ndarray, k: int) -> np.ndarray:
+        """(n_windows, k') float32: every window's top-k features, scaled with this fold's training statistics."""
         cols = self.selected(k)
-        mean, scale = self.mean[cols], self.scale[cols]
-        return {part: ((X[rows][:, cols] - mean) / scale).astype(np.float32)
+        return ((X[:, cols] - self.mean[cols]) / self.scale[cols]).astype(np.float32)
+
+    def samples(self, X: np.ndarray, y: np.ndarray, context: tuple[np.ndarray, np.ndarray],
+                k: int) -> dict[str, Samples]:
+        """{"train", "val", "test"}: each part's samples over the scaled top-k features of every window.
+
+        `context` is (index, mask) of `emoma.context.context_index` for the whole table.
+        """
+        scaled = self.scaled(X, k)
+        index, mask = context
+        return {part: Samples(scaled, index[rows], mask[rows], y[rows])
                 for part, rows in (("train", self.train), ("val", self.val), ("test", self.test))}
+
+
+@dataclass
+class Samples:
+    """What a model reads for a set of windows: each sample is its k context windows of the matrix X."""
+
+    X: np.ndarray  # (n_windows, n_inputs) float32: every window a sample may read (shared by the parts)
+    index: np.ndarray  # (n_samples, k) rows of X, oldest first; column k-1 is the sample's own window
+    mask: np.ndarray  # (n_samples, k) bool, False for padding before the start of a run of windows
+    y: np.ndarray  # (n_samples,) int64 class indices
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def padded(self) -> bool:
+        """Whether any sample has padding (the model then needs the mask)."""
+        return not self.mask.all()
+
+    def flat(self) -> np.ndarray:
+        """(n_samples, k * n_inputs): the context windows concatenated, oldest first (for classical models;
+        padding repeats the run's first window)."""
+        return self.X[self.index].reshape(len(self.index), -1)
 
 
 @dataclass

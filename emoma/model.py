@@ -1,5 +1,9 @@
-"""The CNN-LSTM: Conv1d blocks (optional CBAM) over the feature vector, an LSTM over the CNN's positions,
-attention pooling over the LSTM outputs, and a dense head producing logits."""
+"""The CNN-LSTM: Conv1d blocks (optional CBAM) encode each window's feature vector, an LSTM runs over the
+CNN's positions of the sample's windows in time order, attention pools over them, a dense head gives logits.
+
+A sample is k context windows (the current one and the k-1 before it, `emoma.context`); with k = 1 this is
+the single-window model of EmoMA-Net: the LSTM runs over one window's CNN positions.
+"""
 from __future__ import annotations
 
 import torch
@@ -49,14 +53,17 @@ class ConvBlock(nn.Module):
 
 
 class AttentionPool(nn.Module):
-    """Softmax-weighted sum over the sequence, one learned score per position."""
+    """Softmax-weighted sum over the sequence, one learned score per position; masked positions get none."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.score = nn.Linear(dim, 1)
 
-    def forward(self, h):  # h: (B, L, D)
-        weights = torch.softmax(self.score(h), dim=1)  # (B, L, 1)
+    def forward(self, h, mask=None):  # h: (B, L, D), mask: (B, L) bool or None
+        scores = self.score(h)  # (B, L, 1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.unsqueeze(2), float("-inf"))
+        weights = torch.softmax(scores, dim=1)  # (B, L, 1)
         return (weights * h).sum(dim=1)  # (B, D)
 
 
@@ -81,11 +88,39 @@ class CNNLSTM(nn.Module):
         self.head = nn.Sequential(*head)
         self.n_inputs = n_inputs
 
-    def forward(self, x):  # x: (B, n_inputs) scaled features
-        h = self.cnn(x.unsqueeze(1))  # (B, 1, F) -> (B, C, L): the features as a 1-channel sequence
-        h, _ = self.lstm(h.transpose(1, 2))  # (B, L, C) -> (B, L, D)
-        h = self.pool(h) if self.pool is not None else h[:, -1]  # (B, D)
+    def forward(self, x, mask=None):
+        """Logits (B, n_classes) of x: (B, F) one window, or (B, T, F) T context windows, oldest first.
+
+        mask: (B, T) bool, False for padded windows (they must come first: a run starts inside the context);
+        None = every window is real.
+        """
+        if x.dim() == 2:
+            x = x.unsqueeze(1)  # (B, 1, F)
+        B, T, F = x.shape
+        h = self.cnn(x.reshape(B * T, 1, F))  # (B*T, C, L): each window's features as a 1-channel sequence
+        L = h.shape[2]
+        h = h.reshape(B, T, -1, L).transpose(2, 3).reshape(B, T * L, -1)  # (B, T*L, C), time-major
+        if mask is None:
+            h, _ = self.lstm(h)  # (B, T*L, D)
+            last = h[:, -1]
+        else:
+            h, last, mask = self._masked_lstm(h, mask.repeat_interleave(L, dim=1))
+        h = self.pool(h, mask) if self.pool is not None else last  # (B, D)
         return self.head(h)  # (B, n_classes) logits
+
+    def _masked_lstm(self, h, mask):
+        """nn.LSTM over the real positions only (packed): left padding moved to the right first.
+
+        Returns outputs (B, S, D) with real positions first, the last real output (B, D) and their mask.
+        """
+        B, S, _ = h.shape
+        lengths = mask.sum(1)  # (B,)
+        source = (torch.arange(S, device=h.device)[None] + (S - lengths)[:, None]).clamp(max=S - 1)  # (B, S)
+        h = h.gather(1, source.unsqueeze(2).expand_as(h))  # real positions first
+        packed = nn.utils.rnn.pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=S)
+        last = out[torch.arange(B, device=h.device), lengths - 1]  # (B, D)
+        return out, last, torch.arange(S, device=h.device)[None] < lengths[:, None]
 
 
 def build_model(cfg: ModelConfig, n_inputs: int, n_classes: int) -> CNNLSTM:

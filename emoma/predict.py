@@ -12,15 +12,18 @@ import pandas as pd
 import torch
 
 from emoma.config import Config, from_dict
-from emoma.data import read_csv
+from emoma.context import context_index, normalise_subjects, run_starts
+from emoma.data import Table, canonical_order, read_csv, read_time
 from emoma.errors import UserError, exit_on_user_error
 from emoma.folds import Fold
 from emoma.model import build_model
+from emoma.train import EVAL_CHUNK
 
 
 def save_model(path: str | Path, model: torch.nn.Module, config: Config, fold: Fold, feature_names: list[str],
                class_names: list[str]) -> None:
-    """Weights, config, the selected feature names and their scaler statistics, class names."""
+    """Weights, config (with its subject normalisation and context), the selected feature names and their
+    scaler statistics, class names."""
     cols = fold.selected(config.model.n_features)
     torch.save({
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -48,16 +51,37 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
 
 @torch.no_grad()
 def predict_frame(model: torch.nn.Module, bundle: dict, frame: pd.DataFrame) -> pd.DataFrame:
-    """Predicted class and per-class probabilities for each row of a merged.csv-layout frame."""
+    """Predicted class and per-class probabilities for each row of a merged.csv-layout frame.
+
+    The model's subject normalisation and context windows are rebuilt from the frame's own subjects (and
+    `time_s` when present), as in training.
+    """
+    config = from_dict(bundle["config"])
+    data = config.data
     missing = [f for f in bundle["features"] if f not in frame.columns]
     if missing:
         raise UserError(f"the table lacks features the model needs: {', '.join(missing)}")
+    per_subject = data.subject_norm != "none" or config.model.context > 1
+    if per_subject and data.subject_column not in frame.columns:
+        raise UserError(f"the model normalises by subject or reads context windows, but the table has no "
+                        f"{data.subject_column!r} column: add each window's subject")
     values = frame[bundle["features"]].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
         raise UserError(f"{int(bad.sum())} rows have NaN or infinite values in the model's features: clean them")
-    X = ((values - np.array(bundle["mean"])) / np.array(bundle["scale"])).astype(np.float32)
-    proba = torch.softmax(model(torch.from_numpy(X)), dim=1).numpy()
+    groups = frame[data.subject_column].to_numpy() if data.subject_column in frame.columns else np.zeros(len(frame))
+    time_s = read_time(frame, data, "the table")
+    order = canonical_order(groups, time_s)
+    table = Table(X=values[order].astype(np.float32), y=np.zeros(len(frame), dtype=np.int64), groups=groups[order],
+                  feature_names=list(bundle["features"]), class_names=list(bundle["class_names"]), source="predict",
+                  time_s=None if time_s is None else time_s[order])
+    table = normalise_subjects(table, data)
+    X = torch.as_tensor(((table.X - np.array(bundle["mean"])) / np.array(bundle["scale"])).astype(np.float32))
+    index, mask = (torch.as_tensor(a) for a in context_index(run_starts(table, data.window_s), config.model.context))
+    proba = np.empty((len(frame), len(bundle["class_names"])), dtype=np.float32)
+    for rows in torch.arange(len(frame)).split(EVAL_CHUNK):
+        m = mask[rows]
+        proba[order[rows.numpy()]] = torch.softmax(model(X[index[rows]], None if m.all() else m), dim=1).numpy()
     out = pd.DataFrame({c: frame[c].to_numpy() for c in ("subject", "label") if c in frame.columns})
     out["predicted"] = np.array(bundle["class_names"])[proba.argmax(1)]
     for c, name in enumerate(bundle["class_names"]):

@@ -258,7 +258,8 @@ def metadata_columns(answers: dict[str, str], subject: str) -> dict[str, float]:
 
 
 def prepare_subject(files: SubjectFiles, metadata: dict[str, float], opts: PrepareOptions) -> pd.DataFrame:
-    """One subject's rows: features, subject, label, metadata (merged.csv column order)."""
+    """One subject's rows: features, subject, label, metadata (merged.csv column order), then time_s (each
+    window's start in seconds since the recording began)."""
     rec = load_recording(files.pickle, opts.wrist_signals, opts.chest_signals)
     windows = valid_windows(rec, plan_windows(rec.label, opts), opts)
     frame = pd.DataFrame(subject_features(rec, windows, opts))
@@ -266,6 +267,7 @@ def prepare_subject(files: SubjectFiles, metadata: dict[str, float], opts: Prepa
     frame["label"] = windows.label.astype(np.int64)
     for column in MERGED_METADATA_COLUMNS:
         frame[column] = metadata[column]
+    frame["time_s"] = windows.start_s  # the true order and the gaps between conditions, for context windows
     return frame
 
 

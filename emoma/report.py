@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 
 from emoma.config import Config, save_config  # noqa: E402
 from emoma.cv import METRICS, CVResult  # noqa: E402
+from emoma.metrics import evaluate, paired_wilcoxon  # noqa: E402
 from emoma.data import Table  # noqa: E402
 from emoma.folds import FoldPlan  # noqa: E402
 from emoma.predict import save_model  # noqa: E402
@@ -35,24 +36,34 @@ def write_cv_outputs(result: CVResult, table: Table, plan: FoldPlan, config: Con
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    (out / "metrics.json").write_text(json.dumps(metrics_dict(result, table, plan, config), indent=2))
+    evaluation = cv_evaluation(result, table, config)
+    (out / "metrics.json").write_text(json.dumps(metrics_dict(result, table, plan, config, evaluation), indent=2))
     folds_frame(result).to_csv(out / "folds.csv", index=False)
     history_frame(result).to_csv(out / "history.csv", index=False)
     predictions_frame(result, table).to_csv(out / "predictions.csv", index=False)
     plot_confusion(result.confusion, result.class_names, out / "confusion_matrix.png",
                    title=f"{config.name}: pooled over {len(result.folds)} {result.scheme} test folds")
     plot_learning_curves(result, out / "learning_curves.png")
-    (out / "report.md").write_text(markdown_report(result, table, plan, config))
+    (out / "report.md").write_text(markdown_report(result, table, plan, config, evaluation))
     return out
 
 
-def metrics_dict(result: CVResult, table: Table, plan: FoldPlan, config: Config) -> dict:
+def cv_evaluation(result: CVResult, table: Table, config: Config) -> dict:
+    """`emoma.metrics.evaluate` of the pooled test predictions of the CNN-LSTM and the baselines."""
+    rows, probas = result.pooled()
+    return evaluate(table.groups[rows], table.y[rows], probas, result.class_names, seed=config.seed)
+
+
+def metrics_dict(result: CVResult, table: Table, plan: FoldPlan, config: Config, evaluation: dict) -> dict:
     return {
         "name": config.name,
         "data": data_summary(table),
+        "inputs": inputs_summary(table, config),
         "protocol": {"scheme": result.scheme, "description": PROTOCOLS[result.scheme], "folds": len(result.folds),
-                     "subject_wise": plan.subject_wise, "notes": result.notes, "plan_key": plan.key},
+                     "subject_wise": plan.subject_wise, "notes": result.notes, "plan_key": plan.key,
+                     "early_stopping_metric": config.train.metric},
         "summary": result.summary(),
+        "evaluation": evaluation,
         "confusion_matrix": result.confusion.tolist(),
         "class_names": result.class_names,
         "folds": [{"fold": f.index + 1, "test_subjects": f.test_subjects, **f.metrics, "epochs_run": f.epochs_run,
@@ -61,6 +72,29 @@ def metrics_dict(result: CVResult, table: Table, plan: FoldPlan, config: Config)
         "baselines": result.baseline_summary(),
         "seconds": {"fold_plan": plan.seconds, "cv": result.seconds},
     }
+
+
+NORMALISATION = {
+    "none": "none: raw feature levels",
+    "subject": "each subject's features standardised by the mean and std of all that subject's windows "
+               "(label-free but transductive: a test subject's own unlabelled windows are read)",
+    "causal": "each window standardised by the running mean and std of its subject's windows up to and including "
+              "it (causal, usable on a live stream)",
+}
+
+
+def inputs_summary(table: Table, config: Config) -> dict:
+    """What a sample holds: time order, context windows and subject normalisation."""
+    k = config.model.context
+    context = ("the current window only" if k == 1 else
+               f"the current window and the {k - 1} before it of the same subject, never across a time gap of more "
+               "than two window lengths; before the start of a run the missing windows are masked out of the "
+               "CNN-LSTM (classical baselines see the run's first window repeated)")
+    normalisation = NORMALISATION[table.normalisation]
+    if table.normalisation == "causal":
+        normalisation += f"; warm-up: z-scores shrunk by n/{config.data.norm_warmup} while they rest on n windows"
+    return {"time_order": table.time_order, "context_windows": k, "context": context,
+            "subject_normalisation": table.normalisation, "normalisation": normalisation}
 
 
 def data_summary(table: Table) -> dict:
@@ -111,8 +145,9 @@ def format_summary(result: CVResult) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(result: CVResult, table: Table, plan: FoldPlan, config: Config) -> str:
+def markdown_report(result: CVResult, table: Table, plan: FoldPlan, config: Config, evaluation: dict) -> str:
     data = data_summary(table)
+    inputs = inputs_summary(table, config)
     classes = ", ".join(f"{k} {v}" for k, v in data["classes"].items())
     dropped = "\n".join(f"- `{k}`: {v}" for k, v in table.dropped_columns.items()) or "- none"
     lines = [
@@ -127,10 +162,15 @@ def markdown_report(result: CVResult, table: Table, plan: FoldPlan, config: Conf
         "- columns not used as features:",
         dropped,
         "",
+        "## Inputs",
+        f"- time order: {inputs['time_order']}",
+        f"- context: {inputs['context']}",
+        f"- subject normalisation: {inputs['normalisation']}",
+        "",
         "## Protocol",
         f"- {PROTOCOLS[result.scheme]}; {len(result.folds)} folds",
-        f"- scaler and RFE fitted on each fold's training rows only; early stopping on "
-        f"{'held-out training subjects' if plan.subject_wise else 'held-out training rows'}; "
+        f"- scaler and RFE fitted on each fold's training rows only; best epoch and early stopping by validation "
+        f"{config.train.metric} on {'held-out training subjects' if plan.subject_wise else 'held-out training rows'}; "
         "each test fold scored once",
         *[f"- **WARNING: {note}**" for note in result.notes],
         "",
@@ -138,6 +178,7 @@ def markdown_report(result: CVResult, table: Table, plan: FoldPlan, config: Conf
         "",
         metrics_table({"CNN-LSTM": result.summary(), **result.baseline_summary()}),
         "",
+        *evaluation_sections(evaluation, result.class_names),
         "## Pooled confusion matrix (sum over test folds)",
         "",
         confusion_table(result.class_names, result.confusion),
@@ -155,6 +196,62 @@ def markdown_report(result: CVResult, table: Table, plan: FoldPlan, config: Conf
         "",
     ]
     return "\n".join(lines)
+
+
+def evaluation_sections(evaluation: dict, class_names: list[str], heading: str = "##") -> list[str]:
+    """Markdown of `emoma.metrics.evaluate`: over subjects with CIs, paired tests, AUCs, per class, per subject."""
+    models = evaluation["models"]
+    n = next(iter(models.values()))["ci"]["accuracy"]["n"]
+    auc_keys = list(next(iter(models.values()))["auc"])
+    head = "| model | " + " | ".join(f"{m} (95 % CI)" for m in METRICS) + " | " + " | ".join(auc_keys) + " |"
+    rows = [head, "|---|" + "---|" * (len(METRICS) + len(auc_keys))]
+    for name, model in models.items():
+        cis = [f"{c['mean']:.3f} ({c['ci_low']:.3f}-{c['ci_high']:.3f})" for c in (model["ci"][m] for m in METRICS)]
+        rows.append(f"| {name} | " + " | ".join(cis) + " | " + " | ".join(f"{model['auc'][k]:.3f}" for k in auc_keys)
+                    + " |")
+    reference = evaluation["wilcoxon"]["reference"]
+    tests = ["| against | metric | median difference | W | p | subjects (non-zero differences) |",
+             "|---|---|---|---|---|---|"]
+    for name, by_metric in evaluation["wilcoxon"]["against"].items():
+        for m, t in by_metric.items():
+            tests.append(f"| {name} | {m} | {t['median_diff']:+.3f} | {t['statistic']:.1f} | {t['p_value']:.4f} | "
+                         f"{t['n']} ({t['n_nonzero']}) |")
+    per_class_rows = ["| model | " + " | ".join(f"{c} F1 / recall" for c in class_names) + " |",
+                      "|---|" + "---|" * len(class_names)]
+    for name, model in models.items():
+        per_class_rows.append(f"| {name} | " + " | ".join(
+            f"{model['per_class'][c]['f1']:.3f} / {model['per_class'][c]['recall']:.3f}" for c in class_names) + " |")
+    subjects = list(next(iter(models.values()))["subjects"])
+    per_subject_rows = ["| subject | " + " | ".join(f"{name} acc / F1" for name in models) + " |",
+                        "|---|" + "---|" * len(models)]
+    for s in subjects:
+        per_subject_rows.append(f"| {s} | " + " | ".join(
+            f"{m['subjects'][s]['accuracy']:.3f} / {m['subjects'][s]['macro_f1']:.3f}" for m in models.values()) + " |")
+    return [
+        f"{heading} Over subjects ({n}): mean with bootstrap 95 % CI; pooled AUCs",
+        "",
+        "A subject's score is computed over its own test windows (macro-F1 over the classes that subject shows or is "
+        "predicted); the CI is scipy's BCa bootstrap of the mean over subjects; ROC-AUC and PR-AUC pool every test "
+        "window (binary: the positive class; more classes: one-vs-rest macro ROC-AUC).",
+        "",
+        *rows,
+        "",
+        f"{heading} Paired Wilcoxon signed-rank tests over subjects: {reference} against each other model",
+        "",
+        "Two-sided, subjects with equal scores dropped (scipy's zero_method='wilcox'); a positive difference means "
+        f"{reference} scored higher.",
+        "",
+        *tests,
+        "",
+        f"{heading} Per class (pooled test windows)",
+        "",
+        *per_class_rows,
+        "",
+        f"{heading} Per subject",
+        "",
+        *per_subject_rows,
+        "",
+    ]
 
 
 def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, title: str = "") -> None:
@@ -182,7 +279,7 @@ def plot_learning_curves(result: CVResult, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for f in result.folds:
         epochs = [h["epoch"] for h in f.history]
-        for ax, key in zip(axes, ("loss", "acc")):
+        for ax, key in zip(axes, ("loss", "accuracy")):
             ax.plot(epochs, [h[f"train_{key}"] for h in f.history], color="tab:blue", alpha=0.3, lw=1)
             ax.plot(epochs, [h[f"val_{key}"] for h in f.history], color="tab:orange", alpha=0.3, lw=1)
     for ax, key in zip(axes, ("loss", "accuracy")):
@@ -235,11 +332,13 @@ def write_search_outputs(result: SearchResult, config: Config, out_dir: str | Pa
     trials = trials_frame(result)
     trials.to_csv(out / "trials.csv", index=False)
     held = result.holdout
+    evaluation = holdout_evaluation([result])
     (out / "holdout_metrics.json").write_text(json.dumps({
         "subjects": [str(s) for s in result.holdout_subjects], "windows": held.n_test, "metrics": held.metrics,
         "confusion_matrix": held.confusion.tolist(), "class_names": result.class_names,
-        "baselines": held.baselines, "features": held.features, "epochs_run": held.epochs_run,
-        "best_epoch": held.best_epoch}, indent=2))
+        "baselines": held.baselines, "seed_config": result.seed_holdout.metrics, "features": held.features,
+        "epochs_run": held.epochs_run, "best_epoch": held.best_epoch, "evaluation": evaluation,
+        "best_vs_seed_cv": best_vs_seed_cv(result)}, indent=2))
     plot_confusion(held.confusion, result.class_names, out / "confusion_matrix.png",
                    title=f"best configuration on held-out subjects {', '.join(map(str, result.holdout_subjects))}")
     plot_search_history(trials, result.metric, out / "search_history.png")
@@ -247,8 +346,36 @@ def write_search_outputs(result: SearchResult, config: Config, out_dir: str | Pa
         plot_importances(result.importances, out / "param_importance.png")
     save_model(out / "best_model.pt", held.model, result.best_config, result.final_fold, result.feature_names,
                result.class_names)
-    (out / "report.md").write_text(search_markdown(result, config, trials))
+    (out / "report.md").write_text(search_markdown(result, config, trials, evaluation))
     return out
+
+
+BEST, SEED = "CNN-LSTM (best)", "CNN-LSTM (seed config)"
+
+
+def holdout_evaluation(results: list[SearchResult]) -> dict:
+    """`emoma.metrics.evaluate` on the held-out subjects of one search (or of every outer fold of a nested
+    one): the retrained best, the retrained seed configuration and the baselines, tested against the best."""
+    probas = {BEST: [], SEED: []}
+    for r in results:
+        probas[BEST].append(r.holdout.proba)
+        probas[SEED].append(r.seed_holdout.proba)
+        for name, proba in r.holdout.baseline_proba.items():
+            probas.setdefault(name, []).append(proba)
+    groups = np.concatenate([r.held_groups for r in results])
+    y = np.concatenate([r.held_y for r in results])
+    return evaluate(groups, y, {k: np.concatenate(v) for k, v in probas.items()}, results[0].class_names,
+                    reference=BEST)
+
+
+def best_vs_seed_cv(result: SearchResult) -> dict | None:
+    """Paired Wilcoxon test of the best against the seed configuration on the search's own CV folds
+    (optimistic for the best: it was chosen on these folds)."""
+    seed = result.seed_trial
+    if seed is None or seed.status != "completed" or seed is result.best:
+        return None
+    folds = sorted(result.best.fold_scores)
+    return paired_wilcoxon([result.best.fold_scores[f] for f in folds], [seed.fold_scores[f] for f in folds])
 
 
 def trials_frame(result: SearchResult) -> pd.DataFrame:
@@ -279,7 +406,7 @@ def format_search_summary(result: SearchResult) -> str:
     return "\n".join(lines + [f"WARNING: {n}" for n in result.notes])
 
 
-def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame) -> str:
+def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, evaluation: dict) -> str:
     held = result.holdout
     completed = trials[trials["status"] == "completed"].sort_values("mean", ascending=False)
     params = [c for c in trials.columns if c.startswith("param.")]
@@ -330,14 +457,26 @@ def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame) 
         "Configuration: `best_config.yaml`; model: `best_model.pt` "
         "(`python -m emoma.predict --model best_model.pt --data new.csv --out predictions.csv`).",
         "",
-        metrics_table({"CNN-LSTM (best)": held.metrics, **held.baselines}),
+        metrics_table({BEST: held.metrics, SEED: result.seed_holdout.metrics, **held.baselines}),
         "",
         confusion_table(result.class_names, held.confusion),
         "",
         "![confusion matrix](confusion_matrix.png)",
         "",
+        *evaluation_sections(evaluation, result.class_names, heading="###"),
+        *_best_vs_seed_lines(result),
     ]
     return "\n".join(lines)
+
+
+def _best_vs_seed_lines(result: SearchResult) -> list[str]:
+    test = best_vs_seed_cv(result)
+    if test is None:
+        return []
+    return ["### Best against the seed configuration on the search's CV folds", "",
+            f"Paired Wilcoxon signed-rank over the {test['n']} folds of {result.metric}: median difference "
+            f"{test['median_diff']:+.3f}, W = {test['statistic']:.1f}, p = {test['p_value']:.4f}. Optimistic for the "
+            "best, which was chosen on these folds; the held-out comparison above is the honest one.", ""]
 
 
 def plot_search_history(trials: pd.DataFrame, metric: str, path: Path) -> None:
@@ -379,9 +518,10 @@ def write_nested_outputs(results: list[SearchResult], out_dir: str | Path) -> Pa
     frame = pd.DataFrame(rows)
     confusion = np.sum([r.holdout.confusion for r in results], axis=0)
     summary = _mean_std_frame(frame)
+    evaluation = holdout_evaluation(results)
     (out / "nested_metrics.json").write_text(json.dumps(
         {"outer_folds": rows, "summary": summary, "confusion_matrix": confusion.tolist(),
-         "class_names": results[0].class_names}, indent=2))
+         "class_names": results[0].class_names, "evaluation": evaluation}, indent=2))
     plot_confusion(confusion, results[0].class_names, out / "confusion_matrix.png",
                    title=f"nested LOSO: pooled over {len(results)} held-out subjects")
     (out / "report.md").write_text("\n".join([
@@ -399,6 +539,10 @@ def write_nested_outputs(results: list[SearchResult], out_dir: str | Path) -> Pa
         "",
         "![confusion matrix](confusion_matrix.png)",
         "",
+        "The seed configuration and the baselines below were retrained on the same search subjects of each outer "
+        "fold (baselines on the best configuration's inputs) and scored on the same held-out subject.",
+        "",
+        *evaluation_sections(evaluation, results[0].class_names),
     ]))
     return out
 

@@ -29,7 +29,8 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.joblib import register_ray
 
 from emoma.config import Config, apply_overrides, get_dotted
-from emoma.cv import FoldResult, run_fold
+from emoma.context import check_context, normalise_subjects
+from emoma.cv import FoldResult, run_fold, run_folds_batched, table_context
 from emoma.data import Table, load_table
 from emoma.errors import UserError
 from emoma.folds import Fold, FoldPlan, fit_fold, make_plan
@@ -111,12 +112,16 @@ def space_point(config: Config, space: dict) -> dict:
 
 # ---------------------------------------------------------------- one trial
 
-def run_trial(params: dict, *, table: Table, plan: FoldPlan, base: Config, fold_order: list[int]) -> None:
+def run_trial(params: dict, *, tables: dict[str, Table], plans: dict[str, FoldPlan], base: Config,
+              fold_order: list[int]) -> None:
     """One configuration's CV, reported to Tune after every fold (step = folds done).
 
-    Per-fold metrics are checkpointed, so a restored trial resumes mid-CV.
+    Folds run `search.fold_batch` at a time as one batched model (`emoma.batched`), in `fold_order`; per-fold
+    metrics are checkpointed, so a restored trial resumes mid-CV. `tables` and `plans` are keyed by
+    `data.subject_norm` (one of each per normalisation the space can choose).
     """
     config = apply_overrides(base, params_to_overrides(params))
+    table, plan = tables[config.data.subject_norm], plans[config.data.subject_norm]
     metric = base.search.metric
     done: dict[int, dict] = {}
     checkpoint = tune.get_checkpoint()
@@ -125,17 +130,19 @@ def run_trial(params: dict, *, table: Table, plan: FoldPlan, base: Config, fold_
             done = {int(k): v for k, v in json.loads((Path(folder) / "folds.json").read_text()).items()}
     threads = max(1, int(base.search.cpus_per_trial))
     node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
-    for i in fold_order:
-        if i in done:
-            continue
-        result = run_fold(table, plan.folds[i], i, config, threads=threads)
-        done[i] = {**result.metrics, "epochs_run": result.epochs_run, "seconds": result.seconds}
-        scores = [done[j][metric] for j in fold_order if j in done]
-        with tempfile.TemporaryDirectory() as folder:
-            (Path(folder) / "folds.json").write_text(json.dumps(done))
-            tune.report({"score": float(np.mean(scores)), "fold": i, "fold_score": result.metrics[metric],
-                         "folds_done": len(done), "folds_total": len(fold_order), "node": node},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+    context = table_context(table, config)
+    todo = [i for i in fold_order if i not in done]
+    size = base.search.fold_batch or len(todo) or 1
+    for group in (todo[a:a + size] for a in range(0, len(todo), size)):
+        results = run_folds_batched(table, [plan.folds[i] for i in group], group, config, context, threads=threads)
+        for i, result in zip(group, results):
+            done[i] = {**result.metrics, "epochs_run": result.epochs_run, "seconds": result.seconds}
+            scores = [done[j][metric] for j in fold_order if j in done]
+            with tempfile.TemporaryDirectory() as folder:
+                (Path(folder) / "folds.json").write_text(json.dumps(done))
+                tune.report({"score": float(np.mean(scores)), "fold": i, "fold_score": result.metrics[metric],
+                             "folds_done": len(done), "folds_total": len(fold_order), "node": node},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 class TruthfulOptunaSearch(OptunaSearch):
@@ -226,6 +233,7 @@ class SearchResult:
     best: TrialRecord
     best_config: Config
     holdout: FoldResult  # the retrained best configuration scored on the held-out subjects (model kept)
+    seed_holdout: FoldResult  # the seed configuration, retrained and scored the same way
     final_fold: Fold  # the retraining split: search subjects (train + validation) vs held-out subjects
     feature_names: list[str]
     class_names: list[str]
@@ -233,6 +241,8 @@ class SearchResult:
     importances: dict[str, float]  # Optuna's parameter importances ({} with too few completed trials)
     seconds: float
     notes: list[str] = field(default_factory=list)
+    held_groups: np.ndarray | None = None  # (n_held,) subject of each held-out window, in the order of holdout
+    held_y: np.ndarray | None = None  # (n_held,) true class of each held-out window
 
     @property
     def completed(self) -> list[TrialRecord]:
@@ -264,7 +274,22 @@ def choose_holdout(table: Table, cfg, seed: int) -> list:
 
 
 def subset(table: Table, rows: np.ndarray) -> Table:
-    return replace(table, X=table.X[rows], y=table.y[rows], groups=table.groups[rows])
+    return replace(table, X=table.X[rows], y=table.y[rows], groups=table.groups[rows],
+                   time_s=None if table.time_s is None else table.time_s[rows],
+                   row_ids=None if table.row_ids is None else table.row_ids[rows])
+
+
+def space_norms(config: Config, space: dict) -> list[str]:
+    """The subject normalisations a trial can use: the space's choices, else the config's one."""
+    dist = space.get("data.subject_norm")
+    return list(dist.choices) if dist is not None else [config.data.subject_norm]
+
+
+def space_max_context(config: Config, space: dict) -> int:
+    dist = space.get("model.context")
+    if dist is None:
+        return config.model.context
+    return int(max(dist.choices) if hasattr(dist, "choices") else dist.high)
 
 
 def init_ray(address: str | None, verbose: bool) -> None:
@@ -291,24 +316,33 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
     start = time.perf_counter()
     if not verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    table = load_table(config.data)
-    holdout = choose_holdout(table, config.search, config.seed)
-    is_held = np.isin(table.groups, holdout)
-    search_table = subset(table, np.flatnonzero(~is_held))
-    log(f"data: {table.source}: {len(table.y)} windows, {len(table.subjects)} subjects; held out of the search: "
+    raw = load_table(config.data)
+    check_context(raw, space_max_context(config, space))
+    holdout = choose_holdout(raw, config.search, config.seed)
+    is_held = np.isin(raw.groups, holdout)
+    log(f"data: {raw.source}: {len(raw.y)} windows, {len(raw.subjects)} subjects; held out of the search: "
         f"subjects {', '.join(map(str, holdout))} ({int(is_held.sum())} windows)")
+    # subject normalisation reads each subject's own rows only, so it is applied to the whole table once
+    norms = space_norms(config, space)
+    tables = {norm: normalise_subjects(raw, replace(config.data, subject_norm=norm)) for norm in norms}
+    search_tables = {norm: subset(t, np.flatnonzero(~is_held)) for norm, t in tables.items()}
     init_ray(address, verbose)
     register_ray()
-    # fold plan computed as Ray tasks, one per fold, across the whole cluster unless cv.jobs says otherwise
+    # fold plans computed as Ray tasks, one per fold, across the whole cluster unless cv.jobs says otherwise
     plan_cfg = config.cv if config.cv.jobs else replace(config.cv, jobs=int(ray.cluster_resources().get("CPU", 1)))
+    plans = {}
     with parallel_config(backend="ray"):
-        plan = make_plan(search_table, plan_cfg, config.seed)
-    log(f"fold plan: {len(plan.folds)} {plan.scheme} folds over {len(search_table.subjects)} subjects "
-        f"({'from cache' if plan.from_cache else f'{plan.seconds:.1f} s'})")
+        for norm, search_table in search_tables.items():
+            plans[norm] = make_plan(search_table, plan_cfg, config.seed)
+    plan = plans[norms[0]]
+    log(f"fold plan{'s' if len(plans) > 1 else ''}: {len(plan.folds)} {plan.scheme} folds over "
+        f"{len(raw.subjects) - len(holdout)} subjects, subject normalisation {', '.join(norms)} "
+        f"({', '.join('from cache' if p.from_cache else f'{p.seconds:.1f} s' for p in plans.values())})")
     for note in plan.notes:
         log(f"WARNING: {note}")
     fold_order = [int(i) for i in np.random.default_rng(config.seed).permutation(len(plan.folds))]
-    trainable = tune.with_parameters(run_trial, table=search_table, plan=plan, base=config, fold_order=fold_order)
+    trainable = tune.with_parameters(run_trial, tables=search_tables, plans=plans, base=config,
+                                     fold_order=fold_order)
     resources = {"cpu": config.search.cpus_per_trial, "gpu": config.search.gpus_per_trial}
     folder = Path(storage_path).expanduser().resolve() / name
     baseline = space_point(seed_config, space)
@@ -337,16 +371,26 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
     best_config = apply_overrides(config, params_to_overrides(best.params))
     log(f"best of {len(completed)} completed trials: {config.search.metric} {best.mean:.4f} ± {best.std:.4f}; "
         "retraining on all search subjects")
-    final_fold = fit_fold(table.X, table.y, table.groups, np.flatnonzero(~is_held), np.flatnonzero(is_held),
-                          config.cv, config.seed)
-    held = run_fold(table, final_fold, 0, best_config, baselines=True, keep_model=True,
-                    threads=max(1, int(config.search.cpus_per_trial)))
+    seed_config = apply_overrides(config, params_to_overrides(baseline))
+    final_folds, held = {}, {}
+    for label, chosen in (("best", best_config), ("seed", seed_config)):
+        norm = chosen.data.subject_norm
+        table = tables[norm]
+        if norm not in final_folds:  # the retraining split: search subjects (train + validation) vs held out
+            final_folds[norm] = fit_fold(table.X, table.y, table.groups, np.flatnonzero(~is_held),
+                                         np.flatnonzero(is_held), config.cv, config.seed)
+        held[label] = run_fold(table, final_folds[norm], 0, chosen, table_context(table, chosen),
+                               baselines=label == "best", keep_model=label == "best",
+                               threads=max(1, int(config.search.cpus_per_trial)))
+    table = tables[best_config.data.subject_norm]
     return SearchResult(
         name=name, folder=folder, metric=config.search.metric, holdout_subjects=holdout,
-        search_subjects=list(search_table.subjects), plan=plan, trials=trials, seed_trial=seed_trial, best=best,
-        best_config=best_config, holdout=held, final_fold=final_fold, feature_names=table.feature_names,
-        class_names=table.class_names, space=space, importances=param_importances(folder),
-        seconds=time.perf_counter() - start, notes=list(plan.notes),
+        search_subjects=[s for s in raw.subjects if s not in holdout], plan=plan, trials=trials,
+        seed_trial=seed_trial, best=best, best_config=best_config, holdout=held["best"],
+        seed_holdout=held["seed"], final_fold=final_folds[best_config.data.subject_norm],
+        feature_names=table.feature_names, class_names=table.class_names, space=space,
+        importances=param_importances(folder), seconds=time.perf_counter() - start, notes=list(plan.notes),
+        held_groups=table.groups[held["best"].test_rows], held_y=table.y[held["best"].test_rows],
     )
 
 

@@ -1,4 +1,5 @@
-"""Stage 3: train one fold's model on tensors, early-stopped on the fold's inner validation rows."""
+"""Stage 3, the reference trainer: one fold's model at a time, early-stopped on the fold's inner validation
+subjects by the configured metric. `emoma.batched` trains many folds at once and is compared against this."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +11,11 @@ from torch import nn
 
 from emoma.config import ModelConfig, TrainConfig
 from emoma.errors import UserError
+from emoma.folds import Samples
+from emoma.metrics import EpochSelector, confusion_tensor, metrics_from_confusion
 from emoma.model import build_model
+
+EVAL_CHUNK = 2048  # samples per forward pass when scoring: bounds activation memory on big tables
 
 
 @dataclass
@@ -18,7 +23,7 @@ class FoldFit:
     model: nn.Module  # weights of the best validation epoch, in eval mode
     best_epoch: int  # 1-based epoch whose weights were kept
     epochs_run: int
-    history: list[dict] = field(default_factory=list)  # per epoch: train_loss, train_acc, val_loss, val_acc
+    history: list[dict] = field(default_factory=list)  # per epoch: train loss/accuracy, validation loss and metrics
 
 
 def resolve_device(name: str) -> torch.device:
@@ -29,86 +34,105 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train_fold(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, *,
-               n_classes: int, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
-               log=None) -> FoldFit:
-    """Train a fresh CNN-LSTM with Adam on (X_train, y_train); keep the epoch best on (X_val, y_val).
+@dataclass
+class SampleTensors:
+    """Samples on a device: a batch is X[index[rows]] (B, k, F) with mask[rows] (None: no padding anywhere)."""
+
+    X: torch.Tensor  # (n_windows, F)
+    index: torch.Tensor  # (n, k)
+    mask: torch.Tensor | None  # (n, k) bool
+    y: torch.Tensor  # (n,)
+
+    @classmethod
+    def of(cls, samples: Samples, device) -> SampleTensors:
+        mask = torch.as_tensor(samples.mask, device=device) if samples.padded else None
+        return cls(torch.as_tensor(samples.X, device=device), torch.as_tensor(samples.index, device=device), mask,
+                   torch.as_tensor(samples.y, device=device))
+
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.X[self.index[rows]], None if self.mask is None else self.mask[rows]
+
+
+def train_fold(train: Samples, val: Samples, *, n_classes: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
+               seed: int, log=None) -> FoldFit:
+    """Train a fresh CNN-LSTM with Adam on `train`; keep the epoch best on `val` by `train_cfg.metric`.
 
     Parameters
     ----------
-    X_train, X_val : (n_rows, n_inputs) float32 scaled features.
-    y_train, y_val : (n_rows,) int64 class indices.
+    train, val : the fold's samples (k context windows each over its scaled features).
     log : optional callable taking one line of text per epoch (``-v``).
 
     Returns
     -------
-    FoldFit with the best-validation-accuracy weights restored (ties: lower validation loss).
+    FoldFit with the best epoch's weights restored (ties: lower validation loss).
     """
     device = resolve_device(train_cfg.device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = build_model(model_cfg, X_train.shape[1], n_classes).to(device)
+    model = build_model(model_cfg, train.X.shape[1], n_classes).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    Xt, yt = torch.as_tensor(X_train, device=device), torch.as_tensor(y_train, device=device)
-    Xv, yv = torch.as_tensor(X_val, device=device), torch.as_tensor(y_val, device=device)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(y_train, n_classes, device) if train_cfg.class_weights else None)
+    tr, va = SampleTensors.of(train, device), SampleTensors.of(val, device)
+    weights = class_weights(train.y, n_classes, device) if train_cfg.class_weights else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights)
 
-    n = len(yt)
-    best = (-1.0, float("inf"))
-    best_state, best_epoch, history = None, 0, []
+    n = len(train)
+    selector = EpochSelector(train_cfg.patience)
+    best_state, history = None, []
     for epoch in range(1, train_cfg.epochs + 1):
         model.train()
         order = torch.randperm(n, generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         for start in range(0, n, train_cfg.batch_size):
-            idx = order[start:start + train_cfg.batch_size]
-            logits = model(Xt[idx])
-            loss = loss_fn(logits, yt[idx])
+            rows = order[start:start + train_cfg.batch_size]
+            logits = model(*tr.batch(rows))
+            loss = loss_fn(logits, tr.y[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if train_cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             optimizer.step()
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.argmax(1) == yt[idx]).sum()
-        val_loss, val_acc = evaluate(model, Xv, yv, loss_fn)
-        row = {"epoch": epoch, "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n,
-               "val_loss": val_loss, "val_acc": val_acc}
+            loss_sum += loss.detach() * len(rows)
+            correct += (logits.argmax(1) == tr.y[rows]).sum()
+        row = {"epoch": epoch, "train_loss": loss_sum.item() / n, "train_accuracy": correct.item() / n,
+               **validation_scores(model, va, loss_fn, n_classes)}
         history.append(row)
         if log is not None:
-            log(f"epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}  "
-                f"val loss {val_loss:.4f} acc {val_acc:.3f}")
-        if (val_acc, -val_loss) > (best[0], -best[1]):
-            best, best_epoch = (val_acc, val_loss), epoch
+            log(epoch_line(row, train_cfg.metric))
+        if selector.update(epoch, row[f"val_{train_cfg.metric}"], row["val_loss"]):
             best_state = copy.deepcopy(model.state_dict())
-        elif train_cfg.patience and epoch - best_epoch >= train_cfg.patience:
+        elif selector.should_stop(epoch):
             break
     model.load_state_dict(best_state)
     model.eval()
-    return FoldFit(model=model, best_epoch=best_epoch, epochs_run=len(history), history=history)
+    return FoldFit(model=model, best_epoch=selector.best_epoch, epochs_run=len(history), history=history)
 
 
-EVAL_CHUNK = 2048  # rows per forward pass when scoring: bounds activation memory on big tables
+def epoch_line(row: dict, metric: str) -> str:
+    return (f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
+            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} {metric} {row[f'val_{metric}']:.3f}")
 
 
 @torch.no_grad()
-def logits_of(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
-    """(n_rows, n_classes) logits of `model` in eval mode, EVAL_CHUNK rows at a time."""
+def logits_of(model: nn.Module, samples: SampleTensors) -> torch.Tensor:
+    """(n, n_classes) logits of `model` in eval mode, EVAL_CHUNK samples at a time."""
     model.eval()
-    return torch.cat([model(chunk) for chunk in X.split(EVAL_CHUNK)])
+    rows = torch.arange(len(samples.y), device=samples.y.device)
+    return torch.cat([model(*samples.batch(chunk)) for chunk in rows.split(EVAL_CHUNK)])
 
 
-def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[float, float]:
-    """(mean loss, accuracy) of `model` in eval mode on (X, y)."""
-    logits = logits_of(model, X)
-    return loss_fn(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+def validation_scores(model: nn.Module, samples: SampleTensors, loss_fn, n_classes: int) -> dict[str, float]:
+    """{"val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1"} of `model` on `samples`."""
+    logits = logits_of(model, samples)
+    metrics = metrics_from_confusion(confusion_tensor(logits.argmax(1), samples.y, n_classes))
+    values = torch.stack([loss_fn(logits, samples.y), *metrics.values()]).tolist()
+    return dict(zip(["val_loss", *(f"val_{m}" for m in metrics)], values))
 
 
-def predict_proba(model: nn.Module, X: np.ndarray) -> np.ndarray:
-    """(n_rows, n_classes) class probabilities for scaled features X (n_rows, n_inputs)."""
+def predict_proba(model: nn.Module, samples: Samples) -> np.ndarray:
+    """(n_samples, n_classes) class probabilities."""
     device = next(model.parameters()).device
-    return torch.softmax(logits_of(model, torch.as_tensor(X, device=device)), dim=1).cpu().numpy()
+    return torch.softmax(logits_of(model, SampleTensors.of(samples, device)), dim=1).cpu().numpy()
 
 
 def class_weights(y: np.ndarray, n_classes: int, device) -> torch.Tensor:

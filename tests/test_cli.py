@@ -27,7 +27,7 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert OUTPUTS <= {p.name for p in out.iterdir()}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["protocol"]["scheme"] == "group-kfold" and metrics["data"]["source"] == "synthetic"
-    assert len(metrics["folds"]) == 3 and set(metrics["baselines"]) == {"LDA", "RandomForest"}
+    assert len(metrics["folds"]) == 3 and set(metrics["baselines"]) == {"LDA", "LogisticRegression", "RandomForest"}
     assert sum(map(sum, metrics["confusion_matrix"])) == metrics["data"]["windows"]
     assert len(pd.read_csv(out / "predictions.csv")) == metrics["data"]["windows"]
     assert "CNN-LSTM" in proc.stdout and "pooled confusion matrix" in proc.stdout

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from emoma.config import CVConfig
+from emoma.context import context_index, run_starts
 from emoma.data import Table
 from emoma.errors import UserError
 from emoma.folds import make_plan, outer_splits, rank_features
@@ -57,9 +58,10 @@ def test_fitted_state_ignores_test_rows(small_table):
 def test_scaler_fitted_on_train_rows_only(small_table):
     fold = make_plan(small_table, cv_config(scheme="loso"), seed=0).folds[0]
     np.testing.assert_allclose(fold.mean, small_table.X[fold.train].mean(axis=0), rtol=1e-5, atol=1e-8)
-    parts = fold.arrays(small_table.X, k=5)
-    assert parts["train"].shape == (len(fold.train), 5) and parts["test"].shape == (len(fold.test), 5)
-    np.testing.assert_allclose(parts["train"].mean(axis=0), 0, atol=1e-4)
+    parts = fold.samples(small_table.X, small_table.y, context_index(run_starts(small_table), 1), 5)
+    train, test = parts["train"].flat(), parts["test"].flat()
+    assert train.shape == (len(fold.train), 5) and test.shape == (len(fold.test), 5)
+    np.testing.assert_allclose(train.mean(axis=0), 0, atol=1e-4)
     assert sorted(fold.ranking) == list(range(small_table.X.shape[1]))
     assert list(fold.selected(3)) == sorted(fold.ranking[:3])
     assert len(fold.selected(0)) == small_table.X.shape[1]

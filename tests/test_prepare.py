@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from conftest import REAL_DATA, ROOT
 
-from emoma.data import MERGED_COLUMNS
+from emoma.config import DataConfig
+from emoma.data import MERGED_COLUMNS, load_table
 from emoma.errors import UserError
 from emoma.prepare import (ACC_FIR, PrepareOptions, decompose_eda, peak_frequency, plan_windows, prepare, slope,
                            window_stats)
@@ -49,7 +50,7 @@ def copy_wesad(wesad_dir, tmp_path):
 
 
 def test_columns_labels_and_order_match_merged_csv(prepared):
-    assert list(prepared.columns) == MERGED_COLUMNS
+    assert list(prepared.columns) == MERGED_COLUMNS + ["time_s"]
     if REAL_DATA.is_file():
         assert list(pd.read_csv(REAL_DATA, index_col=0, nrows=1).columns) == MERGED_COLUMNS
     for subject, rows in prepared.groupby("subject", sort=False):
@@ -57,6 +58,26 @@ def test_columns_labels_and_order_match_merged_csv(prepared):
         assert rows["label"].tolist() == [1] * 4 + [2] * 3 + [0] * 2
     assert prepared["subject"].tolist() == sorted(prepared["subject"])
     assert set(prepared["subject"]) == set(SUBJECTS)
+
+
+def test_time_s_gives_the_true_order_and_gaps(prepared):
+    starts = {1: 20, 3: 160, 2: 295}  # segment starts in TINY: baseline, amusement, stress
+    for subject, rows in prepared.groupby("subject", sort=False):
+        for code, label in ((1, 1), (3, 0), (2, 2)):
+            times = rows.loc[rows["label"] == label, "time_s"].to_numpy()
+            np.testing.assert_allclose(times, starts[code] + 30.0 * np.arange(len(times)))
+    table = load_table(DataConfig())  # the synthetic default has no time column
+    assert table.time_s is None
+    from emoma.context import run_starts
+    from emoma.data import table_from_frame
+
+    prepared_table = table_from_frame(prepared, DataConfig(), "prepared")
+    assert prepared_table.time_order == "by the time_s column"
+    # rows in time order: baseline, amusement, stress. Context runs are cut by gaps of more than two window
+    # lengths (60 s): not between baseline (last window 110 s) and amusement (160 s), but before stress (295 s)
+    first = prepared_table.groups == SUBJECTS[0]
+    assert prepared_table.y[first].tolist() == [0] * 4 + [0] * 2 + [1] * 3
+    assert run_starts(prepared_table)[first].tolist() == [True] + [False] * 5 + [True, False, False]
 
 
 @pytest.mark.parametrize("window, shift", [(30, None), (20, 5), (60, 0.25)])

@@ -1,0 +1,101 @@
+"""Time and the person: each window's predecessors (context) and subject normalisation, both table-level.
+
+A Table's rows are sorted by subject, then time (`emoma.data`), so "the window before" is the previous row of
+the same subject unless a time gap cuts the run. Nothing here reads labels, and nothing reads another
+subject's rows.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from emoma.config import DataConfig
+from emoma.data import Table
+from emoma.errors import UserError
+
+MAX_GAP_WINDOWS = 2.0  # context never spans a time gap longer than this many window lengths
+
+
+def run_starts(table: Table, window_s: float | None = None) -> np.ndarray:
+    """(n_windows,) bool: True where a window has no usable predecessor (a subject's first window, or the
+    first after a time gap longer than MAX_GAP_WINDOWS window lengths)."""
+    new_subject = np.r_[True, table.groups[1:] != table.groups[:-1]]
+    if table.time_s is None:
+        return new_subject
+    step = np.r_[np.inf, np.diff(table.time_s)]
+    step[new_subject] = np.inf
+    if window_s is None:
+        finite = step[np.isfinite(step)]
+        window_s = float(np.median(finite)) if len(finite) else 1.0
+    return new_subject | (step > MAX_GAP_WINDOWS * window_s)
+
+
+def context_index(starts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each window's k-window context: rows of the k-1 windows before it and itself, oldest first.
+
+    Parameters
+    ----------
+    starts : (n_windows,) bool, True where a run of consecutive windows starts (`run_starts`).
+    k : windows per sample.
+
+    Returns
+    -------
+    index : (n_windows, k) int64 table rows; column k-1 is the window itself. Before a run's start there
+        is no window: those slots repeat the run's first window (so a flattened context has the shape of a
+        full one).
+    mask : (n_windows, k) bool, False in those padded slots; the CNN-LSTM skips them.
+    """
+    n = len(starts)
+    run_first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))  # (n,) first row of each row's run
+    lag = np.arange(k - 1, -1, -1)  # (k,) how far back each column looks
+    wanted = np.arange(n)[:, None] - lag[None, :]  # (n, k)
+    mask = wanted >= run_first[:, None]
+    return np.where(mask, wanted, run_first[:, None]).astype(np.int64), mask
+
+
+def check_context(table: Table, k: int) -> None:
+    """A context longer than a subject's recording cannot be filled: say so before anything runs."""
+    if k <= 1:
+        return
+    subjects, counts = np.unique(table.groups, return_counts=True)
+    shortest = int(np.argmin(counts))
+    if counts[shortest] < k:
+        raise UserError(f"model.context={k} is longer than subject {subjects[shortest]}'s {counts[shortest]} "
+                        f"windows: lower model.context to at most {counts[shortest]}")
+
+
+def normalise_subjects(table: Table, cfg: DataConfig) -> Table:
+    """Standardise each subject's features by that subject's own windows (`cfg.subject_norm`).
+
+    - ``subject``: mean and std of all the subject's windows (label-free, but transductive: a test subject's
+      own unlabelled windows are read);
+    - ``causal``: running mean and std of the subject's windows up to and including the current one, in time
+      order; while they rest on n < ``cfg.norm_warmup`` windows the z-scores are shrunk by n / norm_warmup
+      (the first window of a subject is 0), so a live stream can be normalised as it arrives;
+    - ``none``: the table unchanged.
+    """
+    if cfg.subject_norm == "none":
+        return table
+    X = table.X.astype(np.float64)
+    out = np.empty_like(X)
+    bounds = np.flatnonzero(np.r_[True, table.groups[1:] != table.groups[:-1], True])
+    for a, b in zip(bounds[:-1], bounds[1:]):  # rows are sorted by subject: one block each
+        block = X[a:b]
+        if cfg.subject_norm == "subject":
+            mean, std = block.mean(axis=0), block.std(axis=0)
+            out[a:b] = (block - mean) / np.where(std > 0, std, 1.0)
+        else:
+            out[a:b] = _running_z(block, cfg.norm_warmup)
+    return replace(table, X=out.astype(np.float32), normalisation=cfg.subject_norm)
+
+
+def _running_z(block: np.ndarray, warmup: int) -> np.ndarray:
+    """(n, p) z-scores of each row against rows 0..t of `block` (expanding window, ddof 0)."""
+    shifted = block - block[0]  # centre on the first window (already seen) to keep the running sums small
+    n = np.arange(1, len(block) + 1, dtype=np.float64)[:, None]
+    mean = np.cumsum(shifted, axis=0) / n
+    var = np.maximum(np.cumsum(shifted**2, axis=0) / n - mean**2, 0.0)
+    std = np.sqrt(var)
+    z = np.divide(shifted - mean, std, out=np.zeros_like(block), where=std > 1e-12 * (1 + np.abs(mean)))
+    return z * np.minimum(n / warmup, 1.0)

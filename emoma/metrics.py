@@ -1,0 +1,184 @@
+"""Scores: the metrics of one set of predictions, per-subject scores, and the statistics a paper needs
+(bootstrap confidence intervals over subjects, paired Wilcoxon signed-rank tests, ROC and PR AUC).
+
+The validation metrics used for early stopping are computed on tensors from a confusion matrix, so the
+sequential and the fold-batched trainers pick best epochs by the same rule (`EpochSelector`).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import stats
+from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix,
+                             f1_score, recall_score, roc_auc_score)
+
+from emoma.config import METRICS
+
+BOOTSTRAP_RESAMPLES = 10_000
+CONFIDENCE = 0.95
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[dict[str, float], np.ndarray]:
+    """(metrics, confusion matrix (n_classes, n_classes)) of predictions against the truth."""
+    labels = list(range(n_classes))
+    metrics = {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+    }
+    return metrics, confusion_matrix(y_true, y_pred, labels=labels)
+
+
+def per_class(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict[str, dict[str, float]]:
+    """{class: {"f1", "recall"}} over the given predictions."""
+    labels = list(range(len(class_names)))
+    f1 = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    recall = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    return {name: {"f1": float(f), "recall": float(r)} for name, f, r in zip(class_names, f1, recall)}
+
+
+def auc_scores(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Binary: ROC-AUC and PR-AUC (average precision) of the positive class; more classes: one-vs-rest macro
+    ROC-AUC. NaN where the truth has a single class."""
+    if len(np.unique(y_true)) < 2:
+        return {"roc_auc": math.nan, "pr_auc": math.nan} if proba.shape[1] == 2 else {"roc_auc": math.nan}
+    if proba.shape[1] == 2:
+        return {"roc_auc": float(roc_auc_score(y_true, proba[:, 1])),
+                "pr_auc": float(average_precision_score(y_true, proba[:, 1]))}
+    present = np.unique(y_true)
+    if len(present) < proba.shape[1]:
+        return {"roc_auc": math.nan}
+    return {"roc_auc": float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro"))}
+
+
+def per_subject(groups: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
+    """{subject: metrics} over each subject's windows. Macro-F1 averages the classes present in that subject's
+    truth or predictions (a class the subject never shows is not counted as a failure)."""
+    out = {}
+    for subject in np.unique(groups):
+        rows = groups == subject
+        metrics = score(y_true[rows], y_pred[rows], n_classes)[0]
+        metrics["macro_f1"] = float(f1_score(y_true[rows], y_pred[rows], average="macro", zero_division=0))
+        out[_key(subject)] = metrics
+    return out
+
+
+def bootstrap_ci(values, seed: int = 0) -> dict[str, float]:
+    """Mean of `values` (one per subject) and its BCa bootstrap 95 % CI over subjects (scipy.stats.bootstrap)."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    if len(values) < 3 or np.all(values == values[0]):
+        return {"mean": mean, "ci_low": mean if len(values) else math.nan,
+                "ci_high": mean if len(values) else math.nan, "n": int(len(values))}
+    result = stats.bootstrap((values,), np.mean, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
+                             method="BCa", rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    if not (np.isfinite(low) and np.isfinite(high)):  # BCa undefined (e.g. a degenerate jackknife)
+        result = stats.bootstrap((values,), np.mean, confidence_level=CONFIDENCE,
+                                 n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
+                                 rng=np.random.default_rng(seed))
+        low, high = result.confidence_interval
+    return {"mean": mean, "ci_low": float(low), "ci_high": float(high), "n": int(len(values))}
+
+
+def paired_wilcoxon(a, b) -> dict[str, float]:
+    """Two-sided Wilcoxon signed-rank test of paired per-subject scores a vs b (scipy; zero differences
+    dropped). Returns the median difference a - b, the statistic, the p-value and the pairs used."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    diff = a - b
+    nonzero = int(np.count_nonzero(diff))
+    out = {"median_diff": float(np.median(diff)) if len(diff) else math.nan, "n": int(len(diff)),
+           "n_nonzero": nonzero, "statistic": math.nan, "p_value": math.nan}
+    if nonzero >= 1:
+        test = stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided")
+        out.update(statistic=float(test.statistic), p_value=float(test.pvalue))
+    return out
+
+
+def _key(subject) -> str:
+    return str(subject.item() if hasattr(subject, "item") else subject)
+
+
+# ---------------------------------------------------------------- validation metrics on tensors
+
+def confusion_tensor(pred: torch.Tensor, y: torch.Tensor, n_classes: int,
+                     weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., C, C) confusion counts of predictions (..., n) against the truth (..., n); rows true.
+
+    `weight` (..., n) counts each row (0 for padding rows of a batched fold)."""
+    cells = y * n_classes + pred  # (..., n)
+    ones = torch.ones_like(cells, dtype=torch.float32) if weight is None else weight.float()
+    counts = torch.zeros(*cells.shape[:-1], n_classes * n_classes, device=cells.device)
+    return counts.scatter_add_(-1, cells, ones).unflatten(-1, (n_classes, n_classes))
+
+
+def metrics_from_confusion(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
+    """accuracy, balanced_accuracy and macro_f1 (as `score`) of (..., C, C) confusion counts, each (...)."""
+    tp = confusion.diagonal(dim1=-2, dim2=-1)  # (..., C)
+    true = confusion.sum(-1)
+    pred = confusion.sum(-2)
+    total = true.sum(-1)
+    present = true > 0
+    recall = tp / true.clamp_min(1)
+    f1 = 2 * tp / (true + pred).clamp_min(1)
+    return {"accuracy": tp.sum(-1) / total.clamp_min(1),
+            "balanced_accuracy": (recall * present).sum(-1) / present.sum(-1).clamp_min(1),
+            "macro_f1": f1.mean(-1)}
+
+
+class EpochSelector:
+    """The best epoch of one fold by its validation metric (ties: lower validation loss), and early stopping
+    after `patience` epochs without a new best (0 = never stop). Shared by every trainer."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = (-math.inf, math.inf)  # (metric, loss)
+        self.best_epoch = 0
+
+    def update(self, epoch: int, metric: float, loss: float) -> bool:
+        """Record an epoch; True when it is the new best (its weights should be kept)."""
+        if (metric, -loss) > (self.best[0], -self.best[1]):
+            self.best, self.best_epoch = (metric, loss), epoch
+            return True
+        return False
+
+    def should_stop(self, epoch: int) -> bool:
+        return bool(self.patience) and epoch - self.best_epoch >= self.patience
+
+
+def evaluate(groups: np.ndarray, y_true: np.ndarray, probas: dict[str, np.ndarray], class_names: list[str],
+             reference: str = "CNN-LSTM", seed: int = 0) -> dict:
+    """Everything a paper reports of one set of test predictions per model, and paired tests over subjects.
+
+    Parameters
+    ----------
+    groups, y_true : (n,) subject and true class of each test window.
+    probas : {model: (n, n_classes) probabilities}, the same windows in the same order.
+    reference : the model compared (paired Wilcoxon over subjects) against every other one.
+
+    Returns
+    -------
+    {"models": {name: {"pooled", "confusion_matrix", "per_class", "auc", "subjects", "ci"}},
+     "wilcoxon": {"reference": reference, "against": {name: {metric: test}}}}
+    """
+    n_classes = len(class_names)
+    models = {}
+    for name, proba in probas.items():
+        pred = proba.argmax(1)
+        pooled, confusion = score(y_true, pred, n_classes)
+        subjects = per_subject(groups, y_true, pred, n_classes)
+        models[name] = {
+            "pooled": pooled, "confusion_matrix": confusion.tolist(), "per_class": per_class(y_true, pred, class_names),
+            "auc": auc_scores(y_true, proba), "subjects": subjects,
+            "ci": {m: bootstrap_ci([s[m] for s in subjects.values()], seed) for m in METRICS},
+        }
+    against = {}
+    if reference in models:
+        ref = models[reference]["subjects"]
+        for name, model in models.items():
+            if name != reference:
+                against[name] = {m: paired_wilcoxon([ref[s][m] for s in ref], [model["subjects"][s][m] for s in ref])
+                                 for m in METRICS}
+    return {"models": models, "wilcoxon": {"reference": reference, "against": against}}
