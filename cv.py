@@ -2,14 +2,14 @@
 import argparse
 
 from emoma.config import SCHEMES, TASKS, load_config
-from emoma.errors import exit_on_user_error
-from emoma.pipeline import cross_validate
+from emoma.errors import UserError, exit_on_user_error
+from emoma.pipeline import check_folds_flag, cross_validate, resume_cv_config
 from emoma.report import format_summary
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--config", default="configs/default.yaml", help="YAML config (default: %(default)s)")
+    p.add_argument("--config", help="YAML config (default: configs/default.yaml)")
     p.add_argument("--data", help="merged.csv to read (default: the embedded synthetic table)")
     p.add_argument("--task", choices=TASKS, help="binary (stress vs rest), 3class, or multiclass")
     p.add_argument("--cv", choices=SCHEMES, help="splitting protocol (default loso)")
@@ -21,7 +21,8 @@ def parse_args(argv=None):
                    help="override any config key, e.g. --set train.lr=0.0005 (repeatable)")
     p.add_argument("--drop-nan", action="store_true", help="drop rows with NaN/inf features instead of failing")
     p.add_argument("--baselines", action="store_true", help="also score LDA and random forest on the same folds")
-    p.add_argument("--out", help="output folder (default: results/cv/NAME-TIMESTAMP)")
+    p.add_argument("--out", help="output folder (default: results/cv/NAME-TIMESTAMP; never shared by two runs)")
+    p.add_argument("--resume", metavar="OUT", help="continue the interrupted run in OUT: its finished folds are kept")
     p.add_argument("-v", "--verbose", action="store_true", help="print loss and accuracy of every epoch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -30,12 +31,18 @@ def parse_args(argv=None):
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    config = load_config(args.config, args.set, flags={
-        "data.path": args.data, "data.task": args.task, "cv.scheme": args.cv, "cv.folds": args.folds,
-        "train.epochs": args.epochs, "seed": args.seed, "train.device": args.device,
-        "data.drop_nan": args.drop_nan or None})
-    result, out = cross_validate(config, args.out, baselines=args.baselines, progress=not args.no_progress,
-                                 verbose=args.verbose)
+    flags = {"data.path": args.data, "data.task": args.task, "cv.scheme": args.cv, "cv.folds": args.folds,
+             "train.epochs": args.epochs, "seed": args.seed, "train.device": args.device,
+             "data.drop_nan": args.drop_nan or None}
+    if args.resume:
+        if args.config or args.out:
+            raise UserError("--resume OUT takes the run's configuration and folder from OUT: drop --config and --out")
+        config = resume_cv_config(args.resume, args.set, flags)
+    else:
+        config = load_config(args.config or "configs/default.yaml", args.set, flags=flags)
+    check_folds_flag(args.folds, config)
+    result, out = cross_validate(config, args.resume or args.out, baselines=args.baselines,
+                                 progress=not args.no_progress, verbose=args.verbose, resume=bool(args.resume))
     print(format_summary(result))
     print(f"results written to {out}")
 

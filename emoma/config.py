@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from emoma.errors import UserError
+from emoma.files import write_atomic
 
 TASKS = ("binary", "3class", "multiclass")
 SCHEMES = ("loso", "group-kfold", "stratified-group-kfold", "kfold")
@@ -18,6 +20,7 @@ DEVICES = ("auto", "cpu", "cuda")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 SUBJECT_NORMS = ("none", "subject", "causal")
 TRAINERS = ("batched", "sequential")
+PRUNERS = ("wilcoxon", "asha")
 
 
 @dataclass
@@ -87,9 +90,11 @@ class SearchConfig:
     num_samples: int = 20  # configurations to try (the seed configuration is the first)
     holdout: int = 3  # subjects held out of the whole search, drawn with the seed so every class is present
     holdout_subjects: list = field(default_factory=list)  # explicit held-out subject ids (overrides holdout)
-    prune: bool = True  # ASHA early stopping over folds; the best is chosen among trials that ran every fold
+    prune: bool = True  # stop unpromising trials early (search.pruner); the best is chosen among trials that ran every fold
+    pruner: str = "wilcoxon"  # wilcoxon: paired test against the best trial on the same folds | asha: ASHA over folds
+    wilcoxon_p: float = 0.1  # wilcoxon: stop when the one-sided p-value is below this (Optuna's WilcoxonPruner default)
     fold_batch: int = 4  # folds a trial trains together as one batched model (0 = all); it reports after each
-    grace_folds: int = 2  # ASHA: folds every trial runs before it can be stopped
+    grace_folds: int = 3  # folds every trial runs before it can be stopped
     reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
     cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial (torch uses that many threads)
     gpus_per_trial: float = 0.0  # GPUs per trial; fractions share a GPU (0.25 = four trials per GPU)
@@ -112,8 +117,27 @@ class Config:
         return dataclasses.asdict(self)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with floats as people write them: PyYAML (YAML 1.1) reads 1e-3 as a string; YAML 1.2 reads a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    """yaml.safe_load, but `1e-3` is the float 0.001."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (),
-                flags: dict | None = None) -> Config:
+                flags: dict | None = None, base: dict | None = None) -> Config:
     """Build a Config from the defaults, a YAML file, `key=value` overrides and CLI flags, and validate it.
 
     Parameters
@@ -121,13 +145,18 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     path : YAML file whose keys override the defaults (sections: data, cv, model, train, search).
     overrides : strings like ``"train.lr=0.01"``; values are parsed as YAML.
     flags : typed values by dotted key (``{"train.epochs": 5}``), applied last; None values are skipped.
+    base : a resolved configuration (``Config.to_dict()``) to start from instead of the defaults.
     """
-    raw = _read_yaml(Path(path)) if path else {}
+    raw = _merge(base or {}, read_yaml(Path(path)) if path else {})
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.lr=0.01")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+        try:
+            parsed = parse_yaml(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: the value is not valid YAML: quote it or fix it") from None
+        _set_dotted(raw, key.strip(), parsed)
     for key, value in (flags or {}).items():
         if value is not None:
             _set_dotted(raw, key, value)
@@ -152,7 +181,7 @@ def apply_overrides(config: Config, flat: dict) -> Config:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def validate(config: Config) -> None:
@@ -193,6 +222,8 @@ def validate(config: Config) -> None:
         ("search.metric", config.search.metric in METRICS, f"one of {', '.join(METRICS)}"),
         ("search.num_samples", config.search.num_samples >= 1, "at least 1"),
         ("search.holdout", config.search.holdout >= 0, "0 or more"),
+        ("search.pruner", config.search.pruner in PRUNERS, f"one of {', '.join(PRUNERS)}"),
+        ("search.wilcoxon_p", 0 < config.search.wilcoxon_p < 1, "between 0 and 1"),
         ("search.fold_batch", config.search.fold_batch >= 0, "0 (all folds at once) or more"),
         ("search.grace_folds", config.search.grace_folds >= 1, "at least 1"),
         ("search.reduction_factor", config.search.reduction_factor >= 2, "at least 2"),
@@ -208,20 +239,32 @@ def validate(config: Config) -> None:
             raise UserError(f"config {key}={value!r} is invalid: it must be {rule}")
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, what: str = "config file") -> dict:
+    """A YAML file holding a mapping ({} when empty); a missing, unreadable or malformed file is a UserError."""
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist: give a YAML file such as configs/default.yaml")
+        raise UserError(f"{what} {path} does not exist: give a YAML file such as configs/default.yaml")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file {path} is not valid YAML{where}: fix its syntax") from None
+        raise UserError(f"{what} {path} is not valid YAML{where}: fix its syntax") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{what} {path} cannot be read ({type(err).__name__}): check the file") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise UserError(f"config file {path} must hold a mapping of sections (data, cv, model, train, search)")
+        raise UserError(f"{what} {path} must hold a mapping (of sections: data, cv, model, train, search; or of "
+                        "search-space keys)")
     return raw
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """`top`'s keys over `base`'s, section by section (a value inside a section, such as a label map, is replaced)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in top.items():
+        out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _set_dotted(raw: dict, key: str, value) -> None:

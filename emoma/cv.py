@@ -1,6 +1,7 @@
 """Stage 4: one configuration's cross-validation over a FoldPlan -> CVResult (per fold, per subject, pooled)."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -82,6 +83,27 @@ class CVResult:
         return rows, proba
 
 
+class Progress:
+    """Folds done: a live bar on a terminal; elsewhere (logs, CI, nohup) a plain line per update."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, initial: int = 0):
+        self.total, self.desc, self.enabled, self.done = total, desc, enabled, initial
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="fold", leave=False) \
+            if enabled and sys.stderr.isatty() else None
+
+    def update(self, n: int, note: str) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix_str(note)
+        elif self.enabled:
+            print(f"{self.desc}: {self.done}/{self.total} folds, {note}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def fold_seed(seed: int, fold: int) -> int:
     """A distinct, reproducible seed per (config seed, fold)."""
     return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
@@ -93,35 +115,38 @@ def table_context(table: Table, config: Config) -> tuple[np.ndarray, np.ndarray]
 
 
 def run_cv(table: Table, plan: FoldPlan, config: Config, *, baselines: bool = False, progress: bool = True,
-           verbose: bool = False) -> CVResult:
-    """Train and score one configuration on every fold of `plan`.
+           verbose: bool = False, done: dict[int, FoldResult] | None = None, on_result=None) -> CVResult:
+    """Train and score one configuration on every fold of `plan` (but those in `done`, already finished).
 
-    Folds run in parallel worker processes (``config.cv.jobs``), one torch thread each, so results do
-    not depend on the number of workers.
+    Folds run in parallel worker processes (``config.cv.jobs``), one torch thread each; with the batched
+    trainer each worker trains its share of the folds as one model. `on_result` is called with each
+    FoldResult as soon as it is finished (to keep it on disk).
     """
     start = time.perf_counter()
     on_gpu = resolve_device(config.train.device).type == "cuda"
-    jobs = 1 if on_gpu else min(resolve_jobs(config.cv.jobs), len(plan.folds))
+    todo = [i for i in range(len(plan.folds)) if i not in (done or {})]
+    jobs = max(1, 1 if on_gpu else min(resolve_jobs(config.cv.jobs), len(todo)))
     context = table_context(table, config)
     if config.cv.trainer == "batched":  # each worker trains its share of the folds as one batched model
-        groups = [list(range(len(plan.folds)))[w::jobs] for w in range(jobs)]
+        groups = [todo[w::jobs] for w in range(jobs) if todo[w::jobs]]
         args = [(table, [plan.folds[i] for i in g], g, config, context, baselines, verbose) for g in groups]
         task = run_folds_batched
     else:
-        args = [(table, fold, i, config, context, baselines, verbose) for i, fold in enumerate(plan.folds)]
+        args = [(table, plan.folds[i], i, config, context, baselines, verbose) for i in todo]
         task = run_fold
     if jobs == 1:
         stream = (task(*a) for a in args)
     else:
         stream = Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(task)(*a) for a in args)
-    results = []
-    bar = tqdm(total=len(plan.folds), desc=f"{config.name} {plan.scheme}", unit="fold", disable=not progress,
-               leave=False)
+    results = list((done or {}).values())
+    bar = Progress(len(plan.folds), f"{config.name} {plan.scheme}", progress, initial=len(results))
     for result in stream:
-        done = result if isinstance(result, list) else [result]
-        results.extend(done)
-        bar.update(len(done))
-        bar.set_postfix(acc=f"{np.mean([r.metrics['accuracy'] for r in results]):.3f}")
+        finished = result if isinstance(result, list) else [result]
+        for fold in finished:
+            if on_result is not None:
+                on_result(fold)
+        results.extend(finished)
+        bar.update(len(finished), f"accuracy {np.mean([r.metrics['accuracy'] for r in results]):.3f}")
     bar.close()
     results.sort(key=lambda r: r.index)
     return CVResult(plan.scheme, table.class_names, results, time.perf_counter() - start, notes=list(plan.notes))

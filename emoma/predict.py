@@ -15,6 +15,7 @@ from emoma.config import Config, from_dict
 from emoma.context import context_index, normalise_subjects, run_starts
 from emoma.data import Table, canonical_order, read_csv, read_time
 from emoma.errors import UserError, exit_on_user_error
+from emoma.files import atomic_path
 from emoma.folds import Fold
 from emoma.model import build_model
 from emoma.train import EVAL_CHUNK
@@ -25,14 +26,16 @@ def save_model(path: str | Path, model: torch.nn.Module, config: Config, fold: F
     """Weights, config (with its subject normalisation and context), the selected feature names and their
     scaler statistics, class names."""
     cols = fold.selected(config.model.n_features)
-    torch.save({
+    bundle = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": config.to_dict(),
         "features": [feature_names[j] for j in cols],
         "mean": fold.mean[cols].tolist(),
         "scale": fold.scale[cols].tolist(),
         "class_names": list(class_names),
-    }, path)
+    }
+    with atomic_path(path) as tmp:
+        torch.save(bundle, tmp)
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -98,7 +101,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     model, bundle = load_model(args.model)
     predictions = predict_frame(model, bundle, read_csv(args.data))
-    predictions.to_csv(args.out, index=False)
+    with atomic_path(args.out) as tmp:
+        predictions.to_csv(tmp, index=False)
     print(f"wrote {len(predictions)} predictions to {args.out}")
 
 

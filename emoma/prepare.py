@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from emoma.data import MERGED_METADATA_COLUMNS, MERGED_SIGNAL_COLUMNS
 from emoma.errors import UserError, exit_on_user_error
+from emoma.files import atomic_path
 from emoma.wesad import (CHEST_HZ, CHEST_SIGNALS, LABEL_HZ, WRIST_HZ, Recording, SubjectFiles, find_subjects, load_recording,
                          read_readme, subject_files)
 
@@ -380,7 +381,8 @@ def main(argv=None):
     start = time.perf_counter()
     result = prepare(args.wesad_dir, opts, subjects=subjects, jobs=args.jobs, skip_bad=args.skip_bad,
                      progress=not args.no_progress)
-    result.table.to_csv(out)
+    with atomic_path(out) as tmp:
+        result.table.to_csv(tmp)
     counts = result.table["label"].value_counts().sort_index().to_dict()
     print(f"wrote {out}: {len(result.table)} windows of {result.table['subject'].nunique()} subjects, "
           f"labels {counts}, {time.perf_counter() - start:.1f} s")

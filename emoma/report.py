@@ -1,23 +1,22 @@
-"""Stage 5: results -> files a researcher reads (metrics.json, folds.csv, plots, report.md). Reads only."""
+"""Stage 5: results -> files a researcher reads (metrics.json, folds.csv, report.md, ...). Reads results and
+writes files only (figures in emoma.plots); every file is written to a temporary name, then renamed."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from emoma.config import Config, save_config  # noqa: E402
-from emoma.cv import METRICS, CVResult  # noqa: E402
-from emoma.metrics import evaluate, paired_wilcoxon  # noqa: E402
-from emoma.data import Table  # noqa: E402
-from emoma.folds import FoldPlan  # noqa: E402
-from emoma.predict import save_model  # noqa: E402
+from emoma.config import Config, save_config
+from emoma.cv import METRICS, CVResult
+from emoma.data import Table
+from emoma.files import atomic_path, write_atomic
+from emoma.folds import FoldPlan
+from emoma.metrics import evaluate, paired_wilcoxon
+from emoma.plots import plot_confusion, plot_importances, plot_learning_curves, plot_search_history
+from emoma.space import describe
 
 if TYPE_CHECKING:
     from emoma.search import SearchResult
@@ -37,15 +36,20 @@ def write_cv_outputs(result: CVResult, table: Table, plan: FoldPlan, config: Con
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     evaluation = cv_evaluation(result, table, config)
-    (out / "metrics.json").write_text(json.dumps(metrics_dict(result, table, plan, config, evaluation), indent=2))
-    folds_frame(result).to_csv(out / "folds.csv", index=False)
-    history_frame(result).to_csv(out / "history.csv", index=False)
-    predictions_frame(result, table).to_csv(out / "predictions.csv", index=False)
+    write_atomic(out / "metrics.json", json.dumps(metrics_dict(result, table, plan, config, evaluation), indent=2))
+    write_csv(folds_frame(result), out / "folds.csv")
+    write_csv(history_frame(result), out / "history.csv")
+    write_csv(predictions_frame(result, table), out / "predictions.csv")
     plot_confusion(result.confusion, result.class_names, out / "confusion_matrix.png",
                    title=f"{config.name}: pooled over {len(result.folds)} {result.scheme} test folds")
     plot_learning_curves(result, out / "learning_curves.png")
-    (out / "report.md").write_text(markdown_report(result, table, plan, config, evaluation))
+    write_atomic(out / "report.md", markdown_report(result, table, plan, config, evaluation))
     return out
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def cv_evaluation(result: CVResult, table: Table, config: Config) -> dict:
@@ -122,7 +126,8 @@ def history_frame(result: CVResult) -> pd.DataFrame:
 def predictions_frame(result: CVResult, table: Table) -> pd.DataFrame:
     frames = []
     for f in result.folds:
-        frame = pd.DataFrame({"row": f.test_rows, "subject": table.groups[f.test_rows], "fold": f.index + 1,
+        rows = table.row_ids[f.test_rows] if table.row_ids is not None else f.test_rows
+        frame = pd.DataFrame({"row": rows, "subject": table.groups[f.test_rows], "fold": f.index + 1,
                               "true": np.array(table.class_names)[table.y[f.test_rows]],
                               "predicted": np.array(table.class_names)[f.y_pred]})
         for c, name in enumerate(table.class_names):
@@ -254,46 +259,6 @@ def evaluation_sections(evaluation: dict, class_names: list[str], heading: str =
     ]
 
 
-def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, title: str = "") -> None:
-    """Counts and row-normalised rates in each cell."""
-    rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    size = 1.2 + 1.3 * len(class_names)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(class_names)):
-        for j in range(len(class_names)):
-            ax.text(j, i, f"{confusion[i, j]}\n{rates[i, j]:.0%}", ha="center", va="center",
-                    color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(class_names)), class_names)
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label="row rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_learning_curves(result: CVResult, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for f in result.folds:
-        epochs = [h["epoch"] for h in f.history]
-        for ax, key in zip(axes, ("loss", "accuracy")):
-            ax.plot(epochs, [h[f"train_{key}"] for h in f.history], color="tab:blue", alpha=0.3, lw=1)
-            ax.plot(epochs, [h[f"val_{key}"] for h in f.history], color="tab:orange", alpha=0.3, lw=1)
-    for ax, key in zip(axes, ("loss", "accuracy")):
-        ax.plot([], [], color="tab:blue", label="train")
-        ax.plot([], [], color="tab:orange", label="validation (inner split)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.legend()
-    fig.suptitle("per-fold learning curves")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _pm(s: dict[str, float]) -> str:
     return f"{s['mean']:.3f} ± {s['std']:.3f}"
 
@@ -323,49 +288,54 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return header + "".join("\n| " + " | ".join(row) + " |" for row in cells)
 
 
-def write_search_outputs(result: SearchResult, config: Config, out_dir: str | Path | None = None) -> Path:
-    """Write best_config.yaml, trials.csv, holdout_metrics.json, confusion_matrix.png, search_history.png,
-    param_importance.png, best_model.pt and report.md into the experiment folder; returns it."""
-    out = Path(out_dir or result.folder)
-    out.mkdir(parents=True, exist_ok=True)
+def write_search_outputs(result: SearchResult, config: Config) -> Path:
+    """Write best_config.yaml, trials.csv, holdout_metrics.json, holdout_predictions.csv, confusion_matrix.png,
+    search_history.png, param_importance.png and report.md into the experiment's local folder; returns it.
+    (The caller saves the model.)"""
+    out = result.folder
     save_config(result.best_config, out / "best_config.yaml")
     trials = trials_frame(result)
-    trials.to_csv(out / "trials.csv", index=False)
-    held = result.holdout
-    evaluation = holdout_evaluation([result])
-    (out / "holdout_metrics.json").write_text(json.dumps({
-        "subjects": [str(s) for s in result.holdout_subjects], "windows": held.n_test, "metrics": held.metrics,
-        "confusion_matrix": held.confusion.tolist(), "class_names": result.class_names,
-        "baselines": held.baselines, "seed_config": result.seed_holdout.metrics, "features": held.features,
-        "epochs_run": held.epochs_run, "best_epoch": held.best_epoch, "evaluation": evaluation,
-        "best_vs_seed_cv": best_vs_seed_cv(result)}, indent=2))
-    plot_confusion(held.confusion, result.class_names, out / "confusion_matrix.png",
+    write_csv(trials, out / "trials.csv")
+    best, seed = result.held["best"], result.held["seed"]
+    evaluation = holdout_evaluation([holdout_predictions(result)], result.class_names)
+    write_atomic(out / "holdout_metrics.json", json.dumps({
+        "subjects": [str(s) for s in result.holdout_subjects], "windows": best.result.n_test,
+        "metrics": best.result.metrics, "confusion_matrix": best.result.confusion.tolist(),
+        "class_names": result.class_names, "baselines": best.result.baselines, "seed_config": seed.result.metrics,
+        "features": best.result.features, "epochs_run": best.result.epochs_run,
+        "best_epoch": best.result.best_epoch, "cv_best": result.best.mean, "best_params": result.best.params,
+        "evaluation": evaluation, "best_vs_seed_cv": best_vs_seed_cv(result)}, indent=2, default=str))
+    write_csv(holdout_predictions(result), out / "holdout_predictions.csv")
+    plot_confusion(best.result.confusion, result.class_names, out / "confusion_matrix.png",
                    title=f"best configuration on held-out subjects {', '.join(map(str, result.holdout_subjects))}")
     plot_search_history(trials, result.metric, out / "search_history.png")
     if result.importances:
         plot_importances(result.importances, out / "param_importance.png")
-    save_model(out / "best_model.pt", held.model, result.best_config, result.final_fold, result.feature_names,
-               result.class_names)
-    (out / "report.md").write_text(search_markdown(result, config, trials, evaluation))
+    write_atomic(out / "report.md", search_markdown(result, config, trials, evaluation))
     return out
 
 
 BEST, SEED = "CNN-LSTM (best)", "CNN-LSTM (seed config)"
 
 
-def holdout_evaluation(results: list[SearchResult]) -> dict:
-    """`emoma.metrics.evaluate` on the held-out subjects of one search (or of every outer fold of a nested
-    one): the retrained best, the retrained seed configuration and the baselines, tested against the best."""
-    probas = {BEST: [], SEED: []}
-    for r in results:
-        probas[BEST].append(r.holdout.proba)
-        probas[SEED].append(r.seed_holdout.proba)
-        for name, proba in r.holdout.baseline_proba.items():
-            probas.setdefault(name, []).append(proba)
-    groups = np.concatenate([r.held_groups for r in results])
-    y = np.concatenate([r.held_y for r in results])
-    return evaluate(groups, y, {k: np.concatenate(v) for k, v in probas.items()}, results[0].class_names,
-                    reference=BEST)
+def holdout_predictions(result: SearchResult) -> pd.DataFrame:
+    """One row per held-out window: subject, true class index, and each model's class probabilities."""
+    best, seed = result.held["best"], result.held["seed"]
+    frame = pd.DataFrame({"subject": [str(s) for s in best.groups], "true": best.y})
+    probas = {BEST: best.result.proba, SEED: seed.result.proba, **best.result.baseline_proba}
+    for name, proba in probas.items():
+        for c, cls in enumerate(result.class_names):
+            frame[f"{name}|{cls}"] = proba[:, c]
+    return frame
+
+
+def holdout_evaluation(frames: list[pd.DataFrame], class_names: list[str]) -> dict:
+    """`emoma.metrics.evaluate` of held-out predictions (one frame per search, e.g. per outer fold of a nested
+    search): the retrained best, the retrained seed configuration and the baselines, tested against the best."""
+    frame = pd.concat(frames, ignore_index=True)
+    models = list(dict.fromkeys(c.split("|")[0] for c in frame.columns if "|" in c))
+    probas = {m: frame[[f"{m}|{c}" for c in class_names]].to_numpy() for m in models}
+    return evaluate(frame["subject"].to_numpy(), frame["true"].to_numpy(), probas, class_names, reference=BEST)
 
 
 def best_vs_seed_cv(result: SearchResult) -> dict | None:
@@ -382,16 +352,17 @@ def trials_frame(result: SearchResult) -> pd.DataFrame:
     folds = len(result.plan.folds)
     rows = []
     for t in result.trials:
-        row = {"trial": t.trial_id, "status": t.status, "seed_config": t is result.seed_trial,
-               "mean": t.mean, "std": t.std, "folds_done": len(t.fold_scores), "seconds": round(t.seconds, 2),
-               "node": t.node, **{f"param.{k}": v for k, v in sorted(t.params.items())}}
+        row = {"trial": t.trial_id, "status": t.status, "stopped_by": t.stopped_by,
+               "seed_config": t is result.seed_trial, "mean": t.mean, "std": t.std,
+               "folds_done": len(t.fold_scores), "seconds": round(t.seconds, 2), "node": t.node,
+               **{f"param.{k}": v for k, v in sorted(t.params.items())}}
         row.update({f"fold_{i + 1}": t.fold_scores.get(i) for i in range(folds)})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def format_search_summary(result: SearchResult) -> str:
-    held = result.holdout
+    best, seed = result.held["best"].result, result.held["seed"].result
     completed = result.completed
     lines = [
         f"{len(result.trials)} trials ({len(completed)} completed, "
@@ -401,19 +372,25 @@ def format_search_summary(result: SearchResult) -> str:
     ]
     if result.seed_trial is not None and result.seed_trial.status == "completed":
         lines.append(f"seed configuration CV {result.metric}: {result.seed_trial.mean:.4f} ± {result.seed_trial.std:.4f}")
-    lines.append(f"held-out subjects {', '.join(map(str, result.holdout_subjects))}: "
-                 + "  ".join(f"{m} {v:.4f}" for m, v in held.metrics.items()))
-    return "\n".join(lines + [f"WARNING: {n}" for n in result.notes])
+    subjects = ", ".join(map(str, result.holdout_subjects))
+    lines.append(f"held-out subjects {subjects}, best: " + "  ".join(f"{m} {v:.4f}" for m, v in best.metrics.items()))
+    lines.append(f"held-out subjects {subjects}, seed configuration: "
+                 + "  ".join(f"{m} {v:.4f}" for m, v in seed.metrics.items()))
+    return "\n".join(lines + [f"WARNING: {n}" for n in result.notes if "kfold" in n])
 
 
 def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, evaluation: dict) -> str:
-    held = result.holdout
+    best, seed_held = result.held["best"].result, result.held["seed"].result
     completed = trials[trials["status"] == "completed"].sort_values("mean", ascending=False)
     params = [c for c in trials.columns if c.startswith("param.")]
     top = completed[["trial", "mean", "std", *params]].head(10).rename(columns=lambda c: c.removeprefix("param."))
     seed = result.seed_trial
-    space = "\n".join(f"- `{k}`: {_describe(d)}" for k, d in result.space.items())
+    space = "\n".join(f"- `{k}`: {describe(d)}" for k, d in result.space.items())
     importances = "\n".join(f"| {k} | {v:.3f} |" for k, v in result.importances.items())
+    pruning = {"wilcoxon": f"trials stopped early by a one-sided Wilcoxon signed-rank test against the best "
+                           f"complete trial on the same folds (p < {config.search.wilcoxon_p}, after "
+                           f"{config.search.grace_folds} folds); ",
+               "asha": f"ASHA over folds (grace {config.search.grace_folds} folds); ", "none": ""}[result.pruner]
     lines = [
         f"# Search report: {result.name}",
         "",
@@ -424,11 +401,11 @@ def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, 
         f"{', '.join(map(str, result.holdout_subjects))}",
         f"- search subjects: {', '.join(map(str, result.search_subjects))}",
         f"- each trial: {PROTOCOLS[result.plan.scheme]}, {len(result.plan.folds)} folds over the search subjects; "
-        "scaler and RFE fitted on each fold's training rows; one fold plan shared by every trial",
-        f"- objective: mean {result.metric} over folds; "
-        f"{'ASHA pruning over folds; ' if config.search.prune else ''}the best is chosen among trials that "
-        "completed every fold",
-        *[f"- **WARNING: {n}**" for n in result.notes],
+        "scaler and RFE fitted on each fold's training rows; one fold plan per subject normalisation shared by "
+        "every trial; folds in one order for every trial",
+        f"- objective: mean {result.metric} over folds (also the early-stopping metric); {pruning}the best is "
+        "chosen among trials that completed every fold",
+        *[f"- note: {n}" for n in result.notes],
         "",
         "## Search space",
         space,
@@ -436,7 +413,7 @@ def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, 
         "## Trials",
         f"{len(result.trials)} trials: {len(completed)} completed, {int((trials['status'] == 'pruned').sum())} "
         f"pruned, {int((trials['status'] == 'error').sum())} errored; {result.seconds:.0f} s in all. "
-        "Every trial is in `trials.csv`.",
+        "Every trial is in `trials.csv` (`stopped_by` says which rule stopped a pruned trial).",
         "",
         "- seed configuration: " + (f"{seed.mean:.4f} ± {seed.std:.4f} ({seed.status})" if seed else "not run"),
         f"- best: {result.best.mean:.4f} ± {result.best.std:.4f} (trial {result.best.trial_id})",
@@ -447,19 +424,20 @@ def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, 
         "",
         "![search history](search_history.png)",
         "",
-        "### Parameter importance (Optuna, fANOVA)",
+        "### Parameter importance (Optuna's default evaluator)",
         "",
         ("| parameter | importance |\n|---|---|\n" + importances) if importances else "too few completed trials",
         "",
-        "## Best configuration, retrained on all search subjects, scored once on the held-out subjects",
+        "## Best and seed configurations, retrained on all search subjects, scored once on the held-out subjects",
         "",
-        f"Early stopping on held-out search subjects; epochs run {held.epochs_run}, best epoch {held.best_epoch}. "
-        "Configuration: `best_config.yaml`; model: `best_model.pt` "
-        "(`python -m emoma.predict --model best_model.pt --data new.csv --out predictions.csv`).",
+        f"Early stopping on held-out search subjects; the best ran {best.epochs_run} epochs, best epoch "
+        f"{best.best_epoch}. Configuration: `best_config.yaml`; model: `best_model.pt` "
+        "(`python -m emoma.predict --model best_model.pt --data new.csv --out predictions.csv`); every held-out "
+        "window's probabilities: `holdout_predictions.csv`.",
         "",
-        metrics_table({BEST: held.metrics, SEED: result.seed_holdout.metrics, **held.baselines}),
+        metrics_table({BEST: best.metrics, SEED: seed_held.metrics, **best.baselines}),
         "",
-        confusion_table(result.class_names, held.confusion),
+        confusion_table(result.class_names, best.confusion),
         "",
         "![confusion matrix](confusion_matrix.png)",
         "",
@@ -479,52 +457,26 @@ def _best_vs_seed_lines(result: SearchResult) -> list[str]:
             "best, which was chosen on these folds; the held-out comparison above is the honest one.", ""]
 
 
-def plot_search_history(trials: pd.DataFrame, metric: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    order = np.arange(1, len(trials) + 1)
-    done = trials["status"] == "completed"
-    ax.scatter(order[done], trials["mean"][done], label="completed", color="tab:blue")
-    ax.scatter(order[~done], trials["mean"][~done], label="pruned / errored (partial)", color="tab:gray", marker="x")
-    best = trials["mean"].where(done).cummax()
-    ax.step(order, best, where="post", color="tab:orange", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"mean CV {metric}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_importances(importances: dict[str, float], path: Path) -> None:
-    names, values = list(importances)[::-1], list(importances.values())[::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1))
-    ax.barh(names, values, color="tab:blue")
-    ax.set_xlabel("importance (fANOVA)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _describe(dist) -> str:
-    if hasattr(dist, "choices"):
-        return "one of " + ", ".join(map(str, dist.choices))
-    return f"{dist.low} to {dist.high}{' (log)' if getattr(dist, 'log', False) else ''}"
-
-
-def write_nested_outputs(results: list[SearchResult], out_dir: str | Path) -> Path:
-    """nested_metrics.json, confusion_matrix.png and report.md over the outer folds of a nested search."""
+def write_nested_outputs(outer_folders: list[Path], out_dir: str | Path) -> Path:
+    """nested_metrics.json, confusion_matrix.png and report.md over the outer folds of a nested search, read from
+    each outer fold's holdout_metrics.json and holdout_predictions.csv."""
     out = Path(out_dir)
-    rows = [{"subject": str(r.holdout_subjects[0]), "cv_best": r.best.mean, **r.holdout.metrics} for r in results]
+    held = [json.loads((f / "holdout_metrics.json").read_text()) for f in outer_folders]
+    class_names = held[0]["class_names"]
+    rows = [{"subject": h["subjects"][0], "cv_best": h["cv_best"], **h["metrics"],
+             **{f"seed_{m}": h["seed_config"][m] for m in METRICS}} for h in held]
     frame = pd.DataFrame(rows)
-    confusion = np.sum([r.holdout.confusion for r in results], axis=0)
-    summary = _mean_std_frame(frame)
-    evaluation = holdout_evaluation(results)
-    (out / "nested_metrics.json").write_text(json.dumps(
-        {"outer_folds": rows, "summary": summary, "confusion_matrix": confusion.tolist(),
-         "class_names": results[0].class_names, "evaluation": evaluation}, indent=2))
-    plot_confusion(confusion, results[0].class_names, out / "confusion_matrix.png",
-                   title=f"nested LOSO: pooled over {len(results)} held-out subjects")
-    (out / "report.md").write_text("\n".join([
+    confusion = np.sum([h["confusion_matrix"] for h in held], axis=0)
+    summary = {m: {"mean": float(frame[m].mean()), "std": float(frame[m].std(ddof=0))} for m in METRICS}
+    evaluation = holdout_evaluation([pd.read_csv(f / "holdout_predictions.csv", dtype={"subject": str})
+                                     for f in outer_folders], class_names)
+    chosen = pd.DataFrame([{"subject": h["subjects"][0], **h["best_params"]} for h in held])
+    write_atomic(out / "nested_metrics.json", json.dumps(
+        {"outer_folds": rows, "summary": summary, "confusion_matrix": confusion.tolist(), "class_names": class_names,
+         "chosen": chosen.to_dict(orient="records"), "evaluation": evaluation}, indent=2, default=str))
+    plot_confusion(confusion, class_names, out / "confusion_matrix.png",
+                   title=f"nested LOSO: pooled over {len(held)} held-out subjects")
+    write_atomic(out / "report.md", "\n".join([
         "# Nested cross-validation report",
         "",
         "Each outer fold holds one subject out of the whole search (search, selection, retraining) and scores "
@@ -539,13 +491,13 @@ def write_nested_outputs(results: list[SearchResult], out_dir: str | Path) -> Pa
         "",
         "![confusion matrix](confusion_matrix.png)",
         "",
+        "The configuration each outer fold chose:",
+        "",
+        markdown_table(chosen),
+        "",
         "The seed configuration and the baselines below were retrained on the same search subjects of each outer "
         "fold (baselines on the best configuration's inputs) and scored on the same held-out subject.",
         "",
-        *evaluation_sections(evaluation, results[0].class_names),
+        *evaluation_sections(evaluation, class_names),
     ]))
     return out
-
-
-def _mean_std_frame(frame: pd.DataFrame) -> dict:
-    return {m: {"mean": float(frame[m].mean()), "std": float(frame[m].std(ddof=0))} for m in METRICS}

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from emoma.data import MERGED_COLUMNS, MERGED_SIGNAL_COLUMNS
+from emoma.files import atomic_path
 
 SUBJECTS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17)
 # Windows per condition, in recording order, as in WESAD: label 1 baseline, 2 stress, 0 amusement.
@@ -161,7 +162,8 @@ def main(argv=None) -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply windows per subject (default 1)")
     args = parser.parse_args(argv)
     frame = make_frame(seed=args.seed, windows_scale=args.scale)
-    frame.to_csv(args.out)
+    with atomic_path(args.out) as tmp:
+        frame.to_csv(tmp)
     print(f"wrote {len(frame)} windows of {frame['subject'].nunique()} subjects to {args.out}")
 
 

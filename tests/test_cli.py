@@ -59,7 +59,16 @@ def user_error_cases(tmp_path, small_frame, nan_csv):
     bad_yaml.write_text("train: [\n")
     no_subject = tmp_path / "no_subject.csv"
     small_frame.drop(columns="subject").to_csv(no_subject)
+    duplicated_time = tmp_path / "duplicated_time.csv"
+    small_frame.assign(time_s=30.0 * (small_frame.groupby("subject").cumcount() // 2)).to_csv(duplicated_time)
+    text_time = tmp_path / "text_time.csv"
+    small_frame.assign(time_s="noon").to_csv(text_time)
     return [
+        (["--set", "model.context=0"], "config model.context=0 is invalid: it must be at least 1"),
+        (["--set", "model.context=500"], "model.context=500 is longer than subject"),
+        (["--set", "data.subject_norm=zscore"], "data.subject_norm='zscore' is invalid: it must be one of none, subject"),
+        (["--data", str(duplicated_time)], "has two windows at time_s=0"),
+        (["--data", str(text_time)], "time column 'time_s' holds non-numeric values such as 'noon'"),
         (["--data", str(tmp_path / "missing.csv")], "does not exist"),
         (["--data", str(no_subject)], "has no subject column 'subject'"),
         (["--data", str(nan_csv)], "2 rows have NaN or infinite values in EDA_mean"),

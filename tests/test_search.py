@@ -16,8 +16,10 @@ import yaml
 from emoma.config import load_config
 from emoma.errors import UserError
 from emoma.predict import load_model, predict_frame
+from emoma.pipeline import save_best_model
 from emoma.report import write_search_outputs
-from emoma.search import load_space, load_study, params_to_overrides, run_search, space_point
+from emoma.search import load_study, run_search
+from emoma.space import load_space, params_to_overrides, space_point
 from emoma.synthetic import make_frame
 
 from conftest import ROOT
@@ -42,8 +44,10 @@ def test_local_search_outputs_are_consistent(local_ray, tmp_path):
     space = load_space(SMOKE_SPACE)
     result = run_search(config, space, config, storage_path=tmp_path / "exp", name="s", log=lambda *a: None)
     out = write_search_outputs(result, config)
+    save_best_model(result)
     expected = {"best_config.yaml", "trials.csv", "holdout_metrics.json", "confusion_matrix.png",
-                "search_history.png", "report.md", "best_model.pt", "optuna_study.log"}
+                "search_history.png", "report.md", "best_model.pt", "optuna_study.log", "manifest.json",
+                "holdout_predictions.csv"}
     assert expected <= {p.name for p in out.iterdir()}
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 3 and (trials["status"] == "completed").all()
@@ -80,20 +84,54 @@ def test_local_search_outputs_are_consistent(local_ray, tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: the table lacks features")
 
 
+def test_searched_normalisation_gets_one_plan_each_and_held_out_statistics(local_ray, tmp_path, monkeypatch):
+    import emoma.search
+
+    made = []
+    real_make_plan = emoma.search.make_plan
+
+    def counting_make_plan(table, cfg, seed):
+        made.append(table.normalisation)
+        return real_make_plan(table, cfg, seed)
+
+    monkeypatch.setattr(emoma.search, "make_plan", counting_make_plan)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("data.subject_norm: {choice: [none, subject, causal]}\nmodel.context: {choice: [1, 3]}\n")
+    config = smoke(tmp_path, "search.num_samples=5", "search.prune=false")
+    result = run_search(config, load_space(space_file), config, storage_path=tmp_path / "exp", name="norm",
+                        log=lambda *a: None)
+    assert sorted(made) == ["causal", "none", "subject"]  # one plan per normalisation, before any trial
+    assert {t.params["data.subject_norm"] for t in result.trials} > {"none"}
+    assert result.best_config.data.subject_norm == result.best.params["data.subject_norm"]
+    out = write_search_outputs(result, config)
+    save_best_model(result)
+    held = json.loads((out / "holdout_metrics.json").read_text())
+    models = held["evaluation"]["models"]
+    assert set(models) == {"CNN-LSTM (best)", "CNN-LSTM (seed config)", "LDA", "LogisticRegression", "RandomForest"}
+    assert set(models["CNN-LSTM (best)"]["subjects"]) == {str(s) for s in result.holdout_subjects}
+    assert set(held["evaluation"]["wilcoxon"]["against"]) == set(models) - {"CNN-LSTM (best)"}
+    report = (out / "report.md").read_text()
+    assert "Paired Wilcoxon signed-rank tests over subjects" in report and "roc_auc" in report
+    model, bundle = load_model(out / "best_model.pt")
+    assert bundle["config"]["data"]["subject_norm"] == result.best_config.data.subject_norm
+    assert len(predict_frame(model, bundle, make_frame(seed=5, subjects=(2, 3)))) > 0
+
+
 def test_pruned_trials_never_win_and_optuna_hears_the_truth(local_ray, tmp_path):
-    # lr 1e-7 cannot learn in 3 epochs: after the seed trial (lr 0.01) sets the bar at the first rung,
-    # ASHA stops such trials after their grace fold
+    # lr 1e-7 cannot learn in 3 epochs: after the seed trial (lr 0.01, 8 epochs) sets the bar at the first
+    # rung, ASHA stops such trials after their grace fold
     space_file = tmp_path / "space.yaml"
     space_file.write_text("train.lr: {choice: [0.01, 1.0e-7]}\nmodel.n_features: {int: [3, 8]}\n")
     config = smoke(tmp_path, "cv.folds=4", "search.num_samples=8", "search.prune=true", "search.grace_folds=1",
-                   "search.max_concurrent=1", "train.epochs=3")
-    seed = load_config(SMOKE, ["train.lr=0.01", "model.n_features=8"])
+                   "search.max_concurrent=1", "train.epochs=3", "search.pruner=asha", "search.fold_batch=1")
+    seed = load_config(SMOKE, ["train.lr=0.01", "model.n_features=8", "train.epochs=8"])
     result = run_search(config, load_space(space_file), seed, storage_path=tmp_path / "exp", name="p",
                         log=lambda *a: None)
     pruned = [t for t in result.trials if t.status == "pruned"]
     assert pruned, "expected ASHA to stop at least one trial"
     assert result.best.status == "completed" and len(result.best.fold_scores) == 4
     study = load_study(result.folder)
+    assert all(t.stopped_by.startswith("asha") for t in pruned)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
     assert states.count(optuna.trial.TrialState.COMPLETE) == len(result.completed)
@@ -155,8 +193,9 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2, err
-    assert "--resume --name r" in err
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: ") and "--resume --name r" in last and "Traceback" not in err, err
     finished = _finished_trials(tmp_path / "r")
     assert 1 <= len(finished) < 4
 
@@ -175,30 +214,33 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
 
 
 def test_nested_search_holds_out_each_subject_once(local_ray, tmp_path):
-    from emoma.report import write_nested_outputs
-    from emoma.search import run_nested_search
+    from emoma.pipeline import SearchSettings, nested_search
 
     csv = tmp_path / "five.csv"
     make_frame(seed=3, subjects=(2, 3, 4, 5, 6), windows_scale=0.3).to_csv(csv)
     config = smoke(tmp_path, f"data.path={csv}", "search.num_samples=1")
-    results = run_nested_search(config, load_space(SMOKE_SPACE), config, storage_path=tmp_path, name="n",
-                                log=lambda *a: None)
-    assert [r.holdout_subjects for r in results] == [[2], [3], [4], [5], [6]]
-    for r in results:
-        assert r.holdout_subjects[0] not in r.search_subjects
-    out = write_nested_outputs(results, tmp_path / "n")
-    nested = json.loads((out / "nested_metrics.json").read_text())
-    assert len(nested["outer_folds"]) == 5
-    assert sum(map(sum, nested["confusion_matrix"])) == sum(r.holdout.n_test for r in results)
+    settings = SearchSettings(config, load_space(SMOKE_SPACE), config, "n", str(tmp_path), resume=False, outer="loso")
+    nested_search(settings, log=lambda *a: None)
+    nested = json.loads((tmp_path / "n" / "nested_metrics.json").read_text())
+    assert [row["subject"] for row in nested["outer_folds"]] == ["2", "3", "4", "5", "6"]
+    for subject in "23456":
+        held = json.loads((tmp_path / "n" / f"outer-{subject}" / "holdout_metrics.json").read_text())
+        assert held["subjects"] == [subject]
+        manifest = json.loads((tmp_path / "n" / f"outer-{subject}" / "manifest.json").read_text())
+        assert manifest["holdout_subjects"] == [subject]
+    windows = sum(json.loads((tmp_path / "n" / f"outer-{s}" / "holdout_metrics.json").read_text())["windows"]
+                  for s in "23456")
+    assert sum(map(sum, nested["confusion_matrix"])) == windows
+    assert set(nested["evaluation"]["models"]["CNN-LSTM (best)"]["subjects"]) == set("23456")
 
 
-def test_asha_never_stops_the_seed_configuration():
+def test_asha_never_stops_the_seed_configuration(tmp_path):
     from types import SimpleNamespace
 
-    from emoma.search import BaselineKeepingASHA
+    from emoma.schedulers import BaselineKeepingASHA, StopReasons
 
-    scheduler = BaselineKeepingASHA({"train.lr": 1e-7}, time_attr="folds_done", max_t=8, grace_period=1,
-                                    reduction_factor=2)
+    scheduler = BaselineKeepingASHA({"train.lr": 1e-7}, StopReasons(tmp_path / "r.json"), time_attr="folds_done",
+                                    max_t=8, grace_period=1, reduction_factor=2)
     scheduler.set_search_properties(metric="score", mode="max")
     good = SimpleNamespace(trial_id="good", config={"train.lr": 0.01})
     seed = SimpleNamespace(trial_id="seed", config={"train.lr": 1e-7})

@@ -1,0 +1,146 @@
+"""The experiment manifest: everything that defines a search, written once when it starts.
+
+`--resume` takes the experiment's settings from here, never from the new command line; a command line that
+contradicts the manifest stops with the first differing field and both values.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from emoma.config import Config, from_dict
+from emoma.data import Table
+from emoma.errors import UserError
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+PACKAGES = ("emoma", "torch", "ray", "optuna", "numpy", "pandas", "scikit-learn", "scipy")
+# What may change when an experiment is resumed: where and how fast it runs, not what it computes.
+RUNTIME_KEYS = ("search.cpus_per_trial", "search.gpus_per_trial", "search.max_concurrent", "search.time_budget_s",
+                "search.max_failures", "train.device", "cv.jobs", "cv.cache_dir")
+
+
+@dataclass
+class Manifest:
+    name: str
+    config: dict  # the resolved base configuration (Config.to_dict())
+    seed_config: dict  # the resolved --seed-config
+    space: dict  # the search space in its YAML form
+    data: dict  # {"path", "sha256", "rows", "columns"}
+    plan_keys: dict  # subject normalisation -> fold-plan content hash
+    holdout_subjects: list  # as strings
+    fold_order: list  # fold indices in the order every trial runs them
+    seed: int
+    num_samples: int  # trials in all, over every Tune run
+    runs: list = field(default_factory=list)  # Tune experiments: [{"path": "." or "extend-1", "num_samples"}]
+    command: list = field(default_factory=lambda: list(sys.argv))
+    versions: dict = field(default_factory=lambda: package_versions())
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    outer: dict | None = None  # nested search: {"scheme": "loso", "subjects": [...]} (root manifest only)
+    version: int = MANIFEST_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Manifest:
+        try:
+            raw = json.loads(text)
+            return cls(**raw)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"{where} is not an EmoMA manifest ({type(err).__name__}): it cannot be resumed") from None
+
+    def base_config(self) -> Config:
+        return from_dict(self.config)
+
+    def seed_configuration(self) -> Config:
+        return from_dict(self.seed_config)
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def data_fingerprint(table: Table, path: str | None) -> dict:
+    """sha256 of the data file (of the table's arrays for the synthetic table) and the table's shape."""
+    h = hashlib.sha256()
+    if path:
+        with open(Path(path).expanduser(), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    else:
+        for array in (table.X, table.y, table.groups.astype(str)):
+            h.update(np.ascontiguousarray(array).tobytes())
+    return {"path": path, "sha256": h.hexdigest(), "rows": int(len(table.y)), "columns": int(table.X.shape[1])}
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value and prefix.count(".") < 1 and key in (
+                "data", "cv", "model", "train", "search"):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def first_difference(recorded: dict, given: dict, ignore=()) -> tuple[str, object, object] | None:
+    """The first key whose value differs between two flat dicts (keys of either), or None."""
+    for key in list(recorded) + [k for k in given if k not in recorded]:
+        if key in ignore:
+            continue
+        a, b = recorded.get(key, "(absent)"), given.get(key, "(absent)")
+        if a != b and not (isinstance(a, float) and isinstance(b, (int, float)) and np.isclose(a, b)):
+            return key, a, b
+    return None
+
+
+def check_resume(manifest: Manifest, config: Config, seed_config: Config | None, space: dict | None,
+                 data: dict | None) -> None:
+    """Stop (UserError) when what the resuming command line asks for contradicts the manifest.
+
+    `config` is the manifest's configuration with the command line's explicit settings applied; `seed_config`,
+    `space` and `data` are None unless the command line gave them.
+    """
+    recorded = flatten(manifest.config)
+    given = flatten(config.to_dict())
+    diff = first_difference(recorded, given, ignore=RUNTIME_KEYS + ("search.num_samples",))
+    if diff:
+        key, a, b = diff
+        raise UserError(f"--resume: {key} was {a!r} when experiment {manifest.name} started, the command line gives "
+                        f"{b!r}: drop the option to continue it, or start a new experiment with another --name")
+    if config.search.num_samples < manifest.num_samples:
+        raise UserError(f"--resume: --num-samples {config.search.num_samples} is fewer than the experiment's "
+                        f"{manifest.num_samples}: give at least {manifest.num_samples} (or leave it out)")
+    if seed_config is not None:
+        diff = first_difference(flatten(manifest.seed_config), flatten(seed_config.to_dict()),
+                                ignore=RUNTIME_KEYS)
+        if diff:
+            key, a, b = diff
+            raise UserError(f"--resume: the seed configuration's {key} was {a!r}, --seed-config gives {b!r}: "
+                            "drop --seed-config to continue the experiment")
+    if space is not None:
+        diff = first_difference(manifest.space, space)
+        if diff:
+            key, a, b = diff
+            raise UserError(f"--resume: search space entry {key} was {a!r}, --space gives {b!r}: drop --space to "
+                            "continue the experiment")
+    if data is not None and data["sha256"] != manifest.data["sha256"]:
+        raise UserError(f"--resume: the data {data['path'] or 'synthetic table'} changed since experiment "
+                        f"{manifest.name} started (sha256 {manifest.data['sha256'][:12]}... then, "
+                        f"{data['sha256'][:12]}... now): restore the file or start a new experiment")

@@ -1,0 +1,125 @@
+"""search.py as a user types it: resume from the manifest, flags that mean what they say, refused resources,
+user errors inside trials."""
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+
+SMOKE = ROOT / "configs" / "smoke.yaml"
+SMOKE_SPACE = ROOT / "configs" / "smoke_space.yaml"
+
+
+def search(tmp_path, *args, timeout=400):
+    command = [sys.executable, str(ROOT / "search.py"), "--config", str(SMOKE), "--space", str(SMOKE_SPACE),
+               "--seed-config", str(SMOKE), "--storage-path", str(tmp_path), "--set", f"cv.cache_dir={tmp_path}/cache",
+               *map(str, args)]
+    return subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def resume(tmp_path, name, *args):
+    """--resume as a user types it: only the name and what changes (no --config, --space, --seed-config)."""
+    command = [sys.executable, str(ROOT / "search.py"), "--resume", "--name", name, "--storage-path", str(tmp_path),
+               *map(str, args)]
+    return subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                          capture_output=True, text=True, timeout=400)
+
+
+def one_error_line(proc, message):
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 3-trial search named e."""
+    tmp_path = tmp_path_factory.mktemp("exp")
+    proc = search(tmp_path, "--name", "e", "--num-samples", 3, "--cv", "group-kfold", "--folds", 2, "--seed", 1)
+    assert proc.returncode == 0, proc.stderr
+    return tmp_path
+
+
+def test_manifest_records_the_experiment(finished):
+    manifest = json.loads((finished / "e" / "manifest.json").read_text())
+    assert manifest["config"]["seed"] == 1 and manifest["config"]["cv"]["scheme"] == "group-kfold"
+    assert manifest["num_samples"] == 3 and len(manifest["fold_order"]) == 2
+    assert len(manifest["holdout_subjects"]) == 3 and manifest["data"]["rows"] > 1000
+    assert set(manifest["space"]) == {"train.lr", "model.n_features", "model.lstm_hidden"}
+    assert {"torch", "ray", "optuna"} <= set(manifest["versions"]) and "--num-samples" in manifest["command"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", 9], "--resume: seed was 1 when experiment e started, the command line gives 9"),
+    (["--cv", "loso"], "--resume: cv.scheme was 'group-kfold' when experiment e started, the command line gives 'loso'"),
+    (["--set", "model.fc=3"], "--resume: model.fc was 8"),
+    (["--num-samples", 2], "--num-samples 2 is fewer than the experiment's 3"),
+    (["--outer", "loso"], "was a single search: drop --outer loso"),
+])
+def test_a_resume_that_contradicts_the_manifest_stops(finished, args, message):
+    one_error_line(resume(finished, "e", *args), message)
+
+
+def test_resume_extends_explicitly_and_never_loops(finished):
+    again = resume(finished, "e")  # finished: nothing to run, nothing to re-run
+    assert again.returncode == 0, again.stderr
+    assert len(pd.read_csv(finished / "e" / "trials.csv")) == 3
+    more = resume(finished, "e", "--num-samples", 4)
+    assert more.returncode == 0, more.stderr
+    assert "extending the search from 3 to 4 trials" in more.stdout
+    trials = pd.read_csv(finished / "e" / "trials.csv")
+    assert len(trials) == 4 and trials["trial"].is_unique
+    study = optuna.load_study(study_name="e", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(finished / "e" / "optuna_study.log"))))
+    assert len(study.trials) == 4  # the extension continued the same Optuna study
+    assert json.loads((finished / "e" / "manifest.json").read_text())["num_samples"] == 4
+
+
+def test_epochs_and_set_fix_a_searched_key(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("train.epochs: {choice: [20, 30]}\ntrain.lr: {float: [1e-3, 1e-2], log: true}\n"
+                     "model.n_features: {int: [3, 8]}\n")
+    proc = search(tmp_path, "--name", "f", "--space", space, "--num-samples", 2, "--epochs", 1, "--cv", "group-kfold",
+                  "--folds", 2, "--set", "train.lr=3e-3")
+    assert proc.returncode == 0, proc.stderr
+    assert "train.epochs fixed at 1 by the command line: not searched" in proc.stdout
+    assert "train.lr fixed at 0.003" in proc.stdout
+    trials = pd.read_csv(tmp_path / "f" / "trials.csv")
+    assert not [c for c in trials.columns if c in ("param.train.epochs", "param.train.lr")]
+    assert yaml.safe_load((tmp_path / "f" / "best_config.yaml").read_text())["train"]["epochs"] == 1
+    held = json.loads((tmp_path / "f" / "holdout_metrics.json").read_text())
+    assert held["epochs_run"] == 1
+
+
+def test_folds_without_a_k_fold_protocol_is_an_error(tmp_path):
+    one_error_line(search(tmp_path, "--cv", "loso", "--folds", 3), "--folds 3 does not apply to leave-one-subject-out")
+    proc = subprocess.run([sys.executable, str(ROOT / "cv.py"), "--config", str(SMOKE), "--cv", "loso", "--folds", "3"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    one_error_line(proc, "use --cv group-kfold --folds 3")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpus-per-trial", 1], "--gpus-per-trial 1 cannot be met: no node of the cluster has a GPU"),
+    (["--cpus-per-trial", 64], "--cpus-per-trial 64 is more than any node of the cluster has"),
+])
+def test_impossible_resources_are_refused_before_any_trial(tmp_path, args, message):
+    one_error_line(search(tmp_path, "--name", "r", *args, timeout=120), message)
+    assert not list((tmp_path / "r").glob("trial_*"))
+
+
+def test_a_user_error_inside_a_trial_ends_the_search_without_retries(tmp_path):
+    proc = search(tmp_path, "--name", "u", "--device", "cuda", "--num-samples", 4, "--max-concurrent", 1)
+    if "CUDA" in os.environ.get("EMOMA_TEST_DEVICE", "") or proc.returncode == 0:
+        pytest.skip("this machine has CUDA")
+    one_error_line(proc, "train.device=cuda but no CUDA device is available")
+    results = list((tmp_path / "u").glob("trial_*/result.json"))
+    assert len(results) == 1  # the first trial reported the error; no other trial started
+    assert len(results[0].read_text().strip().splitlines()) == 1  # and it was not retried
