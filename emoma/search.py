@@ -268,6 +268,8 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
     register_ray()
     # fold plans computed as Ray tasks, one per fold, across the whole cluster unless cv.jobs says otherwise
     plan_cfg = config.cv if config.cv.jobs else replace(config.cv, jobs=int(ray.cluster_resources().get("CPU", 1)))
+    log(f"fold plan{'s' if len(norms) > 1 else ''}: fitting the scaler and RFE of every fold on the cluster "
+        "(cached after the first time)")
     plans = {}
     with parallel_config(backend="ray"):
         for norm, search_table in search_tables.items():
