@@ -25,6 +25,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", metavar="OUT", help="continue the interrupted run in OUT: its finished folds are kept")
     p.add_argument("-v", "--verbose", action="store_true", help="print loss and accuracy of every epoch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--mlflow", nargs="?", const="default", metavar="TRACKING_URI",
+                   help="log the run to MLflow (default: a local store, mlflow.db, in the output folder)")
     return p.parse_args(argv)
 
 
@@ -42,7 +44,8 @@ def main(argv=None):
         config = load_config(args.config or "configs/default.yaml", args.set, flags=flags)
     check_folds_flag(args.folds, config)
     result, out = cross_validate(config, args.resume or args.out, baselines=args.baselines,
-                                 progress=not args.no_progress, verbose=args.verbose, resume=bool(args.resume))
+                                 progress=not args.no_progress, verbose=args.verbose, resume=bool(args.resume),
+                                 mlflow=args.mlflow)
     print(format_summary(result))
     print(f"results written to {out}")
 

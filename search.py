@@ -48,6 +48,11 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key; a searched key set here is fixed and leaves the space")
     p.add_argument("--drop-nan", action="store_true")
+    p.add_argument("--mlflow", nargs="?", const="default", metavar="TRACKING_URI",
+                   help="log the search to MLflow: a parent run and one child run per trial (default: a local store, "
+                        "mlflow.db, in the experiment folder)")
+    p.add_argument("--status", action="store_true",
+                   help="print the trials and the best so far of experiment --name (running or finished) and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="Ray's and Optuna's own output")
     return p.parse_args(argv)
 
@@ -55,10 +60,16 @@ def parse_args(argv=None):
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    if args.resume and not args.name:
-        raise UserError("--resume needs the --name of the experiment to continue")
+    for flag in ("resume", "status"):
+        if getattr(args, flag) and not args.name:
+            raise UserError(f"--{flag} needs the --name of the experiment")
     name = args.name or f"search-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_path = args.storage_path or DEFAULTS["storage_path"]
+    if args.status:
+        from emoma.pipeline import search_status
+
+        print(search_status(name, storage_path))
+        return
     settings = search_settings(args, DEFAULTS, name, storage_path)
     from emoma.pipeline import nested_search, search
 

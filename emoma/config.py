@@ -277,6 +277,17 @@ def _set_dotted(raw: dict, key: str, value) -> None:
     node[last] = value
 
 
+def flatten(raw: dict, prefix: str = "") -> dict:
+    """A configuration dict (`Config.to_dict()`) as dotted keys: {"train.lr": 0.001, "seed": 0, ...}."""
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and not prefix and key in ("data", "cv", "model", "train", "search"):
+            out.update(flatten(value, f"{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def get_dotted(obj, key: str):
     for part in key.split("."):
         obj = getattr(obj, part)

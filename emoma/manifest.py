@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoma.config import Config, from_dict
+from emoma.config import Config, flatten, from_dict
 from emoma.data import Table
 from emoma.errors import UserError
 
@@ -86,17 +86,6 @@ def data_fingerprint(table: Table, path: str | None) -> dict:
         for array in (table.X, table.y, table.groups.astype(str)):
             h.update(np.ascontiguousarray(array).tobytes())
     return {"path": path, "sha256": h.hexdigest(), "rows": int(len(table.y)), "columns": int(table.X.shape[1])}
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and value and prefix.count(".") < 1 and key in (
-                "data", "cv", "model", "train", "search"):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def first_difference(recorded: dict, given: dict, ignore=()) -> tuple[str, object, object] | None:

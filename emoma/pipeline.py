@@ -16,7 +16,8 @@ from emoma.data import Table, load_table
 from emoma.errors import Interrupted, UserError
 from emoma.files import atomic_path, unique_folder, write_atomic
 from emoma.folds import make_plan
-from emoma.manifest import first_difference, flatten, RUNTIME_KEYS
+from emoma.config import flatten
+from emoma.manifest import RUNTIME_KEYS, first_difference
 from emoma.report import write_cv_outputs
 
 RUN_FILE = "run.json"  # cv.py: what defines the run (data fingerprint, plan key), for --resume
@@ -44,7 +45,7 @@ def check_folds_flag(folds: int | None, config: Config) -> None:
 # ---------------------------------------------------------------- cv.py
 
 def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselines: bool = False,
-                   progress: bool = True, verbose: bool = False, resume: bool = False,
+                   progress: bool = True, verbose: bool = False, resume: bool = False, mlflow: str | None = None,
                    log=print) -> tuple[CVResult, Path]:
     """Cross-validate one configuration and write its report; returns the result and the output folder.
 
@@ -67,6 +68,7 @@ def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselin
                             f"{recorded['data']['sha256'][:12]}... then, {run['data']['sha256'][:12]}... now)")
         baselines = recorded["baselines"]
     else:
+        check_tracking(mlflow)
         out = _new_out_dir(out_dir, config)
         from emoma.config import save_config
 
@@ -86,8 +88,32 @@ def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselin
         raise Interrupted(f"cross-validation interrupted after {len(_finished_folds(out))} of {len(plan.folds)} "
                           f"folds; continue it with: python cv.py --resume {out}") from None
     write_cv_outputs(result, table, plan, config, out)
+    if mlflow:
+        log_cv_run(mlflow, out, config, result)
     return result, out
 
+
+def check_tracking(mlflow: str | None) -> None:
+    """Fail before any work when --mlflow cannot be used (the default store is made in the output folder)."""
+    if mlflow:
+        from emoma.tracking import Tracker, require_mlflow
+
+        require_mlflow()
+        if mlflow != "default":
+            Tracker(mlflow, "emoma-cv")
+
+
+def log_cv_run(mlflow: str, out: Path, config: Config, result: CVResult) -> None:
+    """One MLflow run: the configuration, per-fold metrics (step = fold), the summary, the confusion matrix."""
+    from emoma.tracking import Tracker, default_uri
+
+    tracker = Tracker(default_uri(out) if mlflow == "default" else mlflow, "emoma-cv")
+    run = tracker.start_run(out.name, flatten(config.to_dict()), tags={"emoma.kind": "cv", "emoma.out": str(out)})
+    for fold in result.folds:
+        tracker.log_metrics(run, {f"fold_{m}": v for m, v in fold.metrics.items()}, step=fold.index + 1)
+    tracker.log_metrics(run, {f"{m}_{k}": v for m, s in result.summary().items() for k, v in s.items()})
+    tracker.log_artifacts(run, [out / f for f in ("confusion_matrix.png", "report.md", "metrics.json", "config.yaml")])
+    tracker.end(run)
 
 def _new_out_dir(out_dir, config: Config) -> Path:
     """The given folder (which must be empty), or a new unique one: two runs never share a folder."""
@@ -144,6 +170,7 @@ class SearchSettings:
     resume: bool
     outer: str | None = None
     notes: list[str] = field(default_factory=list)
+    mlflow: str | None = None  # tracking URI ("default": a local store in the experiment folder)
 
 
 def search_settings(args, defaults: dict, name: str, storage_path: str) -> SearchSettings:
@@ -197,7 +224,8 @@ def search_settings(args, defaults: dict, name: str, storage_path: str) -> Searc
     if manifest:
         check_resume(manifest, config, seed_config if args.seed_config else None,
                      space_to_dict(space) if args.space else None, None)
-    return SearchSettings(config, space, seed_config, name, storage_path, bool(args.resume), args.outer, notes)
+    return SearchSettings(config, space, seed_config, name, storage_path, bool(args.resume), args.outer, notes,
+                          getattr(args, "mlflow", None))
 
 
 def _set_keys(items: list[str]) -> set[str]:
@@ -215,17 +243,61 @@ def search(settings: SearchSettings, *, address=None, verbose=False, log=print):
     from emoma.report import format_search_summary, write_search_outputs
     from emoma.search import run_search
 
+    tracking = search_tracking(settings)
     for note in settings.notes:
         log(f"note: {note}")
     result = _interruptible(lambda: run_search(
         settings.config, settings.space, settings.seed_config, storage_path=settings.storage_path,
-        name=settings.name, address=address, resume=settings.resume, verbose=verbose, log=log), settings, "")
+        name=settings.name, address=address, resume=settings.resume, verbose=verbose, log=log, tracking=tracking),
+        settings, "")
     write_search_outputs(result, settings.config)
     save_best_model(result)
+    if tracking is not None:
+        log_search_run(tracking, result)
     result.storage.upload_all()
     log(format_search_summary(result))
     log(f"results written to {result.storage.uri}")
     return result
+
+
+def search_tracking(settings: SearchSettings):
+    """(Tracker, parent run id) for --mlflow, or None. The parent run is reused when the search is resumed."""
+    if not settings.mlflow:
+        return None
+    from emoma.space import space_to_dict
+    from emoma.storage import ExperimentStorage
+    from emoma.tracking import Tracker, default_uri
+
+    storage = ExperimentStorage(settings.storage_path, settings.name)
+    uri = default_uri(storage.local) if settings.mlflow == "default" else settings.mlflow
+    storage.download("mlflow.db", "mlflow_run.json")
+    tracker = Tracker(uri, "emoma-search")
+    known = storage.local / "mlflow_run.json"
+    parent = json.loads(known.read_text())["parent_run"] if settings.resume and known.is_file() else None
+    if parent is None:
+        params = {**flatten(settings.config.to_dict()), **{f"space.{k}": v for k, v in
+                                                           space_to_dict(settings.space).items()}}
+        parent = tracker.start_run(settings.name, params, tags={"emoma.kind": "search",
+                                                                "emoma.storage": storage.uri})
+        write_atomic(known, json.dumps({"tracking_uri": uri, "parent_run": parent}))
+        storage.upload("mlflow_run.json")
+    return tracker, parent
+
+
+def log_search_run(tracking, result) -> None:
+    """The parent run's end: data hash, held-out metrics, the report, the confusion matrix and the best model."""
+    tracker, parent = tracking
+    manifest = json.loads((result.folder / "manifest.json").read_text())
+    tracker.set_tags(parent, {"data.sha256": manifest["data"]["sha256"], "data.path": manifest["data"]["path"],
+                              "holdout_subjects": ",".join(map(str, result.holdout_subjects))})
+    best = result.held["best"].result
+    tracker.log_metrics(parent, {**{f"holdout_{m}": v for m, v in best.metrics.items()},
+                                 f"cv_best_{result.metric}": result.best.mean, "trials": len(result.trials),
+                                 "trials_completed": len(result.completed)})
+    tracker.log_artifacts(parent, [result.folder / f for f in ("report.md", "confusion_matrix.png",
+                                                                "best_config.yaml", "best_model.pt", "trials.csv",
+                                                                "holdout_metrics.json", "manifest.json")])
+    tracker.end(parent)
 
 
 def nested_search(settings: SearchSettings, *, address=None, verbose=False, log=print):
@@ -277,6 +349,41 @@ def nested_search(settings: SearchSettings, *, address=None, verbose=False, log=
     root.upload_all()
     log((out / "report.md").read_text())
     log(f"results written to {root.uri}")
+
+
+def search_status(name: str, storage_path: str) -> str:
+    """The trials table and best so far of a running or finished experiment, read without touching it."""
+    import pandas as pd
+
+    from emoma.manifest import MANIFEST_FILE
+    from emoma.report import markdown_table
+    from emoma.storage import ExperimentStorage, is_uri
+
+    storage = ExperimentStorage(storage_path, name, create=is_uri(storage_path))  # staging only for object storage
+    storage.download(MANIFEST_FILE, "trials.csv", "holdout_metrics.json")
+    if not (storage.local / MANIFEST_FILE).is_file():
+        raise UserError(f"no experiment {name!r} at {storage.uri}: check --name and --storage-path")
+    manifest = json.loads((storage.local / MANIFEST_FILE).read_text())
+    metric = manifest["config"]["search"]["metric"]
+    state = ("finished" if (storage.local / "holdout_metrics.json").is_file() else
+             "not finished (running, or interrupted: --resume continues it)")
+    path = storage.local / "trials.csv"
+    trials = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["trial", "status", "mean", "std"])
+    counts = trials["status"].value_counts().to_dict()
+    lines = [f"experiment {name} at {storage.uri}: {state}",
+             f"{len(trials)} of {manifest['num_samples']} trials finished: {counts.get('completed', 0)} completed, "
+             f"{counts.get('pruned', 0)} pruned, {counts.get('error', 0)} errored"]
+    completed = trials[trials["status"] == "completed"].sort_values("mean", ascending=False)
+    if len(completed):
+        best = completed.iloc[0]
+        params = ", ".join(f"{k.removeprefix('param.')}={v}" for k, v in best.items() if k.startswith("param."))
+        lines.append(f"best so far: {metric} {best['mean']:.4f} ± {best['std']:.4f} (trial {best['trial']}): {params}")
+    if len(trials):
+        shown = trials.sort_values(["status", "mean"], ascending=[True, False])
+        columns = ["trial", "status", "mean", "std", "folds_done", "stopped_by",
+                   *[c for c in trials.columns if c.startswith("param.")]]
+        lines += ["", markdown_table(shown[columns].fillna("").rename(columns=lambda c: c.removeprefix("param.")))]
+    return "\n".join(lines)
 
 
 def save_best_model(result) -> None:

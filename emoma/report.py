@@ -349,16 +349,44 @@ def best_vs_seed_cv(result: SearchResult) -> dict | None:
 
 
 def trials_frame(result: SearchResult) -> pd.DataFrame:
-    folds = len(result.plan.folds)
+    seed = result.seed_trial.trial_id if result.seed_trial else None
+    return trials_table(result.trials, len(result.plan.folds), seed)
+
+
+def trials_table(trials: list, n_folds: int, seed_trial: str | None) -> pd.DataFrame:
+    """One row per trial (TrialRecord): status, the rule that stopped it, mean ± std, parameters, fold scores."""
     rows = []
-    for t in result.trials:
+    for t in trials:
         row = {"trial": t.trial_id, "status": t.status, "stopped_by": t.stopped_by,
-               "seed_config": t is result.seed_trial, "mean": t.mean, "std": t.std,
+               "seed_config": t.trial_id == seed_trial, "mean": t.mean, "std": t.std,
                "folds_done": len(t.fold_scores), "seconds": round(t.seconds, 2), "node": t.node,
                **{f"param.{k}": v for k, v in sorted(t.params.items())}}
-        row.update({f"fold_{i + 1}": t.fold_scores.get(i) for i in range(folds)})
+        row.update({f"fold_{i + 1}": t.fold_scores.get(i) for i in range(n_folds)})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def live_report(name: str, metric: str, trials: pd.DataFrame, num_samples: int) -> str:
+    """The report while a search runs: trials so far, best so far, the history plot."""
+    completed = trials[trials["status"] == "completed"].sort_values("mean", ascending=False)
+    params = [c for c in trials.columns if c.startswith("param.")]
+    top = completed[["trial", "mean", "std", *params]].head(10).rename(columns=lambda c: c.removeprefix("param."))
+    best = (f"{completed['mean'].iloc[0]:.4f} ± {completed['std'].iloc[0]:.4f} (trial {completed['trial'].iloc[0]})"
+            if len(completed) else "none yet (no trial has run every fold)")
+    return "\n".join([
+        f"# Search report: {name} (in progress)",
+        "",
+        f"Refreshed after every finished or pruned trial; the full report replaces this page when the search ends. "
+        f"{len(trials)} of {num_samples} trials finished: {len(completed)} completed, "
+        f"{int((trials['status'] == 'pruned').sum())} pruned, {int((trials['status'] == 'error').sum())} errored.",
+        "",
+        f"Best so far (mean {metric} over every fold): {best}",
+        "",
+        markdown_table(top) if len(top) else "",
+        "",
+        "![search history](search_history.png)",
+        "",
+    ])
 
 
 def format_search_summary(result: SearchResult) -> str:

@@ -42,6 +42,7 @@ from emoma.schedulers import (BaselineKeepingASHA, StopReasons, TruthfulOptunaSe
 from emoma.space import (params_to_overrides, seed_trial_config, space_max_context, space_norms, space_point,
                          space_to_dict)
 from emoma.storage import ExperimentStorage
+from emoma.watch import LiveResults, MlflowTrials, ProgressLine, TrialRecord, finished_status
 
 STUDY_FILE = "optuna_study.log"
 STOP_REASONS_FILE = "stop_reasons.json"
@@ -93,61 +94,7 @@ def run_trial(params: dict, *, tables: dict[str, Table], plans: dict[str, FoldPl
                              "pid": os.getpid()}, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-class ProgressLine(tune.Callback):
-    """Trials done/running/pruned/errored and the best so far: one live line on a terminal, a plain line per
-    finished trial otherwise (logs, CI, nohup)."""
-
-    def __init__(self, num_samples: int):
-        self.num_samples = num_samples  # no stream kept: the Tuner pickles its callbacks
-        self.best, self.states = None, {}
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.states[trial.trial_id] = "running"
-        if result.get("folds_done") == result.get("folds_total") and not result.get("user_error"):
-            if self.best is None or result["score"] > self.best:
-                self.best = result["score"]
-        if sys.stderr.isatty():
-            self._draw()
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        self.states[trial.trial_id] = "done" if last.get("folds_done") == last.get("folds_total") else "pruned"
-        self._draw()
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.states[trial.trial_id] = "error"
-        self._draw()
-
-    def on_experiment_end(self, trials, **info):
-        if sys.stderr.isatty():
-            print(file=sys.stderr)
-
-    def _draw(self):
-        counts = {s: sum(v == s for v in self.states.values()) for s in ("done", "running", "pruned", "error")}
-        best = "-" if self.best is None else f"{self.best:.4f}"
-        finished = counts["done"] + counts["pruned"] + counts["error"]
-        line = (f"trials {finished}/{self.num_samples} finished ({counts['done']} completed, {counts['pruned']} "
-                f"pruned, {counts['error']} errored), {counts['running']} running; best {best}")
-        if sys.stderr.isatty():
-            print(f"\r{line}   ", end="", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------- results
-
-@dataclass
-class TrialRecord:
-    trial_id: str
-    params: dict
-    fold_scores: dict[int, float]  # fold index -> score of the search metric
-    mean: float
-    std: float
-    status: str  # completed | pruned | error
-    seconds: float
-    node: str
-    stopped_by: str = ""  # the pruning rule that stopped it (pruned trials)
-
 
 @dataclass
 class SearchResult:
@@ -214,12 +161,13 @@ def check_resources(s) -> None:
 
 
 def run_search(config: Config, space: dict, seed_config: Config, *, storage_path: str | Path, name: str,
-               address: str | None = None, resume: bool = False, verbose: bool = False,
-               log=print) -> SearchResult:
+               address: str | None = None, resume: bool = False, verbose: bool = False, log=print,
+               tracking: tuple | None = None) -> SearchResult:
     """Search `space` around `config` on Ray Tune; retrain the best and score it on held-out subjects.
 
     With `resume`, the experiment's manifest decides everything that defines it (the caller has checked that
     the command line does not contradict it); `config.search.num_samples` above the manifest's extends it.
+    `tracking` is (emoma.tracking.Tracker, parent run id) for one MLflow child run per trial.
     """
     start = time.perf_counter()
     if not verbose:
@@ -282,7 +230,7 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
         log(f"WARNING: {note}")
     trainable = tune.with_parameters(run_trial, tables=search_tables, plans=plans, base=config, seed_run=seed_run,
                                      seed_point=seed_point, fold_order=manifest.fold_order)
-    grids = _run_tune(storage, manifest, config, space, seed_point, trainable, verbose, log)
+    grids = _run_tune(storage, manifest, config, space, seed_point, trainable, verbose, log, tracking)
     trials = [t for grid in grids for t in _records(grid, config.search.metric,
                                                     read_stop_reasons(storage.local / STOP_REASONS_FILE))]
     user_errors = [r.metrics["user_error"] for grid in grids for r in grid if (r.metrics or {}).get("user_error")]
@@ -317,7 +265,7 @@ def _fold_count(table: Table, config: Config) -> int:
 
 
 def _run_tune(storage: ExperimentStorage, manifest: Manifest, config: Config, space: dict, seed_point: dict,
-              trainable, verbose: bool, log) -> list:
+              trainable, verbose: bool, log, tracking) -> list:
     """Fit (or restore and finish) every Tune run of the experiment; add a run when --num-samples grew."""
     planned = sum(run["num_samples"] for run in manifest.runs)
     if config.search.num_samples > planned:
@@ -327,16 +275,22 @@ def _run_tune(storage: ExperimentStorage, manifest: Manifest, config: Config, sp
         write_manifest(storage, manifest)
         log(f"extending the search from {planned} to {config.search.num_samples} trials ({extra} more, Tune "
             f"experiment {manifest.runs[-1]['path']}); Optuna continues the same study")
-    storage.download(STUDY_FILE, STOP_REASONS_FILE)
+    storage.download(STUDY_FILE, STOP_REASONS_FILE, "trials.csv")
+    watchers = [LiveResults(storage, manifest.name, config.search.metric, len(manifest.fold_order),
+                            manifest.num_samples, seed_point, str(storage.local / STOP_REASONS_FILE))]
+    if tracking is not None:
+        watchers.append(MlflowTrials(*tracking, config.search.metric))
     resources = {"cpu": config.search.cpus_per_trial, "gpu": config.search.gpus_per_trial}
     grids = []
     for i, run in enumerate(manifest.runs):
         path = storage.uri if run["path"] == "." else f"{storage.uri}/{run['path']}"
         if tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable=tune.with_resources(trainable, resources), resume_errored=True)
+            # Tune restores the callbacks pickled when the run started; this command's own watchers replace them
+            tuner._local_tuner.get_run_config().callbacks = _callbacks(verbose, run["num_samples"], watchers)
         else:
             tuner = _new_tuner(storage, config, space, seed_point if i == 0 else None, trainable, resources, run,
-                               len(manifest.fold_order), verbose)
+                               len(manifest.fold_order), verbose, watchers)
         try:
             grid = tuner.fit()
         finally:
@@ -352,8 +306,12 @@ def _run_tune(storage: ExperimentStorage, manifest: Manifest, config: Config, sp
     return grids
 
 
+def _callbacks(verbose: bool, num_samples: int, watchers: list) -> list:
+    return ([] if verbose else [ProgressLine(num_samples)]) + watchers
+
+
 def _new_tuner(storage: ExperimentStorage, config: Config, space: dict, seed_point: dict | None, trainable,
-               resources: dict, run: dict, n_folds: int, verbose: bool):
+               resources: dict, run: dict, n_folds: int, verbose: bool, watchers: list):
     s = config.search
     searcher = TruthfulOptunaSearch(space=space, metric="score", mode="max",
                                     points_to_evaluate=[seed_point] if seed_point else None,
@@ -377,7 +335,7 @@ def _new_tuner(storage: ExperimentStorage, config: Config, space: dict, seed_poi
                                     num_samples=run["num_samples"], reuse_actors=True,
                                     trial_dirname_creator=trial_dirname, time_budget_s=s.time_budget_s or None),
         run_config=tune.RunConfig(name=tune_path[1], storage_path=tune_path[0], verbose=2 if verbose else 0,
-                                  callbacks=[] if verbose else [ProgressLine(run["num_samples"])],
+                                  callbacks=_callbacks(verbose, run["num_samples"], watchers),
                                   stop=UserErrorStopper(),
                                   failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                   # two kept: the newest is always complete when a worker dies mid-write
@@ -407,15 +365,11 @@ def _records(grid, metric: str, reasons: dict) -> list[TrialRecord]:
         if history is not None and "fold" in history:
             rows = history.dropna(subset=["fold"])
             fold_scores = {int(f): float(s) for f, s in zip(rows["fold"], rows["fold_score"])}
-        scores = list(fold_scores.values())
-        total = last.get("folds_total", -1)
-        status = "error" if result.error or last.get("user_error") else (
-            "completed" if len(fold_scores) == total else "pruned")
+        status = finished_status({**last, "folds_done": len(fold_scores)}, error=result.error is not None)
         trial_id = str(last.get("trial_id", os.path.basename(result.path)))
         records.append(TrialRecord(
-            trial_id=trial_id, params=dict(result.config), fold_scores=fold_scores,
-            mean=float(np.mean(scores)) if scores else math.nan, std=float(np.std(scores)) if scores else math.nan,
-            status=status, seconds=float(last.get("time_total_s", math.nan)), node=str(last.get("node", "")),
+            trial_id=trial_id, params=dict(result.config), fold_scores=fold_scores, status=status,
+            seconds=float(last.get("time_total_s", math.nan)), node=str(last.get("node", "")),
             stopped_by=reasons.get(trial_id, "") if status == "pruned" else ""))
     return records
 

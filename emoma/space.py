@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 
-from emoma.config import Config, apply_overrides, from_dict, get_dotted, read_yaml
+from emoma.config import Config, apply_overrides, flatten, from_dict, get_dotted, read_yaml
 from emoma.errors import UserError
 
 CONV_KEYS = ("model.conv_blocks", "model.conv_width")  # derived keys that build model.conv_channels
@@ -157,8 +157,6 @@ def seed_trial_config(base: Config, seed: Config, space: dict) -> tuple[Config, 
         raw["data"]["subject_norm"] = seed.data.subject_norm
     run = from_dict(raw)
     apply_overrides(run, {})  # validate
-    from emoma.manifest import flatten
-
     wanted, got = flatten(seed_raw), flatten(run.to_dict())
     differ = [f"{k}={got[k]!r} (seed config: {wanted[k]!r})" for k in wanted
               if not k.startswith("search.") and k not in SEED_NOTE_SKIP and wanted[k] != got[k]]

@@ -23,7 +23,7 @@ def is_uri(path: str) -> bool:
 class ExperimentStorage:
     """One experiment's folder: `local` is where EmoMA writes; `uri` is the experiment's home."""
 
-    def __init__(self, storage_path: str, name: str):
+    def __init__(self, storage_path: str, name: str, create: bool = True):
         self.name = name
         if is_uri(storage_path):
             import pyarrow.fs
@@ -41,7 +41,8 @@ class ExperimentStorage:
             self.uri = str(Path(self.parent) / name)
             self.fs = self.remote = None
             self.local = Path(self.uri)
-        self.local.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.local.mkdir(parents=True, exist_ok=True)
 
     @property
     def remote_storage(self) -> bool:
@@ -82,7 +83,7 @@ class ExperimentStorage:
             if not self.exists(relative):
                 continue
             target = self.local / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)  # the staging folder only
             with self.fs.open_input_stream(f"{self.remote}/{relative}") as f:
                 target.write_bytes(f.read())
 

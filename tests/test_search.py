@@ -251,3 +251,28 @@ def test_asha_never_stops_the_seed_configuration(tmp_path):
     assert scheduler.on_trial_result(None, seed, {"folds_done": 1, "score": 0.3}) == "CONTINUE"
     # another configuration that scores as badly is stopped at the same rung
     assert scheduler.on_trial_result(None, other, {"folds_done": 1, "score": 0.3}) == "STOP"
+
+
+def test_wilcoxon_pruner_compares_like_with_like(tmp_path):
+    from types import SimpleNamespace
+
+    from emoma.schedulers import StopReasons, WilcoxonFoldPruner
+
+    reasons = StopReasons(tmp_path / "reasons.json")
+    pruner = WilcoxonFoldPruner({"train.lr": 1e-7}, reasons, min_folds=4, p_threshold=0.1, folds_total=8)
+    best = SimpleNamespace(trial_id="best", config={"train.lr": 0.01})
+    for fold in range(8):  # a complete trial sets the bar on every fold
+        pruner.on_trial_result(None, best, {"fold": fold, "fold_score": 0.90 + 0.01 * (fold % 3)})
+
+    def feed(trial, scores):
+        return [pruner.on_trial_result(None, trial, {"fold": f, "fold_score": s}) for f, s in enumerate(scores)]
+
+    worse = SimpleNamespace(trial_id="worse", config={"train.lr": 1e-3})
+    assert feed(worse, [0.80, 0.81, 0.79, 0.82, 0.80]) == ["CONTINUE"] * 3 + ["STOP", "STOP"]  # after min_folds
+    assert reasons.reasons["worse"].startswith("wilcoxon: worse than trial best on the same")
+    lucky = SimpleNamespace(trial_id="lucky", config={"train.lr": 2e-3})  # ahead on its folds: never stopped
+    assert set(feed(lucky, [0.95, 0.96, 0.97, 0.95, 0.96])) == {"CONTINUE"}
+    mixed = SimpleNamespace(trial_id="mixed", config={"train.lr": 3e-3})  # slightly behind, not significantly
+    assert set(feed(mixed, [0.91, 0.89, 0.92, 0.88, 0.90])) == {"CONTINUE"}
+    seed = SimpleNamespace(trial_id="seed", config={"train.lr": 1e-7})  # the seed configuration runs every fold
+    assert set(feed(seed, [0.5] * 7)) == {"CONTINUE"}

@@ -1,5 +1,8 @@
 """A search on a three-node Ray cluster (one process per node, all on loopback)."""
+import json
 import os
+import threading
+import time
 
 import pytest
 import ray
@@ -8,7 +11,8 @@ from ray.cluster_utils import Cluster
 
 import emoma.search
 from emoma.config import load_config
-from emoma.search import load_space, run_search
+from emoma.search import run_search
+from emoma.space import load_space
 from emoma.synthetic import make_frame
 
 from conftest import ROOT
@@ -60,3 +64,40 @@ def test_trials_spread_over_nodes_and_never_read_the_csv(cluster, tmp_path, monk
     assert len(nodes) >= 2, nodes
     assert len(ray.nodes()) == 3
     assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+
+
+def test_a_lost_worker_node_reruns_its_trials_elsewhere(cluster, tmp_path):
+    config = load_config(ROOT / "configs" / "smoke.yaml", [
+        f"cv.cache_dir={tmp_path / 'cache'}", "cv.folds=3", "search.num_samples=4", "train.epochs=30",
+        "search.fold_batch=1", "search.prune=false"])
+    outcome = {}
+
+    def search():
+        try:
+            outcome["result"] = run_search(config, load_space(ROOT / "configs" / "smoke_space.yaml"), config,
+                                           storage_path=tmp_path / "exp", name="lost", log=lambda *a: None)
+        except BaseException as err:  # reported by the assertion below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    workers = {node.node_id[:8]: node for node in cluster.worker_nodes}
+    victim = None
+    deadline = time.time() + 300
+    while victim is None and time.time() < deadline and thread.is_alive():
+        for path in (tmp_path / "exp" / "lost").glob("trial_*/result.json"):
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if lines and lines[-1]["folds_done"] < lines[-1]["folds_total"]:
+                node_id = lines[-1]["node"].split("/")[1]
+                if node_id in workers:
+                    victim = workers[node_id]
+                    break
+        time.sleep(0.2)
+    assert victim is not None, "no trial ran mid-CV on a worker node"
+    cluster.remove_node(victim)  # the node dies with its trial mid-CV
+    thread.join(timeout=600)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert len(result.completed) == 4
+    assert all(len(t.fold_scores) == 3 for t in result.completed)
+    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", object_store_memory=150 * 1024**2)

@@ -1,0 +1,190 @@
+"""Watching a search while it runs (Ray Tune callbacks, in the driver): the progress line, the live
+trials.csv and partial report.md refreshed after every finished or pruned trial, and one MLflow child run per
+trial. Each trial is followed as a TrialRecord; the final report reads the same records."""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+from ray import tune
+
+from emoma.files import write_atomic
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    params: dict
+    fold_scores: dict[int, float] = field(default_factory=dict)  # fold index -> score of the search metric
+    status: str = "running"  # running | completed | pruned | error
+    seconds: float = math.nan
+    node: str = ""
+    stopped_by: str = ""  # the pruning rule that stopped it (pruned trials)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.fold_scores.values()))) if self.fold_scores else math.nan
+
+    @property
+    def std(self) -> float:
+        return float(np.std(list(self.fold_scores.values()))) if self.fold_scores else math.nan
+
+
+def finished_status(result: dict | None, error: bool = False) -> str:
+    result = result or {}
+    if error or result.get("user_error"):
+        return "error"
+    return "completed" if result.get("folds_done") == result.get("folds_total") else "pruned"
+
+
+class ProgressLine(tune.Callback):
+    """Trials done/running/pruned/errored and the best so far: one live line on a terminal, a plain line per
+    finished trial otherwise (logs, CI, nohup)."""
+
+    def __init__(self, num_samples: int):
+        self.num_samples = num_samples  # no stream kept: the Tuner pickles its callbacks
+        self.best, self.states = None, {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.states[trial.trial_id] = "running"
+        if result.get("folds_done") == result.get("folds_total") and not result.get("user_error"):
+            if self.best is None or result["score"] > self.best:
+                self.best = result["score"]
+        if sys.stderr.isatty():
+            self._draw()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        status = finished_status(trial.last_result)
+        self.states[trial.trial_id] = "done" if status == "completed" else status
+        self._draw()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.states[trial.trial_id] = "error"
+        self._draw()
+
+    def on_experiment_end(self, trials, **info):
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+
+    def _draw(self):
+        counts = {s: sum(v == s for v in self.states.values()) for s in ("done", "running", "pruned", "error")}
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        finished = counts["done"] + counts["pruned"] + counts["error"]
+        line = (f"trials {finished}/{self.num_samples} finished ({counts['done']} completed, {counts['pruned']} "
+                f"pruned, {counts['error']} errored), {counts['running']} running; best {best}")
+        if sys.stderr.isatty():
+            print(f"\r{line}   ", end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+
+class LiveResults(tune.Callback):
+    """trials.csv, a partial report.md and the search-history plot, rewritten (atomically, then uploaded for
+    object storage) after every finished or pruned trial."""
+
+    def __init__(self, storage, name: str, metric: str, n_folds: int, num_samples: int, seed_point: dict | None,
+                 reasons_file: str):
+        self.storage, self.name, self.metric = storage, name, metric
+        self.n_folds, self.num_samples, self.seed_point, self.reasons_file = n_folds, num_samples, seed_point, reasons_file
+        self.records: dict[str, TrialRecord] = {}
+        self.seed_trial: str | None = None
+
+    def setup(self, **info):
+        self.records.update(read_trials(self.storage.local / "trials.csv"))  # earlier runs and interrupted ones
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        record = self._record(trial)
+        if "fold" in result:
+            record.fold_scores[int(result["fold"])] = float(result["fold_score"])
+        record.seconds, record.node = float(result.get("time_total_s", math.nan)), str(result.get("node", ""))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, finished_status(trial.last_result))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, "error")
+
+    def _record(self, trial) -> TrialRecord:
+        from emoma.schedulers import same_params
+
+        if trial.trial_id not in self.records:
+            self.records[trial.trial_id] = TrialRecord(trial.trial_id, dict(trial.config))
+            if self.seed_point and self.seed_trial is None and same_params(trial.config, self.seed_point):
+                self.seed_trial = trial.trial_id
+        return self.records[trial.trial_id]
+
+    def _finish(self, trial, status: str) -> None:
+        from emoma.plots import plot_search_history
+        from emoma.report import live_report, trials_table, write_csv
+        from emoma.schedulers import read_stop_reasons
+
+        record = self._record(trial)
+        record.status = status
+        if status == "pruned":
+            record.stopped_by = read_stop_reasons(self.reasons_file).get(trial.trial_id, "")
+        finished = [r for r in self.records.values() if r.status != "running"]
+        table = trials_table(finished, self.n_folds, self.seed_trial)
+        plot_search_history(table, self.metric, self.storage.local / "search_history.png")
+        write_atomic(self.storage.local / "report.md", live_report(self.name, self.metric, table, self.num_samples))
+        write_csv(table, self.storage.local / "trials.csv")  # last: the report exists once trials.csv does
+        self.storage.upload("search_history.png", "report.md", "trials.csv")
+
+
+def read_trials(path) -> dict[str, TrialRecord]:
+    """TrialRecords back from a trials.csv (to go on after a resume)."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError):
+        return {}
+    records = {}
+    for row in frame.to_dict(orient="records"):
+        params = {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")}
+        folds = {int(k.removeprefix("fold_")) - 1: float(v) for k, v in row.items()
+                 if k.startswith("fold_") and not k.startswith("folds") and isinstance(v, float) and math.isfinite(v)}
+        records[str(row["trial"])] = TrialRecord(str(row["trial"]), params, folds, str(row["status"]),
+                                                 float(row["seconds"]), str(row.get("node", "")),
+                                                 str(row.get("stopped_by", "") if isinstance(row.get("stopped_by"), str)
+                                                     else ""))
+    return records
+
+
+class MlflowTrials(tune.Callback):
+    """One MLflow child run per trial under the search's parent run: its parameters, its per-fold scores as a
+    step series, its mean and its status (completed / pruned / error)."""
+
+    def __init__(self, tracker, parent_run: str | None, metric: str):
+        self.tracker, self.parent_run, self.metric = tracker, parent_run, metric
+        self.runs: dict[str, str | None] = {}
+
+    def _run(self, trial) -> str | None:
+        if trial.trial_id not in self.runs:
+            run = self.tracker.find_run("trial_id", trial.trial_id)  # after a resume, the same child run
+            self.runs[trial.trial_id] = run or self.tracker.start_run(
+                f"trial_{trial.trial_id}", dict(trial.config), tags={"trial_id": trial.trial_id},
+                parent=self.parent_run)
+        return self.runs[trial.trial_id]
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "fold" in result:
+            self.tracker.log_metrics(self._run(trial), {f"fold_{self.metric}": result["fold_score"],
+                                                        f"running_mean_{self.metric}": result["score"],
+                                                        "fold": result["fold"]}, step=int(result["folds_done"]))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, finished_status(trial.last_result))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "error")
+
+    def _end(self, trial, status: str) -> None:
+        run = self._run(trial)
+        last = trial.last_result or {}
+        if "score" in last and status != "error":
+            self.tracker.log_metrics(run, {f"mean_{self.metric}": last["score"],
+                                           "folds_done": last.get("folds_done", 0)})
+        self.tracker.set_tags(run, {"status": status})
+        self.tracker.end(run, "FAILED" if status == "error" else "FINISHED")
