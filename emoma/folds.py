@@ -24,7 +24,7 @@ from emoma.config import CVConfig
 from emoma.data import Table
 from emoma.errors import UserError
 
-PLAN_VERSION = 1  # bump when the plan's content or meaning changes, to invalidate caches
+PLAN_VERSION = 2  # bump when the plan's content or meaning changes, to invalidate caches
 ROW_WISE_WARNING = (
     "kfold splits rows, not subjects: windows of one subject are on both sides of each fold, "
     "so scores are optimistic and do not measure generalisation to new people"
@@ -41,9 +41,13 @@ class Fold:
     mean: np.ndarray  # (n_features,) scaler mean of the training rows
     scale: np.ndarray  # (n_features,) scaler standard deviation of the training rows
     ranking: np.ndarray  # (n_features,) feature indices, best first (RFE on the training rows)
+    exact_from: int = 1  # every top-k with k >= exact_from is the full RFE ranking's (RFE stopped early below)
 
     def selected(self, k: int) -> np.ndarray:
         """Indices of the top-k features, in column order (k=0 or k >= n_features: all)."""
+        if 0 < k < self.exact_from:
+            raise ValueError(f"this fold plan ranks features for top-k with k >= {self.exact_from}, not {k}: "
+                             "make the plan with smallest_k <= k")
         k = len(self.ranking) if k <= 0 else min(k, len(self.ranking))
         return np.sort(self.ranking[:k])
 
@@ -101,12 +105,14 @@ class FoldPlan:
         return self.scheme != "kfold"
 
 
-def make_plan(table: Table, cfg: CVConfig, seed: int) -> FoldPlan:
+def make_plan(table: Table, cfg: CVConfig, seed: int, smallest_k: int = 0) -> FoldPlan:
     """Split `table`, hold out inner validation rows and fit each fold's scaler and RFE ranking.
 
+    `smallest_k` is the smallest top-k any user of the plan takes (0: any k): RFE stops as soon as every such
+    top-k is settled, so the selected features are those of the full ranking, with fewer rounds.
     Returns the cached plan when one with the same key exists in `cfg.cache_dir`.
     """
-    key = plan_key(table, cfg, seed)
+    key = plan_key(table, cfg, seed, smallest_k)
     cache = Path(cfg.cache_dir).expanduser() / f"{key}.pkl" if cfg.cache_dir else None
     if cache is not None and cache.is_file():
         try:
@@ -120,7 +126,7 @@ def make_plan(table: Table, cfg: CVConfig, seed: int) -> FoldPlan:
     splits = outer_splits(table, cfg, seed)
     jobs = min(resolve_jobs(cfg.jobs), len(splits))
     folds = Parallel(n_jobs=jobs)(
-        delayed(fit_fold)(table.X, table.y, table.groups, train, test, cfg, seed + i)
+        delayed(fit_fold)(table.X, table.y, table.groups, train, test, cfg, seed + i, smallest_k)
         for i, (train, test) in enumerate(splits)
     )
     notes = [] if cfg.scheme != "kfold" else [ROW_WISE_WARNING]
@@ -134,12 +140,13 @@ def make_plan(table: Table, cfg: CVConfig, seed: int) -> FoldPlan:
     return plan
 
 
-def plan_key(table: Table, cfg: CVConfig, seed: int) -> str:
+def plan_key(table: Table, cfg: CVConfig, seed: int, smallest_k: int = 0) -> str:
     h = hashlib.sha256()
     for array in (table.X, table.y, table.groups.astype(str)):
         h.update(np.ascontiguousarray(array).tobytes())
     settings = (PLAN_VERSION, table.feature_names, cfg.scheme, cfg.folds, cfg.val_subjects, cfg.val_fraction,
-                cfg.rfe_trees, cfg.rfe_step, cfg.rfe_max_samples, seed)
+                cfg.rfe_trees, cfg.rfe_step, cfg.rfe_max_samples, seed, rfe_stop(len(table.feature_names),
+                                                                                  cfg.rfe_step, smallest_k))
     h.update(repr(settings).encode())
     return h.hexdigest()[:16]
 
@@ -183,10 +190,26 @@ def inner_split(y: np.ndarray, groups: np.ndarray, rows: np.ndarray, cfg: CVConf
     return rows[train], rows[val]
 
 
-def rank_features(X: np.ndarray, y: np.ndarray, cfg: CVConfig, seed: int) -> np.ndarray:
-    """Full RFE ranking of the columns of `X` (n_rows, n_features): feature indices, best first.
+def smallest_top_k(ks) -> int:
+    """The smallest top-k among model.n_features values (0 means every feature: no ranking needed for it)."""
+    positive = [int(k) for k in ks if k > 0]
+    return min(positive) if positive else 1 << 30
 
-    Features eliminated in the same RFE round are ordered by the first forest's importances.
+
+def rfe_stop(n_features: int, step: int, smallest_k: int) -> int:
+    """Features RFE must keep so that every top-k with k >= smallest_k equals the full ranking's: the first
+    count of RFE's path (n, n - step, ...) below smallest_k (1, the full ranking, when smallest_k <= 1)."""
+    if smallest_k <= 1:
+        return 1
+    return next((n for n in range(n_features, 0, -step) if n < smallest_k), 1)
+
+
+def rank_features(X: np.ndarray, y: np.ndarray, cfg: CVConfig, seed: int, smallest_k: int = 0) -> np.ndarray:
+    """RFE ranking of the columns of `X` (n_rows, n_features): feature indices, best first.
+
+    Features eliminated in the same RFE round are ordered by the first forest's importances. RFE stops at
+    `rfe_stop(..., smallest_k)` features (tied, in the same order): every top-k with k >= smallest_k is the
+    full ranking's.
     """
     first_importances = []
 
@@ -195,12 +218,13 @@ def rank_features(X: np.ndarray, y: np.ndarray, cfg: CVConfig, seed: int) -> np.
             first_importances.append(forest.feature_importances_)
         return forest.feature_importances_
 
-    if X.shape[1] == 1:
-        return np.zeros(1, dtype=np.int64)
+    stop = rfe_stop(X.shape[1], cfg.rfe_step, smallest_k)
+    if stop >= X.shape[1]:
+        return np.arange(X.shape[1], dtype=np.int64)  # every top-k asked for keeps every feature
     # On big tables each tree grows on a bootstrap subsample: RFE time stops growing with the rows.
     max_samples = cfg.rfe_max_samples if 0 < cfg.rfe_max_samples < len(y) else None
     forest = RandomForestClassifier(n_estimators=cfg.rfe_trees, max_samples=max_samples, random_state=seed, n_jobs=1)
-    rfe = RFE(forest, n_features_to_select=1, step=cfg.rfe_step, importance_getter=importances).fit(X, y)
+    rfe = RFE(forest, n_features_to_select=stop, step=cfg.rfe_step, importance_getter=importances).fit(X, y)
     return np.lexsort((-first_importances[0], rfe.ranking_)).astype(np.int64)
 
 
@@ -209,9 +233,11 @@ def resolve_jobs(jobs: int) -> int:
 
 
 def fit_fold(X: np.ndarray, y: np.ndarray, groups: np.ndarray, train_val: np.ndarray, test: np.ndarray,
-             cfg: CVConfig, seed: int) -> Fold:
+             cfg: CVConfig, seed: int, smallest_k: int = 0) -> Fold:
     """Split `train_val` rows into training and validation rows, fit the scaler and RFE on the training rows."""
     train, val = inner_split(y, groups, train_val, cfg, seed)
     scaler = StandardScaler().fit(X[train])
-    ranking = rank_features(scaler.transform(X[train]), y[train], cfg, seed)
-    return Fold(train=train, val=val, test=np.sort(test), mean=scaler.mean_, scale=scaler.scale_, ranking=ranking)
+    ranking = rank_features(scaler.transform(X[train]), y[train], cfg, seed, smallest_k)
+    stop = rfe_stop(X.shape[1], cfg.rfe_step, smallest_k)
+    return Fold(train=train, val=val, test=np.sort(test), mean=scaler.mean_, scale=scaler.scale_, ranking=ranking,
+                exact_from=1 if stop == 1 else min(stop + 1, X.shape[1]))

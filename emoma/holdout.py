@@ -10,7 +10,7 @@ from emoma.config import Config, SearchConfig
 from emoma.cv import FoldResult, run_fold, table_context
 from emoma.data import Table
 from emoma.errors import UserError
-from emoma.folds import Fold, fit_fold
+from emoma.folds import Fold, fit_fold, smallest_top_k
 
 
 def choose_holdout(table: Table, cfg: SearchConfig, seed: int) -> list:
@@ -67,13 +67,14 @@ def retrain_and_score(tables: dict[str, Table], holdout: list, configs: dict[str
     """
     folds: dict[str, Fold] = {}
     out = {}
+    smallest_k = smallest_top_k([c.model.n_features for c in configs.values()])
     for name, config in configs.items():
         norm = config.data.subject_norm
         table = tables[norm]
         is_held = np.isin(table.groups, holdout)
         if norm not in folds:
             folds[norm] = fit_fold(table.X, table.y, table.groups, np.flatnonzero(~is_held), np.flatnonzero(is_held),
-                                   experiment.cv, experiment.seed)
+                                   experiment.cv, experiment.seed, smallest_k)
         result = run_fold(table, folds[norm], 0, config, table_context(table, config),
                           baselines=name == baselines_for, keep_model=name == keep_model_for, threads=threads)
         out[name] = HeldOut(result, folds[norm], table.groups[result.test_rows], table.y[result.test_rows])

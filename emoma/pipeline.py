@@ -55,11 +55,12 @@ def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselin
     log(f"data: {table.source}: {len(table.y)} windows, {len(table.subjects)} subjects, "
         f"{len(table.feature_names)} features, classes {table.class_counts()}; time order {table.time_order}; "
         f"subject normalisation {table.normalisation}; context {config.model.context} window(s)")
-    from emoma.folds import plan_key
+    from emoma.folds import plan_key, smallest_top_k
     from emoma.manifest import data_fingerprint
 
-    run = {"data": data_fingerprint(table, config.data.path), "plan_key": plan_key(table, config.cv, config.seed),
-           "baselines": baselines}
+    smallest_k = smallest_top_k([config.model.n_features])
+    run = {"data": data_fingerprint(table, config.data.path),
+           "plan_key": plan_key(table, config.cv, config.seed, smallest_k), "baselines": baselines}
     if resume:
         out = Path(out_dir)
         recorded = json.loads((out / RUN_FILE).read_text())
@@ -75,7 +76,7 @@ def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselin
         save_config(config, out / "config.yaml")
         write_atomic(out / RUN_FILE, json.dumps(run, indent=2))
     done = _finished_folds(out)
-    plan = make_plan(table, config.cv, config.seed)
+    plan = make_plan(table, config.cv, config.seed, smallest_k)
     log(f"fold plan: {len(plan.folds)} {plan.scheme} folds "
         f"({'from cache' if plan.from_cache else f'scaler + RFE fitted per fold in {plan.seconds:.1f} s'})"
         + (f"; {len(done)} folds already finished" if done else ""))

@@ -93,10 +93,10 @@ class WilcoxonFoldPruner(FIFOScheduler):
         self.complete: set[str] = set()
 
     def on_trial_result(self, tune_controller, trial, result):
-        if "fold" not in result:
+        if "fold_scores" not in result:
             return TrialScheduler.CONTINUE
-        mine = self.scores.setdefault(trial.trial_id, {})
-        mine[int(result["fold"])] = float(result["fold_score"])
+        mine = {int(f): float(v) for f, v in json.loads(result["fold_scores"]).items()}
+        self.scores[trial.trial_id] = mine
         if len(mine) == self.folds_total:
             self.complete.add(trial.trial_id)
             return TrialScheduler.CONTINUE

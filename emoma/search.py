@@ -34,18 +34,19 @@ from emoma.context import check_context, normalise_subjects
 from emoma.cv import run_folds_batched, table_context
 from emoma.data import Table, load_table
 from emoma.errors import Interrupted, UserError
-from emoma.folds import FoldPlan, make_plan, plan_key
+from emoma.folds import FoldPlan, make_plan, plan_key, smallest_top_k
 from emoma.holdout import HeldOut, choose_holdout, retrain_and_score, subset
 from emoma.manifest import MANIFEST_FILE, Manifest, data_fingerprint
 from emoma.schedulers import (BaselineKeepingASHA, StopReasons, TruthfulOptunaSearch, UserErrorStopper,
                               WilcoxonFoldPruner, read_stop_reasons, same_params)
-from emoma.space import (params_to_overrides, seed_trial_config, space_max_context, space_norms, space_point,
-                         space_to_dict)
+from emoma.space import (candidate_values, params_to_overrides, seed_trial_config, space_max_context, space_norms,
+                         space_point, space_to_dict)
 from emoma.storage import ExperimentStorage
 from emoma.watch import LiveResults, MlflowTrials, ProgressLine, TrialRecord, finished_status
 
 STUDY_FILE = "optuna_study.log"
 STOP_REASONS_FILE = "stop_reasons.json"
+_NO_DIST = optuna.distributions.CategoricalDistribution([0])  # "n_features not searched": adds no top-k
 
 
 # ---------------------------------------------------------------- one trial
@@ -89,9 +90,11 @@ def run_trial(params: dict, *, tables: dict[str, Table], plans: dict[str, FoldPl
             scores = [done[j][metric] for j in fold_order if j in done]
             with tempfile.TemporaryDirectory() as folder:
                 (Path(folder) / "folds.json").write_text(json.dumps(done))
+                # every fold score so far rides along: a report lost with a killed worker loses nothing
+                all_scores = json.dumps({j: done[j][metric] for j in fold_order if j in done})
                 tune.report({"score": float(np.mean(scores)), "fold": i, "fold_score": result.metrics[metric],
-                             "folds_done": len(done), "folds_total": len(fold_order), "node": node,
-                             "pid": os.getpid()}, checkpoint=tune.Checkpoint.from_directory(folder))
+                             "fold_scores": all_scores, "folds_done": len(done), "folds_total": len(fold_order),
+                             "node": node, "pid": os.getpid()}, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 # ---------------------------------------------------------------- results
@@ -196,7 +199,9 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
     norms = space_norms(config, space)
     tables = {norm: normalise_subjects(raw, replace(config.data, subject_norm=norm)) for norm in norms}
     search_tables = {norm: subset(t, np.flatnonzero(~is_held)) for norm, t in tables.items()}
-    keys = {norm: plan_key(t, config.cv, config.seed) for norm, t in search_tables.items()}
+    smallest_k = smallest_top_k([config.model.n_features, seed_run.model.n_features,
+                                 *candidate_values(space.get("model.n_features", _NO_DIST))])
+    keys = {norm: plan_key(t, config.cv, config.seed, smallest_k) for norm, t in search_tables.items()}
     if manifest is None:
         n_folds = _fold_count(search_tables[norms[0]], config)
         fold_order = [int(i) for i in np.random.default_rng(config.seed).permutation(n_folds)]
@@ -221,7 +226,7 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
     plans = {}
     with parallel_config(backend="ray"):
         for norm, search_table in search_tables.items():
-            plans[norm] = make_plan(search_table, plan_cfg, config.seed)
+            plans[norm] = make_plan(search_table, plan_cfg, config.seed, smallest_k)
     plan = plans[norms[0]]
     log(f"fold plan{'s' if len(plans) > 1 else ''}: {len(plan.folds)} {plan.scheme} folds over "
         f"{len(raw.subjects) - len(holdout)} subjects, subject normalisation {', '.join(norms)} "
@@ -359,13 +364,9 @@ def trial_slots(s) -> int:
 def _records(grid, metric: str, reasons: dict) -> list[TrialRecord]:
     records = []
     for result in grid:
-        history = result.metrics_dataframe
         last = result.metrics or {}
-        fold_scores = {}
-        if history is not None and "fold" in history:
-            rows = history.dropna(subset=["fold"])
-            fold_scores = {int(f): float(s) for f, s in zip(rows["fold"], rows["fold_score"])}
-        status = finished_status({**last, "folds_done": len(fold_scores)}, error=result.error is not None)
+        fold_scores = {int(f): float(s) for f, s in json.loads(last.get("fold_scores") or "{}").items()}
+        status = finished_status(last, error=result.error is not None)
         trial_id = str(last.get("trial_id", os.path.basename(result.path)))
         records.append(TrialRecord(
             trial_id=trial_id, params=dict(result.config), fold_scores=fold_scores, status=status,

@@ -3,6 +3,7 @@ trials.csv and partial report.md refreshed after every finished or pruned trial,
 trial. Each trial is followed as a TrialRecord; the final report reads the same records."""
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -96,8 +97,8 @@ class LiveResults(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         record = self._record(trial)
-        if "fold" in result:
-            record.fold_scores[int(result["fold"])] = float(result["fold_score"])
+        if "fold_scores" in result:
+            record.fold_scores = {int(f): float(v) for f, v in json.loads(result["fold_scores"]).items()}
         record.seconds, record.node = float(result.get("time_total_s", math.nan)), str(result.get("node", ""))
 
     def on_trial_complete(self, iteration, trials, trial, **info):

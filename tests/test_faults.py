@@ -66,11 +66,10 @@ def test_a_trial_worker_killed_mid_fold_resumes_from_its_last_fold(tmp_path):
     out, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err
     folds = [line["fold"] for line in result_lines(tmp_path / "k")[trial] if "fold" in line]
-    assert sorted(set(folds)) == [0, 1, 2, 3]
-    done_before = [line["fold"] for line in result_lines(tmp_path / "k")[trial]][:last["folds_done"]]
-    assert all(folds.count(f) == 1 for f in done_before)  # no fold finished before the kill ran again
+    assert len(folds) == len(set(folds))  # no fold ran twice: the trial went on from its last checkpoint
+    assert json.loads(result_lines(tmp_path / "k")[trial][-1]["fold_scores"]).keys() == {"0", "1", "2", "3"}
     trials = pd.read_csv(tmp_path / "k" / "trials.csv")
-    assert len(trials) == 2 and (trials["status"] == "completed").all()
+    assert len(trials) == 2 and (trials["status"] == "completed").all() and (trials["folds_done"] == 4).all()
 
 
 def test_ctrl_c_during_the_plan_and_the_retraining_loses_nothing(tmp_path):

@@ -93,3 +93,20 @@ def test_rfe_subsamples_only_big_folds(small_table):
     assert np.array_equal(rank_features(X, y, cv_config(rfe_max_samples=len(y)), seed=0), full)
     capped = rank_features(X, y, cv_config(rfe_max_samples=40), seed=0)
     assert sorted(capped) == list(range(X.shape[1])) and not np.array_equal(capped, full)
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_rfe_stops_early_without_changing_the_selected_features(small_table, step):
+    cfg = cv_config(scheme="group-kfold", folds=3, rfe_step=step)
+    full = make_plan(small_table, cfg, seed=0)
+    n = small_table.X.shape[1]
+    for k in (4, 10, 20):
+        early = make_plan(small_table, cfg, seed=0, smallest_k=k)
+        assert early.key != full.key
+        for a, b in zip(full.folds, early.folds):
+            assert b.exact_from <= k
+            for top in [0, *range(k, n + 1)]:
+                np.testing.assert_array_equal(a.selected(top), b.selected(top))
+            assert b.exact_from > 1  # it did stop early
+            with pytest.raises(ValueError, match="make the plan with smallest_k"):
+                b.selected(b.exact_from - 1)

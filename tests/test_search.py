@@ -260,12 +260,12 @@ def test_wilcoxon_pruner_compares_like_with_like(tmp_path):
 
     reasons = StopReasons(tmp_path / "reasons.json")
     pruner = WilcoxonFoldPruner({"train.lr": 1e-7}, reasons, min_folds=4, p_threshold=0.1, folds_total=8)
-    best = SimpleNamespace(trial_id="best", config={"train.lr": 0.01})
-    for fold in range(8):  # a complete trial sets the bar on every fold
-        pruner.on_trial_result(None, best, {"fold": fold, "fold_score": 0.90 + 0.01 * (fold % 3)})
+    def feed(trial, scores):  # one report per fold, each with every fold score so far
+        return [pruner.on_trial_result(None, trial, {"fold_scores": json.dumps(dict(enumerate(scores[:n + 1])))})
+                for n in range(len(scores))]
 
-    def feed(trial, scores):
-        return [pruner.on_trial_result(None, trial, {"fold": f, "fold_score": s}) for f, s in enumerate(scores)]
+    best = SimpleNamespace(trial_id="best", config={"train.lr": 0.01})
+    feed(best, [0.90 + 0.01 * (fold % 3) for fold in range(8)])  # a complete trial sets the bar on every fold
 
     worse = SimpleNamespace(trial_id="worse", config={"train.lr": 1e-3})
     assert feed(worse, [0.80, 0.81, 0.79, 0.82, 0.80]) == ["CONTINUE"] * 3 + ["STOP", "STOP"]  # after min_folds
