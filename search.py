@@ -7,7 +7,7 @@ import time
 
 from emoma.config import METRICS, PRUNERS, SCHEMES, TASKS
 from emoma.errors import UserError, exit_on_user_error
-from emoma.pipeline import search_settings
+from emoma.experiment import search_settings
 
 DEFAULTS = {"config": "configs/default.yaml", "space": "configs/search_space.yaml", "seed_config": "configs/seed.yaml",
             "storage_path": "results/search"}
@@ -66,12 +66,12 @@ def main(argv=None):
     name = args.name or f"search-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_path = args.storage_path or DEFAULTS["storage_path"]
     if args.status:
-        from emoma.pipeline import search_status
+        from emoma.experiment import search_status
 
         print(search_status(name, storage_path))
         return
     settings = search_settings(args, DEFAULTS, name, storage_path)
-    from emoma.pipeline import nested_search, search
+    from emoma.experiment import nested_search, search
 
     if args.outer:
         nested_search(settings, address=args.address, verbose=args.verbose)

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
 import warnings

@@ -16,7 +16,7 @@ import yaml
 from emoma.config import load_config
 from emoma.errors import UserError
 from emoma.predict import load_model, predict_frame
-from emoma.pipeline import save_best_model
+from emoma.experiment import save_best_model
 from emoma.report import write_search_outputs
 from emoma.search import load_study, run_search
 from emoma.space import load_space, params_to_overrides, space_point
@@ -90,9 +90,9 @@ def test_searched_normalisation_gets_one_plan_each_and_held_out_statistics(local
     made = []
     real_make_plan = emoma.search.make_plan
 
-    def counting_make_plan(table, cfg, seed):
+    def counting_make_plan(table, cfg, seed, smallest_k=0):
         made.append(table.normalisation)
-        return real_make_plan(table, cfg, seed)
+        return real_make_plan(table, cfg, seed, smallest_k)
 
     monkeypatch.setattr(emoma.search, "make_plan", counting_make_plan)
     space_file = tmp_path / "space.yaml"
@@ -214,7 +214,7 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
 
 
 def test_nested_search_holds_out_each_subject_once(local_ray, tmp_path):
-    from emoma.pipeline import SearchSettings, nested_search
+    from emoma.experiment import SearchSettings, nested_search
 
     csv = tmp_path / "five.csv"
     make_frame(seed=3, subjects=(2, 3, 4, 5, 6), windows_scale=0.3).to_csv(csv)
