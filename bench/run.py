@@ -1,13 +1,15 @@
-"""Benchmarks, run by hand: python bench/run.py [--parts a b c d] [--data PATH]
+"""Benchmarks, run by hand: python bench/run.py [--parts a b c d e] [--data PATH]
 
-(a) one fold of configs/seed.yaml: the original training loop (bench/reference_loop.py) vs EmoMA's trainer,
-    seconds per epoch (median of repeats) and the ratio;
-(b) a full 10-fold CV of configs/seed.yaml (100 epochs): EmoMA's wall time, and the reference's time
-    extrapolated from its measured epochs;
+(a) the issue's setting (configs/seed.yaml, 10 row-wise folds, batch 25): seconds per fold-epoch (one epoch
+    and its validation pass) of the original training loop (bench/reference_loop.py), of EmoMA's sequential
+    reference trainer, and of the fold-batched trainer with all 10 folds in one model (1 and 2 threads);
+(b) the whole process as a user types it, `python cv.py --config configs/seed.yaml --data ... --cv kfold
+    --folds 10 --epochs 100`, cold (empty plan cache) and warm (plan cached), against the original loop's
+    1,000 fold-epochs extrapolated from (a);
 (c) a small search (8 trials, 3 folds, 5 epochs, seed-sized model) with 1 and 2 concurrent trials;
 (d) one fold's plan (scaler + RFE) and one epoch on synthetic tables of growing size, with peak memory
     (each size in its own process);
-(e) where one fold's training time goes: torch.profiler over a few epochs of seed.yaml at batch 25.
+(e) where one training step's time goes: torch.profiler over a few epochs of the fold-batched trainer.
 Figures go to stdout as Markdown rows; copy them into bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -27,8 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from emoma.batched import train_folds  # noqa: E402
 from emoma.config import apply_overrides, load_config  # noqa: E402
-from emoma.cv import run_cv  # noqa: E402
+from emoma.cv import fold_seed, table_context  # noqa: E402
 from emoma.data import load_table  # noqa: E402
 from emoma.folds import make_plan  # noqa: E402
 from emoma.train import train_fold  # noqa: E402
@@ -37,50 +40,75 @@ from reference_loop import train_reference  # noqa: E402
 REAL = ROOT.parent / "shared" / "data" / "wesad_merged.csv"
 
 
+ISSUE_COMMAND = ["--config", "configs/seed.yaml", "--cv", "kfold", "--folds", "10", "--epochs", "100"]
+
+
 def seed_setup(data: str | None):
-    config = load_config(ROOT / "configs" / "seed.yaml", flags={"data.path": data})
+    """seed.yaml as the issue's command resolves it: 10 row-wise folds, 100 epochs."""
+    config = load_config(ROOT / "configs" / "seed.yaml", ["cv.scheme=kfold", "cv.folds=10", "train.epochs=100"],
+                         flags={"data.path": data})
     table = load_table(config.data)
-    return config, table, make_plan(table, config.cv, config.seed)
+    return config, table, make_plan(table, config.cv, config.seed, config.model.n_features)
 
 
-def part_a(config, table, plan, ref_epochs: int, emoma_epochs: int, repeats: int):
+def part_a(config, table, plan, ref_epochs: int, emoma_epochs: int, repeats: int) -> float:
+    """Seconds per fold-epoch: the original loop, the sequential trainer, the fold-batched trainer."""
     torch.set_num_threads(1)
-    fold = plan.folds[0]
-    parts = fold.arrays(table.X, config.model.n_features)
-    names = [table.feature_names[j] for j in fold.selected(config.model.n_features)]
-    frames = {p: pd.DataFrame(parts[p], columns=names).assign(label=table.y[getattr(fold, p)])
+    context = table_context(table, config)
+    parts = [fold.samples(table.X, table.y, context, config.model.n_features) for fold in plan.folds]
+    names = [table.feature_names[j] for j in plan.folds[0].selected(config.model.n_features)]
+    frames = {p: pd.DataFrame(parts[0][p].flat(), columns=names).assign(label=parts[0][p].y)
               for p in ("train", "val")}
-    ref, ours = [], []
+    cfg = apply_overrides(config, {"train.epochs": emoma_epochs, "train.patience": 0})
+    seeds = [fold_seed(config.seed, i) for i in range(len(plan.folds))]
+    timings = {"reference": [], "sequential": [], "batched, 1 thread": [], "batched, 2 threads": []}
     for r in range(repeats):
         start = time.perf_counter()
         train_reference(frames["train"], frames["val"], names, len(table.class_names), config.model, ref_epochs, r)
-        ref.append((time.perf_counter() - start) / ref_epochs)
-        cfg = apply_overrides(config, {"train.epochs": emoma_epochs, "train.patience": 0})
+        timings["reference"].append((time.perf_counter() - start) / ref_epochs)
         start = time.perf_counter()
-        train_fold(parts["train"], table.y[fold.train], parts["val"], table.y[fold.val],
-                   n_classes=len(table.class_names), model_cfg=cfg.model, train_cfg=cfg.train, seed=r)
-        ours.append((time.perf_counter() - start) / emoma_epochs)
-    ref_s, ours_s = statistics.median(ref), statistics.median(ours)
-    print(f"| (a) one fold, {len(fold.train)} training rows, batch 25, 1 thread | reference {ref_s:.3f} s/epoch | "
-          f"EmoMA {ours_s:.4f} s/epoch | {ref_s / ours_s:.1f}x |")
-    return ref_s
+        train_fold(parts[0]["train"], parts[0]["val"], n_classes=len(table.class_names), model_cfg=cfg.model,
+                   train_cfg=cfg.train, seed=r)
+        timings["sequential"].append((time.perf_counter() - start) / emoma_epochs)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            start = time.perf_counter()
+            train_folds([p["train"] for p in parts], [p["val"] for p in parts], n_classes=len(table.class_names),
+                        model_cfg=cfg.model, train_cfg=cfg.train, seeds=seeds)
+            timings[f"batched, {threads} thread{'s' if threads > 1 else ''}"].append(
+                (time.perf_counter() - start) / emoma_epochs / len(plan.folds))
+        torch.set_num_threads(1)
+    medians = {k: statistics.median(v) for k, v in timings.items()}
+    ref = medians["reference"]
+    print(f"| (a) seconds per fold-epoch, {len(plan.folds[0].train)} training rows, batch 25, median of {repeats} | "
+          + " | ".join(f"{k} {v:.4f} s ({ref / v:.1f}x)" for k, v in medians.items()) + " |")
+    return ref
 
 
-def part_b(config, table, plan, ref_epoch_s: float):
-    start = time.perf_counter()
-    result = run_cv(table, plan, config, progress=False)
-    wall = time.perf_counter() - start
-    reference = ref_epoch_s * config.train.epochs * len(plan.folds)
-    acc = result.summary()["accuracy"]
-    print(f"| (b) {len(plan.folds)}-fold CV of seed.yaml, {config.train.epochs} epochs | reference ~{reference:.0f} s "
-          f"(extrapolated, one process) | EmoMA {wall:.1f} s, accuracy {acc['mean']:.3f} ± {acc['std']:.3f} | "
-          f"{reference / wall:.0f}x |")
+def part_b(data: str, ref_fold_epoch_s: float):
+    """The issue's command as a user types it, cold and warm, timed around the process."""
+    reference = ref_fold_epoch_s * 100 * 10
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in ("cold (empty plan cache)", "warm (plan cached)"):
+            out = Path(tmp) / label.split()[0]
+            command = [sys.executable, str(ROOT / "cv.py"), *ISSUE_COMMAND, *(["--data", data] if data else []),
+                       "--no-progress", "--out", str(out), "--set", f"cv.cache_dir={tmp}/cache"]
+            start = time.perf_counter()
+            subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+            wall = time.perf_counter() - start
+            metrics = json.loads((out / "metrics.json").read_text())
+            acc = metrics["summary"]["accuracy"]
+            print(f"| (b) `python cv.py {' '.join(ISSUE_COMMAND)}`, {label} | original loop ~{reference:.0f} s "
+                  f"(1,000 fold-epochs at {ref_fold_epoch_s:.3f} s) | EmoMA {wall:.1f} s whole process (plan "
+                  f"{metrics['seconds']['fold_plan']:.1f} s, CV {metrics['seconds']['cv']:.1f} s), accuracy "
+                  f"{acc['mean']:.3f} ± {acc['std']:.3f} | {reference / wall:.1f}x |")
 
 
 def part_c(data: str | None):
     import ray
 
-    from emoma.search import load_space, run_search
+    from emoma.search import run_search
+    from emoma.space import load_space
 
     space_file = Path(tempfile.mkdtemp()) / "space.yaml"
     space_file.write_text("train.lr: {float: [1.0e-4, 1.0e-2], log: true}\nmodel.n_features: {int: [5, 20]}\n")
@@ -137,7 +165,7 @@ def one_size(csv: str):
     """Child process of part (d): read a table as a user would, then one fold of default.yaml."""
     from emoma.config import DataConfig
     from emoma.data import load_table
-    from emoma.folds import fit_fold, outer_splits
+    from emoma.folds import Samples, fit_fold, outer_splits
 
     torch.set_num_threads(1)
     fixed_mb = memory_mb("VmRSS")  # interpreter, torch, scikit-learn
@@ -147,12 +175,12 @@ def one_size(csv: str):
     start = time.perf_counter()
     fold = fit_fold(table.X, table.y, table.groups, train_val, test, config.cv, config.seed)
     plan_s = time.perf_counter() - start
-    parts = fold.arrays(table.X, config.model.n_features)
-    train_fold(parts["train"][:64], table.y[fold.train][:64], parts["val"][:64], table.y[fold.val][:64],
-               n_classes=2, model_cfg=config.model, train_cfg=config.train, seed=0)  # warm-up: imports, first step
+    parts = fold.samples(table.X, table.y, table_context(table, config), config.model.n_features)
+    head = {p: Samples(s.X, s.index[:64], s.mask[:64], s.y[:64]) for p, s in parts.items()}
+    train_fold(head["train"], head["val"], n_classes=2, model_cfg=config.model, train_cfg=config.train,
+               seed=0)  # warm-up: imports, first step
     start = time.perf_counter()
-    train_fold(parts["train"], table.y[fold.train], parts["val"], table.y[fold.val], n_classes=2,
-               model_cfg=config.model, train_cfg=config.train, seed=0)
+    train_fold(parts["train"], parts["val"], n_classes=2, model_cfg=config.model, train_cfg=config.train, seed=0)
     epoch_s = time.perf_counter() - start
     peak_mb = memory_mb("VmHWM")
     print(json.dumps({"rows": len(table.y), "table_mb": table.X.nbytes / 2**20,
@@ -160,16 +188,18 @@ def one_size(csv: str):
 
 
 def part_e(config, table, plan, epochs: int):
+    """torch.profiler over the fold-batched trainer (all folds, 1 thread)."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(1)
-    fold = plan.folds[0]
-    parts = fold.arrays(table.X, config.model.n_features)
+    context = table_context(table, config)
+    parts = [fold.samples(table.X, table.y, context, config.model.n_features) for fold in plan.folds]
     cfg = apply_overrides(config, {"train.epochs": epochs, "train.patience": 0})
+    seeds = [fold_seed(config.seed, i) for i in range(len(plan.folds))]
 
     def train():
-        train_fold(parts["train"], table.y[fold.train], parts["val"], table.y[fold.val],
-                   n_classes=len(table.class_names), model_cfg=cfg.model, train_cfg=cfg.train, seed=0)
+        train_folds([p["train"] for p in parts], [p["val"] for p in parts], n_classes=len(table.class_names),
+                    model_cfg=cfg.model, train_cfg=cfg.train, seeds=seeds)
 
     train()  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -177,18 +207,14 @@ def part_e(config, table, plan, epochs: int):
         train()
         wall = time.perf_counter() - start
     events = prof.key_averages()
-    steps = epochs * -(-len(fold.train) // cfg.train.batch_size)
-
-    def total(match) -> float:
-        return sum(e.cpu_time_total for e in events if match(e.key)) / 1e6
-
-    adam = total(lambda k: k.startswith("Optimizer.step"))
-    backward = total(lambda k: k.startswith("autograd::engine::evaluate_function"))
+    steps = epochs * -(-max(len(p["train"]) for p in parts) // cfg.train.batch_size)
+    backward = sum(e.cpu_time_total for e in events if e.key.startswith("autograd::engine::evaluate_function")) / 1e6
+    adam = sum(e.cpu_time_total for e in events if "fused_adam" in e.key) / 1e6
     kernels = sum(e.self_cpu_time_total for e in events) / 1e6
-    print(f"| (e) one fold, {epochs} epochs, {steps} steps of batch {cfg.train.batch_size}, 1 thread | "
-          f"{wall / steps * 1e3:.2f} ms per step | Adam {adam / wall:.0%}, backward {backward / wall:.0%}, "
-          f"the rest (forward, batching, validation) {1 - (adam + backward) / wall:.0%} | self time of all "
-          f"torch ops {kernels / wall:.0%} of wall: the rest is Python |")
+    print(f"| (e) {len(parts)} folds in one model, {epochs} epochs, {steps} steps of batch {cfg.train.batch_size}, "
+          f"1 thread | {wall / steps * 1e3:.2f} ms per step ({wall / steps / len(parts) * 1e3:.2f} ms per fold-step) | "
+          f"fused Adam {adam / wall:.0%}, backward {backward / wall:.0%}, the rest (forward, batching, validation) "
+          f"{1 - (adam + backward) / wall:.0%} | self time of all torch ops {kernels / wall:.0%} of wall |")
     print(events.table(sort_by="self_cpu_time_total", row_limit=12))
 
 
@@ -212,7 +238,7 @@ def main():
     if {"a", "b"} & set(args.parts):
         ref_epoch_s = part_a(config, table, plan, args.ref_epochs, args.emoma_epochs, args.repeats)
         if "b" in args.parts:
-            part_b(config, table, plan, ref_epoch_s)
+            part_b(args.data, ref_epoch_s)
     if "c" in args.parts:
         part_c(args.data)
     if "d" in args.parts:

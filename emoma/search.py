@@ -33,7 +33,7 @@ from emoma.context import check_context, normalise_subjects
 from emoma.cv import run_folds_batched, table_context
 from emoma.data import Table, load_table
 from emoma.errors import Interrupted, UserError
-from emoma.folds import FoldPlan, make_plan, plan_key, smallest_top_k
+from emoma.folds import FoldPlan, make_plan, outer_splits, plan_key, smallest_top_k
 from emoma.holdout import HeldOut, choose_holdout, retrain_and_score, subset
 from emoma.manifest import MANIFEST_FILE, Manifest, data_fingerprint
 from emoma.schedulers import (BaselineKeepingASHA, StopReasons, TruthfulOptunaSearch, UserErrorStopper,
@@ -162,6 +162,22 @@ def check_resources(s) -> None:
                         "or join a cluster with GPUs (--address)")
 
 
+@dataclass
+class Experiment:
+    """What a search runs on, built once before Ray starts trials (from the manifest when resuming)."""
+
+    storage: ExperimentStorage
+    manifest: Manifest
+    raw: Table  # the loaded table, before subject normalisation
+    holdout: list  # held-out subject ids
+    tables: dict[str, Table]  # subject normalisation -> the whole normalised table
+    search_tables: dict[str, Table]  # the same without the held-out subjects
+    smallest_k: int  # the smallest top-k any trial takes (the plans' RFE stops there)
+    seed_run: Config  # what the seed trial runs
+    seed_point: dict  # the seed trial's point of the space
+    notes: list[str]
+
+
 def run_search(config: Config, space: dict, seed_config: Config, *, storage_path: str | Path, name: str,
                address: str | None = None, resume: bool = False, verbose: bool = False, log=print,
                tracking: tuple | None = None) -> SearchResult:
@@ -174,6 +190,47 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
     start = time.perf_counter()
     if not verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+    exp = prepare_experiment(config, space, seed_config, storage_path, name, resume, log)
+    init_ray(address, verbose)
+    check_resources(config.search)
+    plans = fold_plans(exp, config, log)
+    plan = next(iter(plans.values()))
+    trainable = tune.with_parameters(run_trial, tables=exp.search_tables, plans=plans, base=config,
+                                     seed_run=exp.seed_run, seed_point=exp.seed_point,
+                                     fold_order=exp.manifest.fold_order)
+    grids = _run_tune(exp.storage, exp.manifest, config, space, exp.seed_point, trainable, verbose, log, tracking)
+    reasons = read_stop_reasons(exp.storage.local / STOP_REASONS_FILE)
+    trials = [t for grid in grids for t in _records(grid, config.search.metric, reasons)]
+    user_errors = [r.metrics["user_error"] for grid in grids for r in grid if (r.metrics or {}).get("user_error")]
+    if user_errors:
+        raise UserError(user_errors[0])
+    completed = [t for t in trials if t.status == "completed"]
+    if not completed:
+        errors = [str(r.error).strip().splitlines()[-1] for grid in grids for r in grid if r.error][:1]
+        raise UserError(f"no trial of search {name} completed every fold"
+                        f"{' (first error: ' + errors[0] + ')' if errors else ''}: see trial_*/error.txt in "
+                        f"{exp.storage.uri}")
+    best = max(completed, key=lambda t: t.mean)
+    seed_trial = next((t for t in trials if same_params(t.params, exp.seed_point)), None)
+    best_config = exp.seed_run if best is seed_trial else apply_overrides(config, params_to_overrides(best.params))
+    log(f"best of {len(completed)} completed trials: {config.search.metric} {best.mean:.4f} ± {best.std:.4f}; "
+        "retraining the best and the seed configuration on all search subjects")
+    held = retrain_and_score(exp.tables, exp.holdout, {"best": best_config, "seed": exp.seed_run}, config,
+                             baselines_for="best", keep_model_for="best",
+                             threads=max(1, int(config.search.cpus_per_trial)))
+    table = exp.tables[best_config.data.subject_norm]
+    return SearchResult(
+        name=name, storage=exp.storage, metric=config.search.metric, holdout_subjects=exp.holdout,
+        search_subjects=[s for s in exp.raw.subjects if s not in exp.holdout], plan=plan, trials=trials,
+        seed_trial=seed_trial, best=best, best_config=best_config, seed_config=exp.seed_run, held=held,
+        feature_names=table.feature_names, class_names=table.class_names, space=space,
+        importances=param_importances(exp.storage.local, name), seconds=time.perf_counter() - start,
+        pruner=config.search.pruner if config.search.prune else "none", notes=list(plan.notes) + exp.notes)
+
+
+def prepare_experiment(config: Config, space: dict, seed_config: Config, storage_path, name: str, resume: bool,
+                       log) -> Experiment:
+    """The table, held-out subjects, normalised tables, seed trial and manifest (written now, or read back)."""
     storage = ExperimentStorage(str(storage_path), name)
     storage.check_writable()
     manifest = read_manifest(storage) if resume else None
@@ -195,19 +252,19 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
     log(f"data: {raw.source}: {len(raw.y)} windows, {len(raw.subjects)} subjects; held out of the search: "
         f"subjects {', '.join(map(str, holdout))} ({int(is_held.sum())} windows)")
     # subject normalisation reads each subject's own rows only, so it is applied to the whole table once
-    norms = space_norms(config, space)
-    tables = {norm: normalise_subjects(raw, replace(config.data, subject_norm=norm)) for norm in norms}
+    tables = {norm: normalise_subjects(raw, replace(config.data, subject_norm=norm))
+              for norm in space_norms(config, space)}
     search_tables = {norm: subset(t, np.flatnonzero(~is_held)) for norm, t in tables.items()}
     smallest_k = smallest_top_k([config.model.n_features, seed_run.model.n_features,
                                  *candidate_values(space.get("model.n_features", _NO_DIST))])
     keys = {norm: plan_key(t, config.cv, config.seed, smallest_k) for norm, t in search_tables.items()}
     if manifest is None:
-        n_folds = _fold_count(search_tables[norms[0]], config)
-        fold_order = [int(i) for i in np.random.default_rng(config.seed).permutation(n_folds)]
+        n_folds = len(outer_splits(next(iter(search_tables.values())), config.cv, config.seed))
         manifest = Manifest(name=name, config=config.to_dict(), seed_config=seed_config.to_dict(),
                             space=space_to_dict(space), data=data, plan_keys=keys,
-                            holdout_subjects=[str(s) for s in holdout], fold_order=fold_order, seed=config.seed,
-                            num_samples=config.search.num_samples,
+                            holdout_subjects=[str(s) for s in holdout],
+                            fold_order=[int(i) for i in np.random.default_rng(config.seed).permutation(n_folds)],
+                            seed=config.seed, num_samples=config.search.num_samples,
                             runs=[{"path": ".", "num_samples": config.search.num_samples}])
         write_manifest(storage, manifest)
     elif manifest.plan_keys != keys:
@@ -215,57 +272,27 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
                         f"{manifest.plan_keys} then, {keys} now; another EmoMA version?): start a new experiment")
     for note in notes:
         log(f"note: {note}")
-    init_ray(address, verbose)
-    check_resources(config.search)
+    return Experiment(storage, manifest, raw, holdout, tables, search_tables, smallest_k, seed_run, seed_point, notes)
+
+
+def fold_plans(exp: Experiment, config: Config, log) -> dict[str, FoldPlan]:
+    """One fold plan per subject normalisation, as Ray tasks across the cluster (cached on disk)."""
     register_ray()
-    # fold plans computed as Ray tasks, one per fold, across the whole cluster unless cv.jobs says otherwise
     plan_cfg = config.cv if config.cv.jobs else replace(config.cv, jobs=int(ray.cluster_resources().get("CPU", 1)))
-    log(f"fold plan{'s' if len(norms) > 1 else ''}: fitting the scaler and RFE of every fold on the cluster "
+    many = len(exp.search_tables) > 1
+    log(f"fold plan{'s' if many else ''}: fitting the scaler and RFE of every fold on the cluster "
         "(cached after the first time)")
     plans = {}
     with parallel_config(backend="ray"):
-        for norm, search_table in search_tables.items():
-            plans[norm] = make_plan(search_table, plan_cfg, config.seed, smallest_k)
-    plan = plans[norms[0]]
-    log(f"fold plan{'s' if len(plans) > 1 else ''}: {len(plan.folds)} {plan.scheme} folds over "
-        f"{len(raw.subjects) - len(holdout)} subjects, subject normalisation {', '.join(norms)} "
+        for norm, table in exp.search_tables.items():
+            plans[norm] = make_plan(table, plan_cfg, config.seed, exp.smallest_k)
+    plan = next(iter(plans.values()))
+    log(f"fold plan{'s' if many else ''}: {len(plan.folds)} {plan.scheme} folds over "
+        f"{len(exp.raw.subjects) - len(exp.holdout)} subjects, subject normalisation {', '.join(plans)} "
         f"({', '.join('from cache' if p.from_cache else f'{p.seconds:.1f} s' for p in plans.values())})")
     for note in plan.notes:
         log(f"WARNING: {note}")
-    trainable = tune.with_parameters(run_trial, tables=search_tables, plans=plans, base=config, seed_run=seed_run,
-                                     seed_point=seed_point, fold_order=manifest.fold_order)
-    grids = _run_tune(storage, manifest, config, space, seed_point, trainable, verbose, log, tracking)
-    trials = [t for grid in grids for t in _records(grid, config.search.metric,
-                                                    read_stop_reasons(storage.local / STOP_REASONS_FILE))]
-    user_errors = [r.metrics["user_error"] for grid in grids for r in grid if (r.metrics or {}).get("user_error")]
-    if user_errors:
-        raise UserError(user_errors[0])
-    completed = [t for t in trials if t.status == "completed"]
-    if not completed:
-        errors = [str(r.error).splitlines()[0] for grid in grids for r in grid if r.error][:1]
-        raise RuntimeError(f"no trial completed every fold{': ' + errors[0] if errors else ''}")
-    best = max(completed, key=lambda t: t.mean)
-    seed_trial = next((t for t in trials if same_params(t.params, seed_point)), None)
-    best_config = seed_run if best is seed_trial else apply_overrides(config, params_to_overrides(best.params))
-    log(f"best of {len(completed)} completed trials: {config.search.metric} {best.mean:.4f} ± {best.std:.4f}; "
-        "retraining the best and the seed configuration on all search subjects")
-    held = retrain_and_score(tables, holdout, {"best": best_config, "seed": seed_run}, config,
-                             baselines_for="best", keep_model_for="best",
-                             threads=max(1, int(config.search.cpus_per_trial)))
-    table = tables[best_config.data.subject_norm]
-    return SearchResult(
-        name=name, storage=storage, metric=config.search.metric, holdout_subjects=holdout,
-        search_subjects=[s for s in raw.subjects if s not in holdout], plan=plan, trials=trials,
-        seed_trial=seed_trial, best=best, best_config=best_config, seed_config=seed_run, held=held,
-        feature_names=table.feature_names, class_names=table.class_names, space=space,
-        importances=param_importances(storage.local, name), seconds=time.perf_counter() - start,
-        pruner=config.search.pruner if config.search.prune else "none", notes=list(plan.notes) + notes)
-
-
-def _fold_count(table: Table, config: Config) -> int:
-    from emoma.folds import outer_splits
-
-    return len(outer_splits(table, config.cv, config.seed))
+    return plans
 
 
 def _run_tune(storage: ExperimentStorage, manifest: Manifest, config: Config, space: dict, seed_point: dict,
