@@ -3,6 +3,7 @@
 python search.py --num-samples 50 [--config configs/default.yaml] [--space configs/search_space.yaml] [options]
 """
 import argparse
+import secrets
 import time
 
 from emoma.config import METRICS, PRUNERS, SCHEMES, TASKS
@@ -38,13 +39,15 @@ def parse_args(argv=None):
     p.add_argument("--holdout", type=int, help="subjects held out of the search for the final test (default 3)")
     p.add_argument("--holdout-subjects", help="comma-separated subject ids to hold out, e.g. 2,5,11")
     p.add_argument("--outer", choices=("loso",), help="nested CV: the whole search once per held-out subject")
-    p.add_argument("--name", help="experiment name (default: search-TIMESTAMP)")
+    p.add_argument("--name", help="experiment name (default: search-TIMESTAMP-XXXX)")
     p.add_argument("--storage-path", help=f"where experiments live: a folder (NFS for clusters) or s3://, gs://, "
                                           f"... (default: {DEFAULTS['storage_path']})")
     p.add_argument("--resume", action="store_true",
                    help="continue the experiment --name with the settings it started with")
     p.add_argument("--seed", type=int)
-    p.add_argument("--time-budget-s", type=float, help="stop starting new trials after this many seconds")
+    p.add_argument("--time-budget-s", type=float,
+                   help="end the search after this many seconds: running trials stop there (trials.csv says so) "
+                        "and the best is chosen among the trials that completed")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key; a searched key set here is fixed and leaves the space")
     p.add_argument("--drop-nan", action="store_true")
@@ -63,7 +66,7 @@ def main(argv=None):
     for flag in ("resume", "status"):
         if getattr(args, flag) and not args.name:
             raise UserError(f"--{flag} needs the --name of the experiment")
-    name = args.name or f"search-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = args.name or f"search-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"  # unique per start
     storage_path = args.storage_path or DEFAULTS["storage_path"]
     if args.status:
         from emoma.experiment import search_status

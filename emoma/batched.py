@@ -28,7 +28,7 @@ from emoma.model import ChannelAttention, CNNLSTM, SpatialAttention, build_model
 from emoma.train import EVAL_CHUNK, FoldFit, class_weights, epoch_line, resolve_device
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as in train_fold
-DROPOUT_BLOCK = 32  # steps whose dropout masks are drawn at once, per fold
+DROPOUT_MASK_BYTES = 1 << 25  # dropout masks are drawn for as many steps at once as fit in 32 MB (at most 32)
 
 
 def _tanh(x):
@@ -163,11 +163,12 @@ class FoldBatchedForward:
                 sfx = f"_l{layer}" + ("_reverse" if reverse else "")
                 bias = p[f"lstm.bias_ih{sfx}"] + p[f"lstm.bias_hh{sfx}"]  # (K, 1, 4H)
                 xp = torch.baddbmm(bias, x.reshape(K, B * S, -1), p[f"lstm.weight_ih{sfx}"]).view(K, B, S, 4 * H)
-                w_hh = p[f"lstm.weight_hh{sfx}"]  # (K, H, 4H)
+                xp = xp * gate_scale  # scaled once here, not at every position
+                w_hh = p[f"lstm.weight_hh{sfx}"] * gate_scale  # (K, H, 4H)
                 h = c = x.new_zeros(K, B, H)
                 out = [None] * S
                 for t in (range(S - 1, -1, -1) if reverse else range(S)):
-                    gates = torch.sigmoid(torch.baddbmm(xp[:, :, t], h, w_hh) * gate_scale)
+                    gates = torch.sigmoid(torch.baddbmm(xp[:, :, t], h, w_hh))
                     i, f, g, o = gates.chunk(4, dim=2)
                     c_new = f * c + i * (2 * g - 1)
                     h_new = o * _tanh(c_new)
@@ -221,39 +222,48 @@ def _pool(h, kind):
     return pairs.sum(3) / counts
 
 
-class _Stack:
-    """Per-fold samples stacked and padded: X (K, N, F), index (K, n_max, k), mask, y (K, n_max), counts."""
+def _stack_windows(parts: list[Samples], device) -> torch.Tensor:
+    """(K, n_windows, F): each fold's scaled window matrix, zero-padded (shared by its train and val samples)."""
+    X = np.zeros((len(parts), max(len(s.X) for s in parts), parts[0].X.shape[1]), dtype=np.float32)
+    for f, s in enumerate(parts):
+        X[f, :len(s.X)] = s.X
+    return torch.as_tensor(X, device=device)
 
-    def __init__(self, parts: list[Samples], device):
+
+class _Stack:
+    """Per-fold samples stacked and padded over windows X (K, N, F): index (K, n_max, k), mask, y (K, n_max)."""
+
+    def __init__(self, parts: list[Samples], X: torch.Tensor):
         K = len(parts)
-        n_windows = max(len(s.X) for s in parts)
         n_max = max(len(s) for s in parts)
         k = parts[0].index.shape[1]
-        X = np.zeros((K, n_windows, parts[0].X.shape[1]), dtype=np.float32)
         index = np.zeros((K, n_max, k), dtype=np.int64)
         mask = np.ones((K, n_max, k), dtype=bool)  # padding rows: all real, so their (unused) outputs stay finite
         y = np.zeros((K, n_max), dtype=np.int64)
         for f, s in enumerate(parts):
-            X[f, :len(s.X)], index[f, :len(s)], mask[f, :len(s)], y[f, :len(s)] = s.X, s.index, s.mask, s.y
+            index[f, :len(s)], mask[f, :len(s)], y[f, :len(s)] = s.index, s.mask, s.y
+        device = X.device
         self.padded = any(s.padded for s in parts)
-        self.X, self.index = torch.as_tensor(X, device=device), torch.as_tensor(index, device=device)
+        self.X, self.index = X, torch.as_tensor(index, device=device)
         self.mask = torch.as_tensor(mask, device=device) if self.padded else None
         self.y = torch.as_tensor(y, device=device)
         self.counts = [len(s) for s in parts]
         self.n = torch.as_tensor(self.counts, device=device)
+        self.fold = torch.arange(K, device=device)[:, None]  # (K, 1): each row's fold in gathers
 
-    def keep(self, local: list[int]) -> None:
-        ix = torch.as_tensor(local, device=self.X.device)
-        self.X, self.index, self.y, self.n = self.X[ix], self.index[ix], self.y[ix], self.n[ix]
+    def keep(self, local: list[int], X: torch.Tensor) -> None:
+        """Only the folds `local` (rows of the batch) stay; X is the already compacted window matrix."""
+        ix = torch.as_tensor(local, device=X.device)
+        self.X, self.index, self.y, self.n = X, self.index[ix], self.y[ix], self.n[ix]
         self.mask = None if self.mask is None else self.mask[ix]
         self.counts = [self.counts[i] for i in local]
+        self.fold = self.fold[:len(local)]
 
     def batch(self, rows: torch.Tensor):
         """rows (K, B) per-fold sample numbers -> x (K, B, T, F), mask (K, B, T) or None, y (K, B)."""
-        fold = torch.arange(len(rows), device=rows.device)[:, None]
-        index = self.index[fold, rows]  # (K, B, T)
-        x = self.X[fold[:, :, None], index]  # (K, B, T, F)
-        return x, None if self.mask is None else self.mask[fold, rows], self.y[fold, rows]
+        index = self.index[self.fold, rows]  # (K, B, T)
+        x = self.X[self.fold[:, :, None], index]  # (K, B, T, F)
+        return x, None if self.mask is None else self.mask[self.fold, rows], self.y[self.fold, rows]
 
 
 def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, model_cfg: ModelConfig,
@@ -275,7 +285,8 @@ def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, mod
     m, v = torch.zeros_like(flat), torch.zeros_like(flat)
     steps = torch.zeros(K, device=device)
     best = flat.clone()  # rows by original fold number
-    tr, va = _Stack(train, device), _Stack(val, device)
+    windows = _stack_windows(train, device)  # a fold's train and val samples read the same windows
+    tr, va = _Stack(train, windows), _Stack(val, windows)
     class_w = torch.stack([class_weights(s.y, n_classes, device) if train_cfg.class_weights
                            else torch.ones(n_classes, device=device) for s in train])  # (K, C)
     dropout_gen = [torch.Generator(device=device).manual_seed(seed + 1) for seed in seeds]
@@ -304,14 +315,14 @@ def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, mod
         valid = (torch.arange(n_steps * bs, device=device)[None] < tr.n[:, None]).float()  # (K, n_steps*bs)
         loss_sum = torch.zeros(len(alive), device=device)
         correct = torch.zeros(len(alive), device=device)
-        drop_masks = None
+        drop_masks, drawn = None, 0
         for s in range(n_steps):
-            if p_drop and s % DROPOUT_BLOCK == 0:
-                drop_masks = _draw_dropout(forward, models[0], alive, dropout_gen, min(DROPOUT_BLOCK, n_steps - s),
-                                           bs, tr, p_drop, device)
+            if p_drop and s == drawn:
+                drop_masks = _draw_dropout(forward, models[0], alive, dropout_gen, n_steps - s, bs, tr, p_drop, device)
+                first, drawn = s, s + drop_masks[0].shape[1]
             rows, weight = order[:, s * bs:(s + 1) * bs], valid[:, s * bs:(s + 1) * bs]  # (K, bs)
             x, mask, y = tr.batch(rows)
-            drop = None if not p_drop else [d[:, s % DROPOUT_BLOCK] for d in drop_masks]
+            drop = None if not p_drop else [d[:, s - first] for d in drop_masks]
             logits = forward(leaves, x, mask, drop)  # (K, bs, C)
             per_row = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (K, bs)
             w = class_w.gather(1, y) * weight
@@ -346,8 +357,9 @@ def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, mod
                 break
             ix = torch.as_tensor(keep, device=device)
             flat, grad, m, v, steps, class_w = flat[ix], grad[ix], m[ix], v[ix], steps[ix], class_w[ix]
-            tr.keep(keep)
-            va.keep(keep)
+            windows = windows[ix]
+            tr.keep(keep, windows)
+            va.keep(keep, windows)
             alive = [alive[j] for j in keep]
             leaves, grad_views, fold_rows = rebind()
     fits = []
@@ -359,11 +371,15 @@ def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, mod
     return fits
 
 
-def _draw_dropout(forward, model, alive, generators, n_steps, bs, tr, p, device):
-    """Keep-masks scaled by 1/(1-p) for the next `n_steps` steps: per dropout site (K, n_steps, ...)."""
+def _draw_dropout(forward, model, alive, generators, steps_left, bs, tr, p, device):
+    """Keep-masks scaled by 1/(1-p) for the next steps (as many as fit in DROPOUT_MASK_BYTES, at most 32):
+    per dropout site (K, steps, ...), each fold's from its own generator."""
     S = tr.index.shape[2] * _positions(model, tr.X.shape[2])
+    shapes = forward.dropout_shapes(bs, S, model)
+    per_step = 4 * len(alive) * sum(math.prod(shape) for shape in shapes)
+    n_steps = max(1, min(32, steps_left, DROPOUT_MASK_BYTES // per_step))
     out = []
-    for shape in forward.dropout_shapes(bs, S, model):
+    for shape in shapes:
         masks = [(torch.rand((n_steps, *shape), generator=generators[f], device=device) >= p) for f in alive]
         out.append(torch.stack(masks).float() / (1 - p))
     return out

@@ -35,7 +35,7 @@ class DataConfig:
     subject_column: str = "subject"  # column holding the subject id
     label_column: str = "label"  # column holding the raw label
     time_column: str = "time_s"  # window start in seconds, orders a subject's windows; absent = row order
-    window_s: float | None = None  # window length for the time-gap rule; None = a subject's median time step
+    window_s: float | None = None  # window length for the time-gap rule; None = the median step between a subject's windows
     subject_norm: str = "none"  # none | subject (each subject's own mean/std; transductive) | causal (running)
     norm_warmup: int = 5  # causal: a window's z-scores are shrunk by n/norm_warmup while its statistics rest on n < norm_warmup windows
 
@@ -94,13 +94,13 @@ class SearchConfig:
     pruner: str = "wilcoxon"  # wilcoxon: paired test against the best trial on the same folds | asha: ASHA over folds
     wilcoxon_p: float = 0.1  # wilcoxon: stop when the one-sided p-value is below this (Optuna's WilcoxonPruner default)
     fold_batch: int = 4  # folds a trial trains together as one batched model (0 = all); it reports after each
-    grace_folds: int = 3  # folds every trial runs before it can be stopped
+    grace_folds: int = 4  # folds every trial runs before it can be stopped (4: the first a Wilcoxon test can reject at 0.1)
     reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
     cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial (torch uses that many threads)
     gpus_per_trial: float = 0.0  # GPUs per trial; fractions share a GPU (0.25 = four trials per GPU)
     max_concurrent: int = 0  # trials at once; 0 = as many as the resources allow
     max_failures: int = 2  # retries of a failed trial
-    time_budget_s: float = 0.0  # stop starting trials after this many seconds; 0 = no limit
+    time_budget_s: float = 0.0  # end the search after this many seconds (running trials stop); 0 = no limit
 
 
 @dataclass

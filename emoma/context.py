@@ -14,21 +14,38 @@ from emoma.config import DataConfig
 from emoma.data import Table
 from emoma.errors import UserError
 
+TINY = 1e-12  # a feature whose spread within a subject is below this (relative) is constant there: z = 0
 MAX_GAP_WINDOWS = 2.0  # context never spans a time gap longer than this many window lengths
+ROW_ORDER_NOTE = (
+    "the table has no time_s column, so each subject's row order is taken as its time order: context windows "
+    "and causal normalisation follow it, and no time gap can cut a run. Tables sorted by condition (the published "
+    "WESAD merged.csv lists baseline, stress, amusement for every subject, though half of them did amusement "
+    "first) then put context across condition boundaries in a label-determined order; prefer a table made by "
+    "emoma.prepare, which writes time_s")
+
+
+def window_length(table: Table, window_s: float | None = None) -> float | None:
+    """The window length for the gap rule: `window_s`, else the median step between consecutive windows of
+    the same subject over the whole table (None without a time column)."""
+    if window_s is not None or table.time_s is None:
+        return window_s
+    steps = np.diff(table.time_s)[table.groups[1:] == table.groups[:-1]]
+    return float(np.median(steps)) if len(steps) else 1.0
 
 
 def run_starts(table: Table, window_s: float | None = None) -> np.ndarray:
     """(n_windows,) bool: True where a window has no usable predecessor (a subject's first window, or the
-    first after a time gap longer than MAX_GAP_WINDOWS window lengths)."""
+    first after a time gap longer than MAX_GAP_WINDOWS window lengths, `window_length(table, window_s)`)."""
     new_subject = np.r_[True, table.groups[1:] != table.groups[:-1]]
     if table.time_s is None:
         return new_subject
     step = np.r_[np.inf, np.diff(table.time_s)]
-    step[new_subject] = np.inf
-    if window_s is None:
-        finite = step[np.isfinite(step)]
-        window_s = float(np.median(finite)) if len(finite) else 1.0
-    return new_subject | (step > MAX_GAP_WINDOWS * window_s)
+    return new_subject | (step > MAX_GAP_WINDOWS * window_length(table, window_s))
+
+
+def order_notes(table: Table, k: int, norm: str) -> list[str]:
+    """What a reader must know when time order rests on row order."""
+    return [ROW_ORDER_NOTE] if table.time_s is None and (k > 1 or norm == "causal") else []
 
 
 def context_index(starts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +91,8 @@ def normalise_subjects(table: Table, cfg: DataConfig) -> Table:
       order; while they rest on n < ``cfg.norm_warmup`` windows the z-scores are shrunk by n / norm_warmup
       (the first window of a subject is 0), so a live stream can be normalised as it arrives;
     - ``none``: the table unchanged.
+
+    The statistics are those of the subject's windows in the table (after data.drop_labels and drop_nan).
     """
     if cfg.subject_norm == "none":
         return table
@@ -84,7 +103,7 @@ def normalise_subjects(table: Table, cfg: DataConfig) -> Table:
         block = X[a:b]
         if cfg.subject_norm == "subject":
             mean, std = block.mean(axis=0), block.std(axis=0)
-            out[a:b] = (block - mean) / np.where(std > 0, std, 1.0)
+            out[a:b] = np.divide(block - mean, std, out=np.zeros_like(block), where=std > TINY * (1 + np.abs(mean)))
         else:
             out[a:b] = _running_z(block, cfg.norm_warmup)
     return replace(table, X=out.astype(np.float32), normalisation=cfg.subject_norm)
@@ -97,5 +116,5 @@ def _running_z(block: np.ndarray, warmup: int) -> np.ndarray:
     mean = np.cumsum(shifted, axis=0) / n
     var = np.maximum(np.cumsum(shifted**2, axis=0) / n - mean**2, 0.0)
     std = np.sqrt(var)
-    z = np.divide(shifted - mean, std, out=np.zeros_like(block), where=std > 1e-12 * (1 + np.abs(mean)))
+    z = np.divide(shifted - mean, std, out=np.zeros_like(block), where=std > TINY * (1 + np.abs(mean)))
     return z * np.minimum(n / warmup, 1.0)

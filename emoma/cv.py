@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from emoma.batched import train_folds
 from emoma.config import METRICS, Config
-from emoma.context import context_index, run_starts
+from emoma.context import context_index, order_notes, run_starts
 from emoma.data import Table
 from emoma.folds import Fold, FoldPlan, Samples, resolve_jobs
 from emoma.metrics import score
@@ -149,7 +149,8 @@ def run_cv(table: Table, plan: FoldPlan, config: Config, *, baselines: bool = Fa
         bar.update(len(finished), f"accuracy {np.mean([r.metrics['accuracy'] for r in results]):.3f}")
     bar.close()
     results.sort(key=lambda r: r.index)
-    return CVResult(plan.scheme, table.class_names, results, time.perf_counter() - start, notes=list(plan.notes))
+    notes = list(plan.notes) + order_notes(table, config.model.context, table.normalisation)
+    return CVResult(plan.scheme, table.class_names, results, time.perf_counter() - start, notes=notes)
 
 
 def run_fold(table: Table, fold: Fold, index: int, config: Config, context: tuple[np.ndarray, np.ndarray],

@@ -62,27 +62,39 @@ def search_settings(args, defaults: dict, name: str, storage_path: str) -> Searc
     base = manifest.config if manifest else None
     config = load_config(args.config or (None if manifest else defaults["config"]), args.set, flags=flags, base=base)
     check_folds_flag(args.folds, config)
+    # model and train settings given on the command line (--set, --epochs, --device, --metric) hold for every
+    # trial, the seed trial included: the flag means what it says, and a searched key it sets leaves the space
+    given = {k for k in _set_keys(args.set) if k.startswith(("model.", "train."))}
+    given |= {k for k, v in flags.items() if v is not None and k.startswith("train.")}
     if manifest:
         seed_config = load_config(args.seed_config) if args.seed_config else manifest.seed_configuration()
         space = load_space(args.space, config) if args.space else space_from_dict(manifest.space, config)
+        clash = sorted(given & set(space))
+        if clash:
+            raise UserError(f"--resume: {clash[0]} is searched in experiment {name}; it cannot be fixed on resume: "
+                            "drop the option")
     else:
         seed_config = load_config(args.seed_config or defaults["seed_config"])
         space = load_space(args.space or defaults["space"], config)
-    # a key fixed on the command line (--epochs, --set) is not searched: the flag means what it says
-    fixed = {key for key in space if key in _set_keys(args.set) or (key == "train.epochs" and args.epochs)}
-    notes = [f"{key} fixed at {get_dotted(config, key)!r} by the command line: not searched" for key in sorted(fixed)]
+    fixed = sorted(given & set(space))
+    notes = [f"{key} fixed at {get_dotted(config, key)!r} by the command line: not searched" for key in fixed]
     space = {k: v for k, v in space.items() if k not in fixed}
     if not space:
         raise UserError("the command line fixes every key of the search space, so nothing is left to search: "
                         "drop a --set, or run the one configuration with cv.py")
-    if fixed:  # the seed trial runs with the fixed values too
-        seed_config = load_config(None, [], flags={k: get_dotted(config, k) for k in fixed},
+    if given and not (manifest and not args.seed_config):
+        seed_config = load_config(None, [], flags={k: get_dotted(config, k) for k in given},
                                   base=seed_config.to_dict())
+        notes += [f"the seed configuration also runs with {', '.join(f'{k}={get_dotted(config, k)!r}' for k in sorted(given))} "
+                  "from the command line"]
     if manifest:
         check_resume(manifest, config, seed_config if args.seed_config else None,
                      space_to_dict(space) if args.space else None, None)
+    mlflow = getattr(args, "mlflow", None)
+    if mlflow and args.outer:
+        raise UserError("--mlflow is not supported with --outer yet: track a single search, or drop --mlflow")
     return SearchSettings(config, space, seed_config, name, storage_path, bool(args.resume), args.outer, notes,
-                          getattr(args, "mlflow", None))
+                          mlflow)
 
 
 def _set_keys(items: list[str]) -> set[str]:
@@ -93,18 +105,31 @@ def search(settings: SearchSettings, *, address=None, verbose=False, log=say):
     """One search: run it (or continue it), write its outputs into the experiment folder, print the summary."""
     from emoma.search import run_search
 
+    storage = ExperimentStorage(settings.storage_path, settings.name, create=False)
+    if not settings.resume and storage.exists(MANIFEST_FILE):
+        raise UserError(f"an experiment named {settings.name!r} already exists in {storage.parent}: use --resume to "
+                        "continue it or another --name")
     tracking = search_tracking(settings)
     for note in settings.notes:
         log(f"note: {note}")
-    result = _interruptible(lambda: run_search(
-        settings.config, settings.space, settings.seed_config, storage_path=settings.storage_path,
-        name=settings.name, address=address, resume=settings.resume, verbose=verbose, log=log, tracking=tracking),
-        settings, "")
-    write_search_outputs(result, settings.config)
-    save_best_model(result)
-    if tracking is not None:
-        log_search_run(tracking, result)
-    result.storage.upload_all()
+
+    def run():
+        result = run_search(settings.config, settings.space, settings.seed_config,
+                            storage_path=settings.storage_path, name=settings.name, address=address,
+                            resume=settings.resume, verbose=verbose, log=log, tracking=tracking)
+        write_search_outputs(result, settings.config)
+        save_best_model(result)
+        if tracking is not None:
+            log_search_run(tracking, result)
+        result.storage.upload_all()
+        return result
+
+    try:
+        result = _interruptible(run, settings, "")
+    except BaseException as err:
+        if tracking is not None:
+            tracking[0].end(tracking[1], "KILLED" if isinstance(err, Interrupted) else "FAILED")
+        raise
     log(format_search_summary(result))
     log(f"results written to {result.storage.uri}")
     return result
@@ -156,7 +181,14 @@ def nested_search(settings: SearchSettings, *, address=None, verbose=False, log=
     root = ExperimentStorage(settings.storage_path, settings.name)
     table = load_table(config.data)
     subjects = [str(s) for s in table.subjects]
-    if not settings.resume:
+    if settings.resume:
+        manifest = Manifest.from_json((root.local / MANIFEST_FILE).read_text(), str(root.local / MANIFEST_FILE))
+        data = data_fingerprint(table, config.data.path)
+        if data["sha256"] != manifest.data["sha256"]:
+            raise UserError(f"--resume: the data {data['path'] or 'synthetic table'} changed since experiment "
+                            f"{settings.name} started: restore the file or start a new experiment")
+        subjects = manifest.outer["subjects"]
+    else:
         if root.exists(MANIFEST_FILE):
             raise UserError(f"an experiment named {settings.name!r} already exists in {root.parent}: use --resume "
                             "to continue it or another --name")
@@ -171,8 +203,8 @@ def nested_search(settings: SearchSettings, *, address=None, verbose=False, log=
     finished = []
     for subject in subjects:
         outer = ExperimentStorage(root.uri, f"outer-{subject}")
-        outer.download("holdout_predictions.csv", "holdout_metrics.json")
-        if (outer.local / "holdout_predictions.csv").is_file():
+        outer.download("holdout_predictions.csv", "holdout_metrics.json", "best_model.pt")
+        if all((outer.local / f).is_file() for f in ("holdout_predictions.csv", "best_model.pt")):
             log(f"outer fold {subject}: finished earlier, kept")
             finished.append(outer.local)
             continue
@@ -225,7 +257,7 @@ def search_status(name: str, storage_path: str) -> str:
 def save_best_model(result) -> None:
     best = result.held["best"]
     save_model(result.folder / "best_model.pt", best.result.model, result.best_config, best.fold,
-               result.feature_names, result.class_names)
+               result.feature_names, result.class_names, result.window_s)
 
 
 def _interruptible(run, settings: SearchSettings, extra: str):

@@ -26,8 +26,9 @@ from emoma.errors import UserError
 
 PLAN_VERSION = 2  # bump when the plan's content or meaning changes, to invalidate caches
 ROW_WISE_WARNING = (
-    "kfold splits rows, not subjects: windows of one subject are on both sides of each fold, "
-    "so scores are optimistic and do not measure generalisation to new people"
+    "kfold splits rows, not subjects: windows of one subject are on both sides of each fold (and a training "
+    "window's context may hold test windows), so scores are optimistic and do not measure generalisation to new "
+    "people"
 )
 
 

@@ -23,9 +23,9 @@ from emoma.errors import UserError
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 PACKAGES = ("emoma", "torch", "ray", "optuna", "numpy", "pandas", "scikit-learn", "scipy")
-# What may change when an experiment is resumed: where and how fast it runs, not what it computes.
-RUNTIME_KEYS = ("search.cpus_per_trial", "search.gpus_per_trial", "search.max_concurrent", "search.time_budget_s",
-                "search.max_failures", "train.device", "cv.jobs", "cv.cache_dir")
+# What may change when an experiment is resumed, and takes effect: where trials train and how the plan is
+# computed. (Tune keeps a restored run's resources, concurrency, time budget and retries as they started.)
+RUNTIME_KEYS = ("train.device", "cv.jobs", "cv.cache_dir")
 
 
 @dataclass

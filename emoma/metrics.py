@@ -53,6 +53,16 @@ def auc_scores(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     return {"roc_auc": float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro"))}
 
 
+def subject_auc(groups: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Binary: the mean over subjects of each subject's own ROC-AUC (subjects with both classes), which,
+    unlike the pooled AUC, does not mix the calibrations of different fold models."""
+    if proba.shape[1] != 2:
+        return {}
+    aucs = [roc_auc_score(y_true[groups == s], proba[groups == s, 1]) for s in np.unique(groups)
+            if len(np.unique(y_true[groups == s])) == 2]
+    return {"roc_auc_subject_mean": float(np.mean(aucs)) if aucs else math.nan}
+
+
 def per_subject(groups: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
     """{subject: metrics} over each subject's windows. Macro-F1 averages the classes present in that subject's
     truth or predictions (a class the subject never shows is not counted as a failure)."""
@@ -68,10 +78,11 @@ def per_subject(groups: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, n_cl
 def bootstrap_ci(values, seed: int = 0) -> dict[str, float]:
     """Mean of `values` (one per subject) and its BCa bootstrap 95 % CI over subjects (scipy.stats.bootstrap)."""
     values = np.asarray(values, dtype=np.float64)
-    mean = float(values.mean())
-    if len(values) < 3 or np.all(values == values[0]):
-        return {"mean": mean, "ci_low": mean if len(values) else math.nan,
-                "ci_high": mean if len(values) else math.nan, "n": int(len(values))}
+    mean = float(values.mean()) if len(values) else math.nan
+    if len(values) < 3:  # too few subjects for a bootstrap: no interval
+        return {"mean": mean, "ci_low": math.nan, "ci_high": math.nan, "n": int(len(values))}
+    if np.all(values == values[0]):
+        return {"mean": mean, "ci_low": mean, "ci_high": mean, "n": int(len(values))}
     result = stats.bootstrap((values,), np.mean, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
                              method="BCa", rng=np.random.default_rng(seed))
     low, high = result.confidence_interval
@@ -171,7 +182,7 @@ def evaluate(groups: np.ndarray, y_true: np.ndarray, probas: dict[str, np.ndarra
         subjects = per_subject(groups, y_true, pred, n_classes)
         models[name] = {
             "pooled": pooled, "confusion_matrix": confusion.tolist(), "per_class": per_class(y_true, pred, class_names),
-            "auc": auc_scores(y_true, proba), "subjects": subjects,
+            "auc": {**auc_scores(y_true, proba), **subject_auc(groups, y_true, proba)}, "subjects": subjects,
             "ci": {m: bootstrap_ci([s[m] for s in subjects.values()], seed) for m in METRICS},
         }
     against = {}

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from emoma.config import Config, flatten, load_config, save_config
-from emoma.context import check_context, normalise_subjects
+from emoma.context import check_context, normalise_subjects, order_notes
 from emoma.cv import CVResult, FoldResult, run_cv
 from emoma.data import Table, load_table
 from emoma.errors import Interrupted, UserError
@@ -57,32 +57,35 @@ def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselin
     smallest_k = smallest_top_k([config.model.n_features])
     run = {"data": data_fingerprint(table, config.data.path),
            "plan_key": plan_key(table, config.cv, config.seed, smallest_k), "baselines": baselines}
+    check_tracking(mlflow)
     if resume:
         out = Path(out_dir)
         recorded = json.loads((out / RUN_FILE).read_text())
         if recorded["data"]["sha256"] != run["data"]["sha256"]:
             raise UserError(f"--resume {out}: the data changed since the run started (sha256 "
                             f"{recorded['data']['sha256'][:12]}... then, {run['data']['sha256'][:12]}... now)")
+        if baselines and not recorded["baselines"]:
+            raise UserError(f"--resume {out}: the run started without --baselines and its finished folds have none: "
+                            "drop --baselines, or start a new run")
         baselines = recorded["baselines"]
     else:
-        check_tracking(mlflow)
         out = _new_out_dir(out_dir, config)
         save_config(config, out / "config.yaml")
         write_atomic(out / RUN_FILE, json.dumps(run, indent=2))
     done = _finished_folds(out)
-    plan = make_plan(table, config.cv, config.seed, smallest_k)
-    log(f"fold plan: {len(plan.folds)} {plan.scheme} folds "
-        f"({'from cache' if plan.from_cache else f'scaler + RFE fitted per fold in {plan.seconds:.1f} s'})"
-        + (f"; {len(done)} folds already finished" if done else ""))
-    for note in plan.notes:
-        log(f"WARNING: {note}")
     try:
+        plan = make_plan(table, config.cv, config.seed, smallest_k)
+        log(f"fold plan: {len(plan.folds)} {plan.scheme} folds "
+            f"({'from cache' if plan.from_cache else f'scaler + RFE fitted per fold in {plan.seconds:.1f} s'})"
+            + (f"; {len(done)} folds already finished" if done else ""))
+        for note in plan.notes + order_notes(table, config.model.context, table.normalisation):
+            log(f"WARNING: {note}")
         result = run_cv(table, plan, config, baselines=baselines, progress=progress, verbose=verbose, done=done,
                         on_result=lambda fold: _keep_fold(out, fold))
+        write_cv_outputs(result, table, plan, config, out)
     except KeyboardInterrupt:
-        raise Interrupted(f"cross-validation interrupted after {len(_finished_folds(out))} of {len(plan.folds)} "
-                          f"folds; continue it with: python cv.py --resume {out}") from None
-    write_cv_outputs(result, table, plan, config, out)
+        raise Interrupted(f"cross-validation interrupted after {len(_finished_folds(out))} folds; continue it with: "
+                          f"python cv.py --resume {out}") from None
     if mlflow:
         log_cv_run(mlflow, out, config, result)
     return result, out

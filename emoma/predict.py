@@ -22,9 +22,9 @@ from emoma.train import EVAL_CHUNK
 
 
 def save_model(path: str | Path, model: torch.nn.Module, config: Config, fold: Fold, feature_names: list[str],
-               class_names: list[str]) -> None:
+               class_names: list[str], window_s: float | None = None) -> None:
     """Weights, config (with its subject normalisation and context), the selected feature names and their
-    scaler statistics, class names."""
+    scaler statistics, class names, and the window length the time-gap rule used in training."""
     cols = fold.selected(config.model.n_features)
     bundle = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -33,6 +33,7 @@ def save_model(path: str | Path, model: torch.nn.Module, config: Config, fold: F
         "mean": fold.mean[cols].tolist(),
         "scale": fold.scale[cols].tolist(),
         "class_names": list(class_names),
+        "window_s": window_s,
     }
     with atomic_path(path) as tmp:
         torch.save(bundle, tmp)
@@ -72,20 +73,23 @@ def predict_frame(model: torch.nn.Module, bundle: dict, frame: pd.DataFrame) -> 
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
         raise UserError(f"{int(bad.sum())} rows have NaN or infinite values in the model's features: clean them")
-    groups = frame[data.subject_column].to_numpy() if data.subject_column in frame.columns else np.zeros(len(frame))
-    time_s = read_time(frame, data, "the table")
+    has_subjects = data.subject_column in frame.columns
+    groups = frame[data.subject_column].to_numpy() if has_subjects else np.zeros(len(frame))
+    time_s = read_time(frame, data, "the table") if has_subjects else None
     order = canonical_order(groups, time_s)
     table = Table(X=values[order].astype(np.float32), y=np.zeros(len(frame), dtype=np.int64), groups=groups[order],
                   feature_names=list(bundle["features"]), class_names=list(bundle["class_names"]), source="predict",
                   time_s=None if time_s is None else time_s[order])
     table = normalise_subjects(table, data)
     X = torch.as_tensor(((table.X - np.array(bundle["mean"])) / np.array(bundle["scale"])).astype(np.float32))
-    index, mask = (torch.as_tensor(a) for a in context_index(run_starts(table, data.window_s), config.model.context))
+    window_s = data.window_s or bundle.get("window_s")  # as in training, not re-inferred from this table
+    index, mask = (torch.as_tensor(a) for a in context_index(run_starts(table, window_s), config.model.context))
     proba = np.empty((len(frame), len(bundle["class_names"])), dtype=np.float32)
     for rows in torch.arange(len(frame)).split(EVAL_CHUNK):
         m = mask[rows]
         proba[order[rows.numpy()]] = torch.softmax(model(X[index[rows]], None if m.all() else m), dim=1).numpy()
-    out = pd.DataFrame({c: frame[c].to_numpy() for c in ("subject", "label") if c in frame.columns})
+    out = pd.DataFrame({c: frame[c].to_numpy() for c in (data.subject_column, data.label_column)
+                        if c in frame.columns})
     out["predicted"] = np.array(bundle["class_names"])[proba.argmax(1)]
     for c, name in enumerate(bundle["class_names"]):
         out[f"p_{name}"] = proba[:, c]

@@ -237,14 +237,15 @@ def evaluation_sections(evaluation: dict, class_names: list[str], heading: str =
         "",
         "A subject's score is computed over its own test windows (macro-F1 over the classes that subject shows or is "
         "predicted); the CI is scipy's BCa bootstrap of the mean over subjects; ROC-AUC and PR-AUC pool every test "
-        "window (binary: the positive class; more classes: one-vs-rest macro ROC-AUC).",
+        "window (binary: the positive class; more classes: one-vs-rest macro ROC-AUC); roc_auc_subject_mean is the "
+        "mean of each subject's own ROC-AUC (binary, subjects with both classes).",
         "",
         *rows,
         "",
         f"{heading} Paired Wilcoxon signed-rank tests over subjects: {reference} against each other model",
         "",
         "Two-sided, subjects with equal scores dropped (scipy's zero_method='wilcox'); a positive difference means "
-        f"{reference} scored higher.",
+        f"{reference} scored higher. No correction for the several comparisons: read each p-value on its own.",
         "",
         *tests,
         "",

@@ -8,7 +8,11 @@ configuration, and winners are chosen among trials that completed every fold.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import signal
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -18,6 +22,8 @@ from ray.tune.search.optuna import OptunaSearch
 from scipy import stats
 
 from emoma.files import write_atomic
+
+logger = logging.getLogger(__name__)
 
 
 def same_params(a: dict, b: dict) -> bool:
@@ -29,8 +35,18 @@ class TruthfulOptunaSearch(OptunaSearch):
     Optuna they were PRUNED (and a trial stopped by a user error FAILED), so TPE and the stored study see what
     really happened."""
 
+    def on_trial_result(self, trial_id, result):
+        if not result.get("user_error"):
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id, result=None, error=False):
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        if trial_id in self._completed_trials:
+            # a trial that failed and was rerun by --resume: Optuna keeps its FAIL, and learns the value too
+            if result and not error and result.get("folds_done") == result.get("folds_total"):
+                self._add_completed(ot_trial, result[self.metric])
             return
         state = None
         if result and result.get("user_error"):
@@ -39,19 +55,34 @@ class TruthfulOptunaSearch(OptunaSearch):
             state = optuna.trial.TrialState.PRUNED
         if state is None:
             return super().on_trial_complete(trial_id, result, error)
-        self._ot_study.tell(self._ot_trials[trial_id], state=state)
+        try:
+            self._ot_study.tell(ot_trial, state=state)
+        except (RuntimeError, ValueError) as err:  # e.g. already told before the driver was restarted
+            logger.warning("Optuna was not told trial %s's state: %s", trial_id, err)
         self._completed_trials.add(trial_id)
+
+    def _add_completed(self, ot_trial, value: float) -> None:
+        frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if frozen.state == optuna.trial.TrialState.FAIL:
+            self._ot_study.add_trial(optuna.trial.create_trial(
+                params=frozen.params, distributions=frozen.distributions, value=value,
+                user_attrs={"rerun_of": frozen.number}))
 
 
 class StopReasons:
-    """Why each stopped trial was stopped, kept in a small JSON file of the experiment (trials.csv reads it)."""
+    """Why each stopped trial was stopped, kept in a small JSON file of the experiment (trials.csv reads it);
+    earlier runs' reasons in the file are kept."""
 
     def __init__(self, path):
         self.path, self.reasons = str(path), {}
 
     def record(self, trial_id: str, reason: str) -> None:
-        self.reasons[trial_id] = reason
-        write_atomic(self.path, json.dumps(self.reasons, indent=1))
+        self.reasons = {**read_stop_reasons(self.path), **self.reasons, trial_id: reason}
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, json.dumps(self.reasons, indent=1))
+        except OSError as err:  # a note for trials.csv must never stop the search
+            logger.warning("could not record why trial %s stopped: %s", trial_id, err)
 
 
 def read_stop_reasons(path) -> dict:
@@ -85,12 +116,20 @@ class WilcoxonFoldPruner(FIFOScheduler):
     after at least `min_folds` folds. A trial whose mean is above the best's on those folds is never stopped."""
 
     def __init__(self, baseline: dict, reasons: StopReasons, *, min_folds: int, p_threshold: float,
-                 folds_total: int):
+                 folds_total: int, earlier: dict[str, dict[int, float]] | None = None):
         super().__init__()
         self.baseline, self.reasons = baseline, reasons
         self.min_folds, self.p_threshold, self.folds_total = min_folds, p_threshold, folds_total
         self.scores: dict[str, dict[int, float]] = {}  # trial id -> fold -> score
         self.complete: set[str] = set()
+        self.remember(earlier or {})
+
+    def remember(self, trials: dict[str, dict[int, float]]) -> None:
+        """Fold scores of trials from earlier runs of the experiment (a resume, an extension): the bar to beat."""
+        for trial_id, scores in trials.items():
+            self.scores.setdefault(trial_id, dict(scores))
+            if len(scores) == self.folds_total:
+                self.complete.add(trial_id)
 
     def on_trial_result(self, tune_controller, trial, result):
         if "fold_scores" not in result:
@@ -123,18 +162,15 @@ class WilcoxonFoldPruner(FIFOScheduler):
         return max(self.complete, key=lambda t: np.mean(list(self.scores[t].values())))
 
 
-class UserErrorStopper(tune.Stopper):
-    """A trial that hits a user error (a bad sampled value, a missing device) reports it; the whole search
-    stops at once instead of retrying a trial that can only fail again."""
+class StopOnUserError(tune.Callback):
+    """A trial that hits a user error (a bad sampled value, a missing device) reports it; the search is then
+    interrupted at once, as Ctrl-C does (Tune saves every trial as it is, so --resume continues the others once
+    the command is fixed), instead of retrying trials that can only fail again."""
 
     def __init__(self):
-        self.message = None
+        self.sent = False
 
-    def __call__(self, trial_id, result):
-        if result.get("user_error"):
-            self.message = result["user_error"]
-            return True
-        return False
-
-    def stop_all(self):
-        return self.message is not None
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("user_error") and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)  # Tune's own handler ends the run cleanly

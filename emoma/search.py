@@ -29,19 +29,19 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.util.joblib import register_ray
 
 from emoma.config import Config, apply_overrides
-from emoma.context import check_context, normalise_subjects
+from emoma.context import check_context, normalise_subjects, order_notes, window_length
 from emoma.cv import run_folds_batched, table_context
 from emoma.data import Table, load_table
 from emoma.errors import Interrupted, UserError
 from emoma.folds import FoldPlan, make_plan, outer_splits, plan_key, smallest_top_k
 from emoma.holdout import HeldOut, choose_holdout, retrain_and_score, subset
 from emoma.manifest import MANIFEST_FILE, Manifest, data_fingerprint
-from emoma.schedulers import (BaselineKeepingASHA, StopReasons, TruthfulOptunaSearch, UserErrorStopper,
+from emoma.schedulers import (BaselineKeepingASHA, StopOnUserError, StopReasons, TruthfulOptunaSearch,
                               WilcoxonFoldPruner, read_stop_reasons, same_params)
 from emoma.space import (candidate_values, params_to_overrides, seed_trial_config, space_max_context, space_norms,
                          space_point, space_to_dict)
 from emoma.storage import ExperimentStorage
-from emoma.watch import LiveResults, MlflowTrials, ProgressLine, TrialRecord, finished_status
+from emoma.watch import UNFINISHED, LiveResults, MlflowTrials, ProgressLine, TrialRecord, finished_status, read_trials
 
 STUDY_FILE = "optuna_study.log"
 STOP_REASONS_FILE = "stop_reasons.json"
@@ -119,6 +119,7 @@ class SearchResult:
     seconds: float
     pruner: str
     notes: list[str] = field(default_factory=list)
+    window_s: float | None = None  # the window length of the time-gap rule (None: no time column)
 
     @property
     def folder(self) -> Path:
@@ -201,9 +202,6 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
     grids = _run_tune(exp.storage, exp.manifest, config, space, exp.seed_point, trainable, verbose, log, tracking)
     reasons = read_stop_reasons(exp.storage.local / STOP_REASONS_FILE)
     trials = [t for grid in grids for t in _records(grid, config.search.metric, reasons)]
-    user_errors = [r.metrics["user_error"] for grid in grids for r in grid if (r.metrics or {}).get("user_error")]
-    if user_errors:
-        raise UserError(user_errors[0])
     completed = [t for t in trials if t.status == "completed"]
     if not completed:
         errors = [str(r.error).strip().splitlines()[-1] for grid in grids for r in grid if r.error][:1]
@@ -225,7 +223,8 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
         seed_trial=seed_trial, best=best, best_config=best_config, seed_config=exp.seed_run, held=held,
         feature_names=table.feature_names, class_names=table.class_names, space=space,
         importances=param_importances(exp.storage.local, name), seconds=time.perf_counter() - start,
-        pruner=config.search.pruner if config.search.prune else "none", notes=list(plan.notes) + exp.notes)
+        pruner=config.search.pruner if config.search.prune else "none", notes=list(plan.notes) + exp.notes,
+        window_s=window_length(exp.raw, config.data.window_s))
 
 
 def prepare_experiment(config: Config, space: dict, seed_config: Config, storage_path, name: str, resume: bool,
@@ -245,6 +244,8 @@ def prepare_experiment(config: Config, space: dict, seed_config: Config, storage
                         "restore the file or start a new experiment")
     check_context(raw, space_max_context(config, space))
     seed_run, notes = seed_trial_config(config, seed_config, space)
+    notes += order_notes(raw, space_max_context(config, space), "causal" if "causal" in space_norms(config, space)
+                         else "none")
     seed_point = space_point(seed_run, space)
     holdout = choose_holdout(raw, config.search, config.seed) if manifest is None else \
         [s for s in raw.subjects if str(s) in manifest.holdout_subjects]
@@ -302,13 +303,15 @@ def _run_tune(storage: ExperimentStorage, manifest: Manifest, config: Config, sp
     if config.search.num_samples > planned:
         extra = config.search.num_samples - planned
         manifest.runs.append({"path": f"extend-{len(manifest.runs)}", "num_samples": extra})
-        manifest.num_samples = config.search.num_samples
+        manifest.num_samples = manifest.config["search"]["num_samples"] = config.search.num_samples
         write_manifest(storage, manifest)
         log(f"extending the search from {planned} to {config.search.num_samples} trials ({extra} more, Tune "
             f"experiment {manifest.runs[-1]['path']}); Optuna continues the same study")
     storage.download(STUDY_FILE, STOP_REASONS_FILE, "trials.csv")
+    session = time.time()
     watchers = [LiveResults(storage, manifest.name, config.search.metric, len(manifest.fold_order),
-                            manifest.num_samples, seed_point, str(storage.local / STOP_REASONS_FILE))]
+                            manifest.num_samples, seed_point, str(storage.local / STOP_REASONS_FILE),
+                            also_upload=(STUDY_FILE, STOP_REASONS_FILE)), StopOnUserError()]
     if tracking is not None:
         watchers.append(MlflowTrials(*tracking, config.search.metric))
     resources = {"cpu": config.search.cpus_per_trial, "gpu": config.search.gpus_per_trial}
@@ -317,24 +320,33 @@ def _run_tune(storage: ExperimentStorage, manifest: Manifest, config: Config, sp
         path = storage.uri if run["path"] == "." else f"{storage.uri}/{run['path']}"
         if tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable=tune.with_resources(trainable, resources), resume_errored=True)
-            # Tune restores the callbacks pickled when the run started; this command's own watchers replace them
+            # Tune restores the callbacks and scheduler pickled when the run started: this command's own
+            # watchers replace them, and the scheduler learns where to write and what earlier runs scored
             tuner._local_tuner.get_run_config().callbacks = _callbacks(verbose, run["num_samples"], watchers)
+            _refresh_scheduler(tuner._local_tuner._tune_config.scheduler, storage)
         else:
             tuner = _new_tuner(storage, config, space, seed_point if i == 0 else None, trainable, resources, run,
-                               len(manifest.fold_order), verbose, watchers)
+                               len(manifest.fold_order), verbose, watchers, seed=config.seed + i)
         try:
             grid = tuner.fit()
         finally:
             storage.upload(STUDY_FILE, STOP_REASONS_FILE)
+        errors = [r.metrics["user_error"] for r in grid if (r.metrics or {}).get("user_error")
+                  and r.metrics.get("timestamp", session) >= session]  # not an earlier session's, fixed since
+        if errors:
+            raise UserError(errors[0])
         unfinished = len(grid) - grid.num_terminated - grid.num_errors
-        started_all = len(grid) >= run["num_samples"] or config.search.time_budget_s
-        user_error = any((r.metrics or {}).get("user_error") for r in grid)
-        if (unfinished or not started_all) and not user_error:
+        if unfinished or (len(grid) < run["num_samples"] and not config.search.time_budget_s):
             raise Interrupted(f"search {manifest.name} stopped with {max(unfinished, 1)} trials unfinished")
         grids.append(grid)
-        if user_error:
-            break
     return grids
+
+
+def _refresh_scheduler(scheduler, storage: ExperimentStorage) -> None:
+    if hasattr(scheduler, "reasons"):
+        scheduler.reasons = StopReasons(storage.local / STOP_REASONS_FILE)
+    if isinstance(scheduler, WilcoxonFoldPruner):
+        scheduler.remember({t.trial_id: t.fold_scores for t in read_trials(storage.local / "trials.csv").values()})
 
 
 def _callbacks(verbose: bool, num_samples: int, watchers: list) -> list:
@@ -342,11 +354,11 @@ def _callbacks(verbose: bool, num_samples: int, watchers: list) -> list:
 
 
 def _new_tuner(storage: ExperimentStorage, config: Config, space: dict, seed_point: dict | None, trainable,
-               resources: dict, run: dict, n_folds: int, verbose: bool, watchers: list):
+               resources: dict, run: dict, n_folds: int, verbose: bool, watchers: list, seed: int):
     s = config.search
     searcher = TruthfulOptunaSearch(space=space, metric="score", mode="max",
                                     points_to_evaluate=[seed_point] if seed_point else None,
-                                    sampler=optuna.samplers.TPESampler(seed=config.seed + len(run["path"])),
+                                    sampler=optuna.samplers.TPESampler(seed=seed),
                                     study_name=storage.name, storage=study_storage(storage.local))
     # Tune lets a custom searcher have one pending trial unless it is wrapped in a ConcurrencyLimiter
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent or trial_slots(s))
@@ -357,8 +369,9 @@ def _new_tuner(storage: ExperimentStorage, config: Config, space: dict, seed_poi
         scheduler = BaselineKeepingASHA(baseline, reasons, time_attr="folds_done", max_t=n_folds,
                                         grace_period=s.grace_folds, reduction_factor=s.reduction_factor)
     elif s.prune:
+        earlier = {t.trial_id: t.fold_scores for t in read_trials(storage.local / "trials.csv").values()}
         scheduler = WilcoxonFoldPruner(baseline, reasons, min_folds=s.grace_folds, p_threshold=s.wilcoxon_p,
-                                       folds_total=n_folds)
+                                       folds_total=n_folds, earlier=earlier)
     tune_path = (storage.parent, storage.name) if run["path"] == "." else (storage.uri, run["path"])
     return tune.Tuner(
         tune.with_resources(trainable, resources),
@@ -367,7 +380,6 @@ def _new_tuner(storage: ExperimentStorage, config: Config, space: dict, seed_poi
                                     trial_dirname_creator=trial_dirname, time_budget_s=s.time_budget_s or None),
         run_config=tune.RunConfig(name=tune_path[1], storage_path=tune_path[0], verbose=2 if verbose else 0,
                                   callbacks=_callbacks(verbose, run["num_samples"], watchers),
-                                  stop=UserErrorStopper(),
                                   failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                   # two kept: the newest is always complete when a worker dies mid-write
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
@@ -397,7 +409,7 @@ def _records(grid, metric: str, reasons: dict) -> list[TrialRecord]:
         records.append(TrialRecord(
             trial_id=trial_id, params=dict(result.config), fold_scores=fold_scores, status=status,
             seconds=float(last.get("time_total_s", math.nan)), node=str(last.get("node", "")),
-            stopped_by=reasons.get(trial_id, "") if status == "pruned" else ""))
+            stopped_by=reasons.get(trial_id, UNFINISHED) if status == "pruned" else ""))
     return records
 
 

@@ -9,11 +9,15 @@ Ray Tune writes its trial checkpoints and experiment state to the same place its
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 
 from emoma.errors import UserError
+from emoma.files import atomic_path
 
-STAGING = Path("~/.cache/emoma/staging").expanduser()
+# The same path on every machine: restored Optuna and Tune state may name files here.
+STAGING = Path(tempfile.gettempdir()) / "emoma-staging"
+APPEND_ONLY = ("optuna_study.log",)  # journals only grow: the longer copy is the newer one
 
 
 def is_uri(path: str) -> bool:
@@ -51,13 +55,18 @@ class ExperimentStorage:
     def exists(self, relative: str) -> bool:
         if not self.remote_storage:
             return (self.local / relative).exists()
+        return self._info(relative) is not None
+
+    def _info(self, relative: str):
+        """The stored file's pyarrow FileInfo, or None when there is none."""
         import pyarrow.fs
 
         try:
-            return self.fs.get_file_info(f"{self.remote}/{relative}").type != pyarrow.fs.FileType.NotFound
+            info = self.fs.get_file_info(f"{self.remote}/{relative}")
         except OSError as err:
             raise UserError(f"cannot reach {self.uri} ({str(err).splitlines()[0]}): check --storage-path and "
                             "the credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)") from None
+        return None if info.type == pyarrow.fs.FileType.NotFound else info
 
     def upload(self, *relatives: str) -> None:
         """Copy these files (paths relative to the experiment) from the local folder to the experiment's home."""
@@ -76,16 +85,20 @@ class ExperimentStorage:
                       and not p.name.startswith(".")))
 
     def download(self, *relatives: str) -> None:
-        """Fetch these files from the experiment's home into the local folder (missing ones are skipped)."""
+        """Fetch these files from the experiment's home into the local folder (missing ones are skipped; a
+        local journal longer than the stored one, written before a crash, is kept)."""
         if not self.remote_storage:
             return
         for relative in relatives:
-            if not self.exists(relative):
+            info = self._info(relative)
+            if info is None:
                 continue
             target = self.local / relative
+            if relative in APPEND_ONLY and target.is_file() and target.stat().st_size > info.size:
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)  # the staging folder only
-            with self.fs.open_input_stream(f"{self.remote}/{relative}") as f:
-                target.write_bytes(f.read())
+            with self.fs.open_input_stream(f"{self.remote}/{relative}") as f, atomic_path(target) as tmp:
+                tmp.write_bytes(f.read())
 
     def check_writable(self) -> None:
         """Fail before any work when the experiment's home cannot be written."""

@@ -75,8 +75,9 @@ class Tracker:
             return run.info.run_id
         return self._safe(start)
 
-    def find_run(self, tag: str, value: str) -> str | None:
-        runs = self._safe(self.client.search_runs, [self.experiment_id], f"tags.{tag} = '{value}'", max_results=1)
+    def find_run(self, tag: str, value: str, parent: str | None = None) -> str | None:
+        query = f"tags.{tag} = '{value}'" + (f" and tags.mlflow.parentRunId = '{parent}'" if parent else "")
+        runs = self._safe(self.client.search_runs, [self.experiment_id], query, max_results=1)
         return runs[0].info.run_id if runs else None
 
     def log_params(self, run_id: str | None, params: dict) -> None:

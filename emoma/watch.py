@@ -14,6 +14,9 @@ from ray import tune
 from emoma.files import write_atomic
 
 
+UNFINISHED = "stopped before its last fold by the time budget or a user error"
+
+
 @dataclass
 class TrialRecord:
     trial_id: str
@@ -86,9 +89,10 @@ class LiveResults(tune.Callback):
     object storage) after every finished or pruned trial."""
 
     def __init__(self, storage, name: str, metric: str, n_folds: int, num_samples: int, seed_point: dict | None,
-                 reasons_file: str):
+                 reasons_file: str, also_upload: tuple = ()):
         self.storage, self.name, self.metric = storage, name, metric
         self.n_folds, self.num_samples, self.seed_point, self.reasons_file = n_folds, num_samples, seed_point, reasons_file
+        self.also_upload = also_upload  # the Optuna journal and stop reasons, to object storage after each trial
         self.records: dict[str, TrialRecord] = {}
         self.seed_trial: str | None = None
 
@@ -124,13 +128,13 @@ class LiveResults(tune.Callback):
         record = self._record(trial)
         record.status = status
         if status == "pruned":
-            record.stopped_by = read_stop_reasons(self.reasons_file).get(trial.trial_id, "")
+            record.stopped_by = read_stop_reasons(self.reasons_file).get(trial.trial_id, UNFINISHED)
         finished = [r for r in self.records.values() if r.status != "running"]
         table = trials_table(finished, self.n_folds, self.seed_trial)
         plot_search_history(table, self.metric, self.storage.local / "search_history.png")
         write_atomic(self.storage.local / "report.md", live_report(self.name, self.metric, table, self.num_samples))
         write_csv(table, self.storage.local / "trials.csv")  # last: the report exists once trials.csv does
-        self.storage.upload("search_history.png", "report.md", "trials.csv")
+        self.storage.upload("search_history.png", "report.md", "trials.csv", *self.also_upload)
 
 
 def read_trials(path) -> dict[str, TrialRecord]:
@@ -163,7 +167,7 @@ class MlflowTrials(tune.Callback):
 
     def _run(self, trial) -> str | None:
         if trial.trial_id not in self.runs:
-            run = self.tracker.find_run("trial_id", trial.trial_id)  # after a resume, the same child run
+            run = self.tracker.find_run("trial_id", trial.trial_id, self.parent_run)  # after a resume, the same run
             self.runs[trial.trial_id] = run or self.tracker.start_run(
                 f"trial_{trial.trial_id}", dict(trial.config), tags={"trial_id": trial.trial_id},
                 parent=self.parent_run)

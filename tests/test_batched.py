@@ -17,6 +17,7 @@ VARIANTS = {
                 "data.subject_norm": "causal"},
     "context, avg pool, no attention": {"model.context": 3, "model.pool": "avg", "model.attention": False,
                                         "model.cbam": False, "model.fc": 0, "model.kernel_size": 5},
+    "bidirectional, no attention": {"model.context": 2, "model.bidirectional": True, "model.attention": False},
 }
 
 
@@ -76,6 +77,17 @@ def test_a_folds_result_does_not_depend_on_its_batch_neighbours(small_table, smo
     np.testing.assert_allclose(together[1].proba, alone[0].proba, atol=1e-5)
     for a, b in zip(together[1].history, alone[0].history):
         assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_dropout_everywhere_trains_and_scores(small_table, smoke_config):
+    """The batched trainer's dropout sites (head and between LSTM layers) with several layers and directions."""
+    config = apply_overrides(smoke_config, {"model.dropout": 0.4, "model.lstm_layers": 3, "model.bidirectional": True,
+                                            "model.context": 3, "train.epochs": 3})
+    plan = make_plan(small_table, config.cv, config.seed)
+    results = run_folds_batched(small_table, plan.folds, [0, 1, 2], config, table_context(small_table, config))
+    for r in results:
+        assert r.epochs_run == 3 and np.isfinite(r.proba).all()
+        assert r.history[-1]["train_loss"] != r.history[0]["train_loss"]
 
 
 def test_run_cv_trainers_agree(small_table, smoke_config):

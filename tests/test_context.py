@@ -144,6 +144,7 @@ def test_baselines_read_exactly_the_models_inputs(small_table, smoke_config, mon
             return self
 
         def predict_proba(self, X):
+            seen.append((X, None))
             return np.full((len(X), 2), 0.5)
 
     monkeypatch.setattr(emoma.cv, "BASELINES", {"recorder": Recorder})
@@ -157,6 +158,8 @@ def test_baselines_read_exactly_the_models_inputs(small_table, smoke_config, mon
     np.testing.assert_array_equal(X, expected)
     assert X.shape == (len(fold.train), 3 * config.model.n_features)
     np.testing.assert_array_equal(y, table.y[fold.train])
+    test_inputs = seen[1][0]  # scored on the test windows' contexts, the same way
+    np.testing.assert_array_equal(test_inputs, scaled[index[fold.test]].reshape(len(fold.test), -1))
 
 
 def test_leakage_rules_hold_with_context_and_normalisation(small_table, smoke_config):
@@ -209,6 +212,10 @@ def test_statistics_agree_with_scipy():
     expected = stats.wilcoxon(a, b, zero_method="wilcox")
     assert test["statistic"] == expected.statistic and test["p_value"] == pytest.approx(expected.pvalue)
     assert test["n"] == 8 and test["n_nonzero"] == 7 and test["median_diff"] == pytest.approx(np.median(a - b))
+    # by hand: differences 0.5, 2, 3, 4, -2 rank 1, 2.5, 4, 5, 2.5: W+ = 12.5, W- = 2.5, W = min = 2.5
+    small = paired_wilcoxon([1, 2, 3, 4, 5], [0.5, 0, 0, 0, 7])
+    assert small["statistic"] == 2.5 and small["median_diff"] == 2
+    assert bootstrap_ci([0.8, 0.9])["ci_low"] != bootstrap_ci([0.8, 0.9])["ci_low"]  # two subjects: no CI (NaN)
 
 
 def test_predict_rebuilds_normalisation_and_context(small_frame, smoke_config, tmp_path):

@@ -5,7 +5,6 @@ import torch
 import emoma.train
 from emoma.config import ModelConfig, TrainConfig
 from emoma.folds import Samples
-from emoma.metrics import score
 from emoma.train import predict_proba, train_fold
 
 MODEL = ModelConfig(conv_channels=[4], lstm_hidden=8, fc=8, dropout=0.0)
@@ -29,16 +28,49 @@ def test_loss_falls_and_beats_chance():
     assert (predict_proba(fit.model, test).argmax(1) == test.y).mean() > 0.85
 
 
-@pytest.mark.parametrize("metric", ["accuracy", "macro_f1", "balanced_accuracy"])
-def test_best_epoch_is_chosen_on_the_configured_metric(metric):
-    val = separable(80, 1)
-    val.y[:60] = 0  # imbalanced validation set: accuracy and macro-F1 disagree on the best epoch more often
-    fit = train_fold(separable(200, 0), val, n_classes=2, model_cfg=MODEL,
-                     train_cfg=TrainConfig(epochs=12, batch_size=32, lr=3e-3, metric=metric), seed=0)
-    best = max(fit.history, key=lambda h: (h[f"val_{metric}"], -h["val_loss"]))
-    assert fit.best_epoch == best["epoch"]
-    pred = predict_proba(fit.model, val).argmax(1)
-    assert score(val.y, pred, 2)[0][metric] == pytest.approx(best[f"val_{metric}"], abs=1e-6)
+# Validation scores per epoch where the metrics disagree: accuracy peaks at epoch 2, macro-F1 at epoch 4,
+# balanced accuracy ties at epochs 3 and 5 (the lower validation loss, epoch 5, wins).
+SCRIPT = [
+    {"val_loss": 0.70, "val_accuracy": 0.60, "val_balanced_accuracy": 0.50, "val_macro_f1": 0.40},
+    {"val_loss": 0.65, "val_accuracy": 0.80, "val_balanced_accuracy": 0.55, "val_macro_f1": 0.45},
+    {"val_loss": 0.60, "val_accuracy": 0.70, "val_balanced_accuracy": 0.70, "val_macro_f1": 0.60},
+    {"val_loss": 0.62, "val_accuracy": 0.65, "val_balanced_accuracy": 0.65, "val_macro_f1": 0.70},
+    {"val_loss": 0.58, "val_accuracy": 0.60, "val_balanced_accuracy": 0.70, "val_macro_f1": 0.50},
+    {"val_loss": 0.59, "val_accuracy": 0.60, "val_balanced_accuracy": 0.60, "val_macro_f1": 0.50},
+]
+BEST = {"accuracy": 2, "macro_f1": 4, "balanced_accuracy": 5}
+
+
+@pytest.mark.parametrize("metric", list(BEST))
+def test_best_epoch_and_early_stopping_follow_the_configured_metric(metric, monkeypatch):
+    import emoma.batched
+    import emoma.metrics
+
+    selector = emoma.metrics.EpochSelector(patience=0)
+    for epoch, row in enumerate(SCRIPT, 1):
+        selector.update(epoch, row[f"val_{metric}"], row["val_loss"])
+    assert selector.best_epoch == BEST[metric]
+    train_cfg = TrainConfig(epochs=6, batch_size=64, metric=metric, patience=2)
+
+    # the sequential trainer: its validation scores replaced by the script
+    epochs = iter(SCRIPT)
+    monkeypatch.setattr(emoma.train, "validation_scores", lambda *a: dict(next(epochs)))
+    fit = train_fold(separable(100, 0), separable(40, 1), n_classes=2, model_cfg=MODEL, train_cfg=train_cfg, seed=0)
+    assert fit.best_epoch == BEST[metric] and fit.epochs_run == min(6, BEST[metric] + 2)
+
+    # the fold-batched trainer, two folds on the same script
+    keys = ["val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1"]
+    rows = iter(SCRIPT)
+
+    def scripted(forward, leaves, va, class_w, n_classes):
+        row = next(rows)
+        return torch.tensor([[row[k] for k in keys]] * len(va.counts))
+
+    monkeypatch.setattr(emoma.batched, "_validate", scripted)
+    fits = emoma.batched.train_folds([separable(100, 0)] * 2, [separable(40, 1)] * 2, n_classes=2,
+                                     model_cfg=MODEL, train_cfg=train_cfg, seeds=[0, 1])
+    assert [f.best_epoch for f in fits] == [BEST[metric]] * 2
+    assert [f.epochs_run for f in fits] == [min(6, BEST[metric] + 2)] * 2
 
 
 def test_patience_stops_early_and_seed_repeats():

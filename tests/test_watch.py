@@ -32,22 +32,22 @@ def test_a_running_search_can_be_watched_and_is_tracked(tmp_path):
                "--mlflow", uri]
     proc = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     live = tmp_path / "w" / "trials.csv"
-    seen = 0
+    watched = False
     deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline:
+    while proc.poll() is None and time.time() < deadline and not watched:
         if live.is_file():
             rows = pd.read_csv(live)  # always a whole file: written under another name, then renamed
-            seen = max(seen, len(rows))
             if 1 <= len(rows) < 4:
                 assert "(in progress)" in (tmp_path / "w" / "report.md").read_text()
                 status = subprocess.run([sys.executable, str(ROOT / "search.py"), "--status", "--name", "w",
                                          "--storage-path", str(tmp_path)], capture_output=True, text=True, timeout=60)
-                assert status.returncode == 0 and "not finished" in status.stdout
-                assert f"{len(rows)} of 4 trials finished" in status.stdout or "trials finished" in status.stdout
+                assert status.returncode == 0 and "not finished" in status.stdout, status.stderr
+                assert "of 4 trials finished" in status.stdout and rows["trial"].iloc[0] in status.stdout
+                watched = True
         time.sleep(0.2)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert 1 <= seen
+    assert watched, "the running search was never seen with 1-3 finished trials"
     trials = pd.read_csv(live)
     assert len(trials) == 4 and "(in progress)" not in (tmp_path / "w" / "report.md").read_text()
 
