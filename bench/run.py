@@ -9,7 +9,10 @@
 (c) a small search (8 trials, 3 folds, 5 epochs, seed-sized model) with 1 and 2 concurrent trials;
 (d) one fold's plan (scaler + RFE) and one epoch on synthetic tables of growing size, with peak memory
     (each size in its own process);
-(e) where one training step's time goes: torch.profiler over a few epochs of the fold-batched trainer.
+(e) where one training step's time goes: torch.profiler over a few epochs of the fold-batched trainer;
+(p) the fold plan of the issue's command: the full RFE ranking against RFE stopped once the top-10 is settled
+    (time, and whether every fold selects the same features);
+(g) the fold-batched trainer on CUDA (all folds in one model), seconds per fold-epoch, when a GPU is present.
 Figures go to stdout as Markdown rows; copy them into bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -23,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -218,9 +222,52 @@ def part_e(config, table, plan, epochs: int):
     print(events.table(sort_by="self_cpu_time_total", row_limit=12))
 
 
+def part_p(data: str | None):
+    """Full RFE against RFE stopped at the model's top-k: same selected features, fewer rounds."""
+    config = load_config(ROOT / "configs" / "seed.yaml", ["cv.scheme=kfold", "cv.folds=10", "cv.cache_dir=null"],
+                         flags={"data.path": data})
+    table = load_table(config.data)
+    k = config.model.n_features
+    timed = {}
+    for label, smallest in (("full ranking", 0), (f"stopped at top-{k}", k)):
+        start = time.perf_counter()
+        timed[label] = make_plan(table, config.cv, config.seed, smallest)
+        timed[label].seconds = time.perf_counter() - start
+    full, early = timed.values()
+    same = all(np.array_equal(a.selected(k), b.selected(k)) for a, b in zip(full.folds, early.folds))
+    print(f"| (p) fold plan of `cv.py {' '.join(ISSUE_COMMAND)}` (10 folds, RFE 100 trees, step 1, 2 workers) | "
+          + " | ".join(f"{label} {plan.seconds:.1f} s" for label, plan in timed.items())
+          + f" | selected features identical in every fold: {same} |")
+
+
+def part_g(config, table, plan, epochs: int):
+    """The fold-batched trainer on a GPU; says so when there is none."""
+    if not torch.cuda.is_available():
+        print("| (g) CUDA | not measured: no CUDA device on this machine |")
+        return
+    context = table_context(table, config)
+    parts = [fold.samples(table.X, table.y, context, config.model.n_features) for fold in plan.folds]
+    seeds = [fold_seed(config.seed, i) for i in range(len(plan.folds))]
+    for label, overrides in (("seed.yaml", {}), ("seed.yaml with 4 context windows", {"model.context": 4})):
+        cfg = apply_overrides(config, {"train.epochs": epochs, "train.patience": 0, "train.device": "cuda",
+                                       **overrides})
+        parts_k = [fold.samples(table.X, table.y, table_context(table, cfg), cfg.model.n_features)
+                   for fold in plan.folds] if overrides else parts
+        train_folds([p["train"] for p in parts_k], [p["val"] for p in parts_k], n_classes=len(table.class_names),
+                    model_cfg=cfg.model, train_cfg=cfg.train, seeds=seeds)  # warm-up
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        train_folds([p["train"] for p in parts_k], [p["val"] for p in parts_k], n_classes=len(table.class_names),
+                    model_cfg=cfg.model, train_cfg=cfg.train, seeds=seeds)
+        torch.cuda.synchronize()
+        per = (time.perf_counter() - start) / epochs / len(plan.folds)
+        print(f"| (g) CUDA {torch.cuda.get_device_name()}, {label}, {len(plan.folds)} folds in one model | "
+              f"{per:.4f} s per fold-epoch |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", default=["a", "b", "c", "d", "e"], choices=["a", "b", "c", "d", "e"])
+    p.add_argument("--parts", nargs="+", default=["a", "b", "c", "d", "e", "p", "g"], choices=["a", "b", "c", "d", "e", "p", "g"])
     p.add_argument("--data", default=str(REAL) if REAL.is_file() else None,
                    help="table for (a)-(c) (default: the real WESAD table when present, else synthetic)")
     p.add_argument("--ref-epochs", type=int, default=3)
@@ -233,7 +280,7 @@ def main():
         return one_size(args.one_size)
     print(f"data: {args.data or 'synthetic'}; torch {torch.__version__}")
     ref_epoch_s = None
-    if {"a", "b", "e"} & set(args.parts):
+    if {"a", "b", "e", "g"} & set(args.parts):
         config, table, plan = seed_setup(args.data)
     if {"a", "b"} & set(args.parts):
         ref_epoch_s = part_a(config, table, plan, args.ref_epochs, args.emoma_epochs, args.repeats)
@@ -245,6 +292,10 @@ def main():
         part_d(args.rows)
     if "e" in args.parts:
         part_e(config, table, plan, epochs=5)
+    if "p" in args.parts:
+        part_p(args.data)
+    if "g" in args.parts:
+        part_g(config, table, plan, epochs=20)
 
 
 if __name__ == "__main__":

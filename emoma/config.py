@@ -93,7 +93,7 @@ class SearchConfig:
     prune: bool = True  # stop unpromising trials early (search.pruner); the best is chosen among trials that ran every fold
     pruner: str = "wilcoxon"  # wilcoxon: paired test against the best trial on the same folds | asha: ASHA over folds
     wilcoxon_p: float = 0.1  # wilcoxon: stop when the one-sided p-value is below this (Optuna's WilcoxonPruner default)
-    fold_batch: int = 4  # folds a trial trains together as one batched model (0 = all); it reports after each
+    fold_batch: int = 0  # folds a trial trains as one batched model; 0 = all (with pruning: the grace folds, then the rest)
     grace_folds: int = 4  # folds every trial runs before it can be stopped (4: the first a Wilcoxon test can reject at 0.1)
     reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
     cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial (torch uses that many threads)
@@ -224,7 +224,7 @@ def validate(config: Config) -> None:
         ("search.holdout", config.search.holdout >= 0, "0 or more"),
         ("search.pruner", config.search.pruner in PRUNERS, f"one of {', '.join(PRUNERS)}"),
         ("search.wilcoxon_p", 0 < config.search.wilcoxon_p < 1, "between 0 and 1"),
-        ("search.fold_batch", config.search.fold_batch >= 0, "0 (all folds at once) or more"),
+        ("search.fold_batch", config.search.fold_batch >= 0, "0 (automatic) or more"),
         ("search.grace_folds", config.search.grace_folds >= 1, "at least 1"),
         ("search.reduction_factor", config.search.reduction_factor >= 2, "at least 2"),
         ("search.cpus_per_trial", config.search.cpus_per_trial > 0, "positive"),

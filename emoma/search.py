@@ -54,8 +54,8 @@ def run_trial(params: dict, *, tables: dict[str, Table], plans: dict[str, FoldPl
               seed_run: Config, seed_point: dict, fold_order: list[int]) -> None:
     """One configuration's CV, reported to Tune after every fold (step = folds done).
 
-    Folds run `search.fold_batch` at a time as one batched model (`emoma.batched`), in `fold_order`; per-fold
-    metrics are checkpointed, so a restored trial resumes mid-CV. `tables` and `plans` are keyed by
+    Folds run in `fold_order` as batched models (`emoma.batched`, see `fold_groups`); per-fold metrics are
+    checkpointed, so a restored trial resumes mid-CV. `tables` and `plans` are keyed by
     `data.subject_norm`. The seed point runs `seed_run`, the seed configuration exactly. A user error (a bad
     sampled value, a missing device) is reported as such and stops the whole search.
     """
@@ -75,9 +75,7 @@ def run_trial(params: dict, *, tables: dict[str, Table], plans: dict[str, FoldPl
     metric = base.search.metric
     threads = max(1, int(base.search.cpus_per_trial))
     node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
-    todo = [i for i in fold_order if i not in done]
-    size = base.search.fold_batch or len(todo) or 1
-    for group in (todo[a:a + size] for a in range(0, len(todo), size)):
+    for group in fold_groups(fold_order, done, base.search):
         try:
             results = run_folds_batched(table, [plan.folds[i] for i in group], group, config, context,
                                         threads=threads)
@@ -94,6 +92,21 @@ def run_trial(params: dict, *, tables: dict[str, Table], plans: dict[str, FoldPl
                 tune.report({"score": float(np.mean(scores)), "fold": i, "fold_score": result.metrics[metric],
                              "fold_scores": all_scores, "folds_done": len(done), "folds_total": len(fold_order),
                              "node": node, "pid": os.getpid()}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def fold_groups(fold_order: list[int], done: dict, s) -> list[list[int]]:
+    """The folds still to run, as the groups a trial trains as one batched model each: `search.fold_batch` at
+    a time when set; otherwise all of them at once, or, with pruning, the first `grace_folds` (after which a
+    trial may be stopped) and then the rest."""
+    todo = [i for i in fold_order if i not in done]
+    if s.fold_batch:
+        size = s.fold_batch
+    elif s.prune:
+        first = [i for i in fold_order[:s.grace_folds] if i not in done]
+        return [g for g in (first, [i for i in todo if i not in first]) if g]
+    else:
+        size = len(todo) or 1
+    return [todo[a:a + size] for a in range(0, len(todo), size)]
 
 
 # ---------------------------------------------------------------- results

@@ -33,3 +33,14 @@ def real_data():
     if not REAL_DATA.is_file():
         pytest.skip(f"real WESAD table not found at {REAL_DATA}")
     return REAL_DATA
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One in-process Ray (2 CPUs) for a module's tests that search in this process."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, log_to_driver=False, logging_level="WARNING", include_dashboard=False)
+    yield
+    ray.shutdown()

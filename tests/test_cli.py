@@ -1,13 +1,20 @@
-"""End-to-end runs of cv.py in a subprocess, as a user types them."""
+"""End-to-end runs of cv.py as a user types them: in a subprocess, and (for the many error cases) its main()
+in this process, which is the same code without the interpreter's start-up."""
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from conftest import ROOT
+
+_spec = importlib.util.spec_from_file_location("cv_cli", ROOT / "cv.py")
+cv_cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cv_cli)
 
 OUTPUTS = {"config.yaml", "metrics.json", "folds.csv", "history.csv", "predictions.csv", "confusion_matrix.png",
            "learning_curves.png", "report.md"}
@@ -18,6 +25,22 @@ def run_cv(*args, cwd=ROOT, tmp_path=None):
     cache = ["--set", f"cv.cache_dir={tmp_path / 'cache'}"] if tmp_path else []
     return subprocess.run([sys.executable, str(ROOT / "cv.py"), "--no-progress", *cache, *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def cli(capsys):
+    """`python cv.py ARGS` run in this process: (exit code, stdout, stderr)."""
+
+    def run(*args, tmp_path=None):
+        cache = ["--set", f"cv.cache_dir={tmp_path / 'cache'}"] if tmp_path else []
+        try:
+            cv_cli.main(["--no-progress", *cache, *map(str, args)])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    return run
 
 
 def test_smoke_run_writes_every_output(tmp_path):
@@ -35,10 +58,10 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert "subject-wise k-fold" in report and "| LDA |" in report
 
 
-def test_row_wise_protocol_is_labelled(tmp_path):
+def test_row_wise_protocol_is_labelled(cli, tmp_path):
     out = tmp_path / "out"
-    proc = run_cv("--config", str(ROOT / "configs/smoke.yaml"), "--cv", "kfold", "--out", str(out),
-                  "--task", "3class", tmp_path=tmp_path)
+    proc = cli("--config", str(ROOT / "configs/smoke.yaml"), "--cv", "kfold", "--out", str(out),
+               "--task", "3class", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "WARNING: kfold splits rows, not subjects" in proc.stdout
     assert "WARNING: kfold splits rows" in (out / "report.md").read_text()
@@ -78,20 +101,20 @@ def user_error_cases(tmp_path, small_frame, nan_csv):
     ]
 
 
-def test_user_errors_exit_2_with_one_line(tmp_path, small_frame, nan_csv):
-    for args, message in user_error_cases(tmp_path, small_frame, nan_csv):
-        proc = run_cv("--config", str(ROOT / "configs/smoke.yaml"), *args, "--out", str(tmp_path / "o"),
-                      tmp_path=tmp_path)
+def test_user_errors_exit_2_with_one_line(cli, tmp_path, small_frame, nan_csv):
+    for i, (args, message) in enumerate(user_error_cases(tmp_path, small_frame, nan_csv)):
+        proc = cli("--config", str(ROOT / "configs/smoke.yaml"), *args, "--out", str(tmp_path / f"o{i}"),
+                   tmp_path=tmp_path)
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, proc.stderr)
         assert "Traceback" not in proc.stderr
 
 
-def test_drop_nan_flag(tmp_path, nan_csv):
+def test_drop_nan_flag(cli, tmp_path, nan_csv):
     out = tmp_path / "out"
-    proc = run_cv("--config", str(ROOT / "configs/smoke.yaml"), "--data", str(nan_csv), "--drop-nan",
-                  "--out", str(out), tmp_path=tmp_path)
+    proc = cli("--config", str(ROOT / "configs/smoke.yaml"), "--data", str(nan_csv), "--drop-nan",
+               "--out", str(out), tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "metrics.json").read_text())["data"]["dropped_rows"] == 2
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import ray
 import yaml
 
 from emoma.config import load_config
@@ -29,10 +28,8 @@ SMOKE_SPACE = ROOT / "configs" / "smoke_space.yaml"
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, log_to_driver=False, logging_level="WARNING", include_dashboard=False)
+def local_ray(ray_session):
     yield
-    ray.shutdown()
 
 
 def smoke(tmp_path, *sets):
@@ -276,3 +273,15 @@ def test_wilcoxon_pruner_compares_like_with_like(tmp_path):
     assert set(feed(mixed, [0.91, 0.89, 0.92, 0.88, 0.90])) == {"CONTINUE"}
     seed = SimpleNamespace(trial_id="seed", config={"train.lr": 1e-7})  # the seed configuration runs every fold
     assert set(feed(seed, [0.5] * 7)) == {"CONTINUE"}
+
+
+def test_a_trials_folds_are_trained_in_as_few_batched_models_as_pruning_allows():
+    from emoma.config import SearchConfig
+    from emoma.search import fold_groups
+
+    order = [4, 0, 3, 1, 2, 5]
+    assert fold_groups(order, {}, SearchConfig(prune=False)) == [order]
+    assert fold_groups(order, {}, SearchConfig(prune=True, grace_folds=4)) == [[4, 0, 3, 1], [2, 5]]
+    assert fold_groups(order, {0: {}, 4: {}}, SearchConfig(prune=True, grace_folds=4)) == [[3, 1], [2, 5]]
+    assert fold_groups(order, {}, SearchConfig(fold_batch=4)) == [[4, 0, 3, 1], [2, 5]]
+    assert fold_groups(order, {}, SearchConfig(fold_batch=1)) == [[f] for f in order]

@@ -1,9 +1,11 @@
-"""search.py as a user types it: resume from the manifest, flags that mean what they say, refused resources,
-user errors inside trials."""
+"""search.py's command line, run in this process (one shared Ray): resume from the manifest, flags that mean
+what they say, refused resources; and (in a process of its own) a user error inside a trial."""
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
@@ -14,22 +16,41 @@ from conftest import ROOT
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 SMOKE_SPACE = ROOT / "configs" / "smoke_space.yaml"
+_spec = importlib.util.spec_from_file_location("search_cli", ROOT / "search.py")
+search_cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(search_cli)
 
 
-def search(tmp_path, *args, timeout=400):
-    command = [sys.executable, str(ROOT / "search.py"), "--config", str(SMOKE), "--space", str(SMOKE_SPACE),
-               "--seed-config", str(SMOKE), "--storage-path", str(tmp_path), "--set", f"cv.cache_dir={tmp_path}/cache",
-               *map(str, args)]
-    return subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-                          capture_output=True, text=True, timeout=timeout)
+@pytest.fixture(scope="module", autouse=True)
+def shared_ray(ray_session):
+    yield
 
 
-def resume(tmp_path, name, *args):
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `python search.py ARGS` in this process; returns (exit code, stdout, stderr)."""
+
+    def run(*args):
+        argv = [str(a) for a in args]
+        monkeypatch.setattr(sys, "argv", ["search.py", *argv])
+        try:
+            search_cli.main(argv)
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    return run
+
+
+def search(cli, tmp_path, *args):
+    return cli("--config", SMOKE, "--space", SMOKE_SPACE, "--seed-config", SMOKE, "--storage-path", tmp_path,
+               "--set", f"cv.cache_dir={tmp_path}/cache", *args)
+
+
+def resume(cli, tmp_path, name, *args):
     """--resume as a user types it: only the name and what changes (no --config, --space, --seed-config)."""
-    command = [sys.executable, str(ROOT / "search.py"), "--resume", "--name", name, "--storage-path", str(tmp_path),
-               *map(str, args)]
-    return subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-                          capture_output=True, text=True, timeout=400)
+    return cli("--resume", "--name", name, "--storage-path", tmp_path, *args)
 
 
 def one_error_line(proc, message):
@@ -43,8 +64,15 @@ def one_error_line(proc, message):
 def finished(tmp_path_factory):
     """A finished 3-trial search named e."""
     tmp_path = tmp_path_factory.mktemp("exp")
-    proc = search(tmp_path, "--name", "e", "--num-samples", 3, "--cv", "group-kfold", "--folds", 2, "--seed", 1)
-    assert proc.returncode == 0, proc.stderr
+    argv = ["--config", SMOKE, "--space", SMOKE_SPACE, "--seed-config", SMOKE, "--storage-path", tmp_path, "--set",
+            f"cv.cache_dir={tmp_path}/cache", "--name", "e", "--num-samples", 3, "--cv", "group-kfold", "--folds", 2,
+            "--seed", 1]
+    saved = sys.argv
+    sys.argv = ["search.py", *map(str, argv)]
+    try:
+        search_cli.main([str(a) for a in argv])
+    finally:
+        sys.argv = saved
     return tmp_path
 
 
@@ -64,15 +92,15 @@ def test_manifest_records_the_experiment(finished):
     (["--num-samples", 2], "--num-samples 2 is fewer than the experiment's 3"),
     (["--outer", "loso"], "was a single search: drop --outer loso"),
 ])
-def test_a_resume_that_contradicts_the_manifest_stops(finished, args, message):
-    one_error_line(resume(finished, "e", *args), message)
+def test_a_resume_that_contradicts_the_manifest_stops(cli, finished, args, message):
+    one_error_line(resume(cli, finished, "e", *args), message)
 
 
-def test_resume_extends_explicitly_and_never_loops(finished):
-    again = resume(finished, "e")  # finished: nothing to run, nothing to re-run
+def test_resume_extends_explicitly_and_never_loops(cli, finished):
+    again = resume(cli, finished, "e")  # finished: nothing to run, nothing to re-run
     assert again.returncode == 0, again.stderr
     assert len(pd.read_csv(finished / "e" / "trials.csv")) == 3
-    more = resume(finished, "e", "--num-samples", 4)
+    more = resume(cli, finished, "e", "--num-samples", 4)
     assert more.returncode == 0, more.stderr
     assert "extending the search from 3 to 4 trials" in more.stdout
     trials = pd.read_csv(finished / "e" / "trials.csv")
@@ -81,14 +109,14 @@ def test_resume_extends_explicitly_and_never_loops(finished):
         optuna.storages.journal.JournalFileBackend(str(finished / "e" / "optuna_study.log"))))
     assert len(study.trials) == 4  # the extension continued the same Optuna study
     assert json.loads((finished / "e" / "manifest.json").read_text())["num_samples"] == 4
-    assert resume(finished, "e").returncode == 0  # and it resumes again without repeating --num-samples
+    assert resume(cli, finished, "e").returncode == 0  # and it resumes again without repeating --num-samples
 
 
-def test_epochs_and_set_fix_a_searched_key(tmp_path):
+def test_epochs_and_set_fix_a_searched_key(cli, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("train.epochs: {choice: [20, 30]}\ntrain.lr: {float: [1e-3, 1e-2], log: true}\n"
                      "model.n_features: {int: [3, 8]}\n")
-    proc = search(tmp_path, "--name", "f", "--space", space, "--num-samples", 2, "--epochs", 1, "--cv", "group-kfold",
+    proc = search(cli, tmp_path, "--name", "f", "--space", space, "--num-samples", 2, "--epochs", 1, "--cv", "group-kfold",
                   "--folds", 2, "--set", "train.lr=3e-3")
     assert proc.returncode == 0, proc.stderr
     assert "train.epochs fixed at 1 by the command line: not searched" in proc.stdout
@@ -100,8 +128,9 @@ def test_epochs_and_set_fix_a_searched_key(tmp_path):
     assert held["epochs_run"] == 1
 
 
-def test_folds_without_a_k_fold_protocol_is_an_error(tmp_path):
-    one_error_line(search(tmp_path, "--cv", "loso", "--folds", 3), "--folds 3 does not apply to leave-one-subject-out")
+def test_folds_without_a_k_fold_protocol_is_an_error(cli, tmp_path):
+    one_error_line(search(cli, tmp_path, "--cv", "loso", "--folds", 3),
+                   "--folds 3 does not apply to leave-one-subject-out")
     proc = subprocess.run([sys.executable, str(ROOT / "cv.py"), "--config", str(SMOKE), "--cv", "loso", "--folds", "3"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     one_error_line(proc, "use --cv group-kfold --folds 3")
@@ -111,9 +140,15 @@ def test_folds_without_a_k_fold_protocol_is_an_error(tmp_path):
     (["--gpus-per-trial", 1], "--gpus-per-trial 1 cannot be met: no node of the cluster has a GPU"),
     (["--cpus-per-trial", 64], "--cpus-per-trial 64 is more than any node of the cluster has"),
 ])
-def test_impossible_resources_are_refused_before_any_trial(tmp_path, args, message):
-    one_error_line(search(tmp_path, "--name", "r", *args, timeout=120), message)
+def test_impossible_resources_are_refused_before_any_trial(cli, tmp_path, args, message):
+    one_error_line(search(cli, tmp_path, "--name", "r", *args), message)
     assert not list((tmp_path / "r").glob("trial_*"))
+
+
+def process(tmp_path, *args):
+    """search.py in a process of its own (the search interrupts itself on a user error)."""
+    return subprocess.run([sys.executable, str(ROOT / "search.py"), *map(str, args)], cwd=tmp_path,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True, timeout=400)
 
 
 def test_a_user_error_inside_a_trial_ends_the_search_without_retries(tmp_path):
@@ -121,12 +156,14 @@ def test_a_user_error_inside_a_trial_ends_the_search_without_retries(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    proc = search(tmp_path, "--name", "u", "--device", "cuda", "--num-samples", 3, "--max-concurrent", 1)
+    common = ["--storage-path", tmp_path, "--name", "u"]
+    proc = process(tmp_path, "--config", SMOKE, "--space", SMOKE_SPACE, "--seed-config", SMOKE, *common, "--set",
+                   f"cv.cache_dir={tmp_path}/cache", "--device", "cuda", "--num-samples", 3, "--max-concurrent", 1)
     one_error_line(proc, "train.device=cuda but no CUDA device is available")
     results = list((tmp_path / "u").glob("trial_*/result.json"))
     assert len(results) == 1  # the first trial reported the error; no other trial started
     assert len(results[0].read_text().strip().splitlines()) == 1  # and it was not retried
-    fixed = resume(tmp_path, "u", "--device", "cpu")  # the device is where trials run: it may change on resume
+    fixed = process(tmp_path, "--resume", *common, "--device", "cpu")  # where trials run may change on resume
     assert fixed.returncode == 0, fixed.stderr
     trials = pd.read_csv(tmp_path / "u" / "trials.csv")
     # the interrupted trial runs again on the CPU (or, if it had already ended, stays marked as an error)

@@ -20,6 +20,7 @@ from conftest import ROOT
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    ray.shutdown()  # a driver attaches to one Ray at a time
     # own temp folder: Cluster writes ray_current_cluster there, which a plain ray.init() would attach to
     before = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray"))
