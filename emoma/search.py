@@ -10,11 +10,14 @@ once on the held-out subjects.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -341,7 +344,8 @@ def _run_tune(storage: ExperimentStorage, manifest: Manifest, config: Config, sp
             tuner = _new_tuner(storage, config, space, seed_point if i == 0 else None, trainable, resources, run,
                                len(manifest.fold_order), verbose, watchers, seed=config.seed + i)
         try:
-            grid = tuner.fit()
+            with _own_signal_handlers():
+                grid = tuner.fit()
         finally:
             storage.upload(STUDY_FILE, STOP_REASONS_FILE)
         errors = [r.metrics["user_error"] for r in grid if (r.metrics or {}).get("user_error")
@@ -353,6 +357,21 @@ def _run_tune(storage: ExperimentStorage, manifest: Manifest, config: Config, sp
             raise Interrupted(f"search {manifest.name} stopped with {max(unfinished, 1)} trials unfinished")
         grids.append(grid)
     return grids
+
+
+@contextlib.contextmanager
+def _own_signal_handlers():
+    """Tune installs SIGINT/SIGUSR1 handlers that end its run, and leaves them installed after it: without this, a
+    Ctrl-C during the final retraining would be swallowed by a handler whose run is over."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _refresh_scheduler(scheduler, storage: ExperimentStorage) -> None:

@@ -34,7 +34,7 @@ def test_round_trip_and_versions(manifest):
 
 def test_repeating_nothing_or_the_same_values_resumes(manifest):
     check_resume(manifest, resumed(manifest), None, None, None)
-    check_resume(manifest, resumed(manifest, ["seed=3"], {"search.cpus_per_trial": 2.0}), None, None, None)
+    check_resume(manifest, resumed(manifest, ["seed=3"], {"cv.jobs": 2, "train.device": "cpu"}), None, None, None)
 
 
 @pytest.mark.parametrize("overrides, flags, message", [
@@ -43,6 +43,7 @@ def test_repeating_nothing_or_the_same_values_resumes(manifest):
     ([], {"data.path": "other.csv"}, "--resume: data.path was None"),
     ([], {"search.metric": "accuracy"}, "search.metric was 'macro_f1'"),
     ([], {"search.num_samples": 5}, "--num-samples 5 is fewer than the experiment's 8"),
+    ([], {"search.cpus_per_trial": 2.0}, "search.cpus_per_trial was 1.0"),  # Tune keeps a restored run's resources
 ])
 def test_a_contradicting_command_line_names_the_first_differing_field(manifest, overrides, flags, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):

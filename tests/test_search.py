@@ -21,7 +21,7 @@ from emoma.search import load_study, run_search
 from emoma.space import load_space, params_to_overrides, space_point
 from emoma.synthetic import make_frame
 
-from conftest import ROOT
+from conftest import ROOT, interruptible
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 SMOKE_SPACE = ROOT / "configs" / "smoke_space.yaml"
@@ -181,15 +181,17 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
     args = [sys.executable, str(ROOT / "search.py"), "--config", str(SMOKE), "--space", str(SMOKE_SPACE),
             "--seed-config", str(SMOKE), "--num-samples", "4", "--max-concurrent", "1", "--name", "r",
             "--storage-path", str(tmp_path), "--set", f"cv.cache_dir={tmp_path / 'cache'}",
-            "--set", "train.epochs=6"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not _finished_trials(tmp_path / "r") and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
+            "--set", "train.epochs=10"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(interruptible(args), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    progress = []
+    while proc.poll() is None and not any("trials 1/4 finished" in line for line in progress):
+        progress.append(proc.stderr.readline())  # the progress line, printed as each trial ends
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # the second trial is running
     out, err = proc.communicate(timeout=120)
+    err = "".join(progress) + err
     assert proc.returncode == 130, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("interrupted: ") and "--resume --name r" in last and "Traceback" not in err, err

@@ -46,14 +46,14 @@ def cluster(tmp_path_factory):
 def test_trials_spread_over_nodes_and_never_read_the_csv(cluster, tmp_path, monkeypatch):
     csv = tmp_path / "merged.csv"
     make_frame(seed=2).to_csv(csv)
-    real_load = emoma.search.load_table
+    real_fingerprint = emoma.search.data_fingerprint
 
-    def load_then_delete(cfg):  # trials that tried to read the CSV would fail
-        table = real_load(cfg)
+    def fingerprint_then_delete(table, path):  # the driver's last read: trials that read the CSV would fail
+        fingerprint = real_fingerprint(table, path)
         csv.unlink()
-        return table
+        return fingerprint
 
-    monkeypatch.setattr(emoma.search, "load_table", load_then_delete)
+    monkeypatch.setattr(emoma.search, "data_fingerprint", fingerprint_then_delete)
     smoke = ROOT / "configs" / "smoke.yaml"
     config = load_config(smoke, [f"data.path={csv}", f"cv.cache_dir={tmp_path / 'cache'}", "cv.folds=2",
                                  "search.num_samples=6", "cv.jobs=2", "train.epochs=15"])
