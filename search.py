@@ -33,7 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU: 0.25 runs four trials per GPU")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
     p.add_argument("--prune", action=argparse.BooleanOptionalAction,
-                   help="stop unpromising trials after --grace folds (default: on; --no-prune runs every fold)")
+                   help="stop unpromising trials once they have run search.grace_folds folds (default 4; --no-prune runs every fold)")
     p.add_argument("--pruner", choices=PRUNERS, help="wilcoxon (default): paired test against the best trial on "
                                                      "the same folds; asha: ASHA over folds")
     p.add_argument("--holdout", type=int, help="subjects held out of the search for the final test (default 3)")
