@@ -28,7 +28,7 @@ from emoma.model import ChannelAttention, CNNLSTM, SpatialAttention, build_model
 from emoma.train import EVAL_CHUNK, FoldFit, class_weights, epoch_line, resolve_device
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as in train_fold
-DROPOUT_MASK_BYTES = 1 << 25  # dropout masks are drawn for as many steps at once as fit in 32 MB (at most 32)
+DROPOUT_FOLD_BYTES = 1 << 22  # each fold draws its dropout masks for as many steps at once as fit in 4 MB (max 32)
 
 
 def _tanh(x):
@@ -296,6 +296,8 @@ def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, mod
     alive = list(range(K))  # original fold number of each row of the batch
     bs = train_cfg.batch_size
     p_drop = model_cfg.dropout if model_cfg.dropout > 0 else 0.0
+    drop_shapes = forward.dropout_shapes(bs, tr.index.shape[2] * _positions(models[0], n_inputs), models[0])
+    chunk = max(1, min(32, DROPOUT_FOLD_BYTES // (4 * sum(math.prod(shape) for shape in drop_shapes))))
 
     def rebind():
         params = layout.views(flat)
@@ -315,14 +317,15 @@ def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, mod
         valid = (torch.arange(n_steps * bs, device=device)[None] < tr.n[:, None]).float()  # (K, n_steps*bs)
         loss_sum = torch.zeros(len(alive), device=device)
         correct = torch.zeros(len(alive), device=device)
-        drop_masks, drawn = None, 0
+        own_steps = [-(-n // bs) for n in counts]
+        drop_masks = None
         for s in range(n_steps):
-            if p_drop and s == drawn:
-                drop_masks = _draw_dropout(forward, models[0], alive, dropout_gen, n_steps - s, bs, tr, p_drop, device)
-                first, drawn = s, s + drop_masks[0].shape[1]
+            if p_drop and s % chunk == 0:
+                drop_masks = _draw_dropout(drop_shapes, [dropout_gen[f] for f in alive], own_steps, s, chunk,
+                                           p_drop, device)
             rows, weight = order[:, s * bs:(s + 1) * bs], valid[:, s * bs:(s + 1) * bs]  # (K, bs)
             x, mask, y = tr.batch(rows)
-            drop = None if not p_drop else [d[:, s - first] for d in drop_masks]
+            drop = None if not p_drop else [d[:, s % chunk] for d in drop_masks]
             logits = forward(leaves, x, mask, drop)  # (K, bs, C)
             per_row = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (K, bs)
             w = class_w.gather(1, y) * weight
@@ -371,17 +374,20 @@ def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, mod
     return fits
 
 
-def _draw_dropout(forward, model, alive, generators, steps_left, bs, tr, p, device):
-    """Keep-masks scaled by 1/(1-p) for the next steps (as many as fit in DROPOUT_MASK_BYTES, at most 32):
-    per dropout site (K, steps, ...), each fold's from its own generator."""
-    S = tr.index.shape[2] * _positions(model, tr.X.shape[2])
-    shapes = forward.dropout_shapes(bs, S, model)
-    per_step = 4 * len(alive) * sum(math.prod(shape) for shape in shapes)
-    n_steps = max(1, min(32, steps_left, DROPOUT_MASK_BYTES // per_step))
+def _draw_dropout(shapes, generators, own_steps, start, chunk, p, device):
+    """Keep-masks scaled by 1/(1-p) for steps start..start+chunk, per dropout site (K, chunk, ...). Each fold's
+    come from its own generator, drawn for its own steps only (steps past its rows keep everything), so what a
+    fold draws never depends on the folds that share its batch or on when they stop."""
     out = []
     for shape in shapes:
-        masks = [(torch.rand((n_steps, *shape), generator=generators[f], device=device) >= p) for f in alive]
-        out.append(torch.stack(masks).float() / (1 - p))
+        per_fold = []
+        for generator, own in zip(generators, own_steps):
+            keep = torch.ones((chunk, *shape), device=device)
+            n = min(chunk, own - start)
+            if n > 0:
+                keep[:n] = torch.rand((n, *shape), generator=generator, device=device) >= p
+            per_fold.append(keep)
+        out.append(torch.stack(per_fold) / (1 - p))
     return out
 
 

@@ -102,6 +102,8 @@ class BaselineKeepingASHA(ASHAScheduler):
         self.baseline, self.reasons = baseline, reasons
 
     def on_trial_result(self, tune_controller, trial, result):
+        if not result.get("decide", True):  # the trial's next folds are already trained: stopping saves nothing
+            return TrialScheduler.CONTINUE
         action = super().on_trial_result(tune_controller, trial, result)
         if same_params(trial.config, self.baseline):
             return TrialScheduler.CONTINUE
@@ -139,7 +141,7 @@ class WilcoxonFoldPruner(FIFOScheduler):
         if len(mine) == self.folds_total:
             self.complete.add(trial.trial_id)
             return TrialScheduler.CONTINUE
-        if len(mine) < self.min_folds or same_params(trial.config, self.baseline):
+        if len(mine) < self.min_folds or not result.get("decide", True) or same_params(trial.config, self.baseline):
             return TrialScheduler.CONTINUE
         best = self.best_complete()
         if best is None or best == trial.trial_id:

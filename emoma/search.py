@@ -87,6 +87,8 @@ def run_trial(params: dict, *, tables: dict[str, Table], plans: dict[str, FoldPl
             return
         for i, result in zip(group, results):
             done[i] = {**result.metrics, "epochs_run": result.epochs_run, "seconds": result.seconds}
+            # a pruner may stop the trial only where that saves work: after a group, before the next one
+            decide = i == group[-1] and len(done) < len(fold_order)
             scores = [done[j][metric] for j in fold_order if j in done]
             with tempfile.TemporaryDirectory() as folder:
                 (Path(folder) / "folds.json").write_text(json.dumps(done))
@@ -94,22 +96,19 @@ def run_trial(params: dict, *, tables: dict[str, Table], plans: dict[str, FoldPl
                 all_scores = json.dumps({j: done[j][metric] for j in fold_order if j in done})
                 tune.report({"score": float(np.mean(scores)), "fold": i, "fold_score": result.metrics[metric],
                              "fold_scores": all_scores, "folds_done": len(done), "folds_total": len(fold_order),
-                             "node": node, "pid": os.getpid()}, checkpoint=tune.Checkpoint.from_directory(folder))
+                             "decide": decide, "node": node, "pid": os.getpid()},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def fold_groups(fold_order: list[int], done: dict, s) -> list[list[int]]:
-    """The folds still to run, as the groups a trial trains as one batched model each: `search.fold_batch` at
-    a time when set; otherwise all of them at once, or, with pruning, the first `grace_folds` (after which a
-    trial may be stopped) and then the rest."""
+    """The folds still to run, as the groups a trial trains as one batched model each: all of them at once, or,
+    with pruning, the first `grace_folds` (after which a trial may be stopped) and then the rest; each part cut
+    into `search.fold_batch` folds at a time when that is set. A pruner decides only at the end of a group."""
     todo = [i for i in fold_order if i not in done]
-    if s.fold_batch:
-        size = s.fold_batch
-    elif s.prune:
-        first = [i for i in fold_order[:s.grace_folds] if i not in done]
-        return [g for g in (first, [i for i in todo if i not in first]) if g]
-    else:
-        size = len(todo) or 1
-    return [todo[a:a + size] for a in range(0, len(todo), size)]
+    first = [i for i in fold_order[:s.grace_folds] if i not in done] if s.prune else []
+    parts = [p for p in (first, [i for i in todo if i not in first]) if p]
+    size = s.fold_batch or len(fold_order)
+    return [part[a:a + size] for part in parts for a in range(0, len(part), size)]
 
 
 # ---------------------------------------------------------------- results

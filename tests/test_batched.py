@@ -69,14 +69,20 @@ def test_batched_folds_match_sequential(small_table, smoke_config, variant):
 
 
 def test_a_folds_result_does_not_depend_on_its_batch_neighbours(small_table, smoke_config):
-    config = apply_overrides(smoke_config, {"model.dropout": 0.3, "train.epochs": 3, "model.context": 2})
+    """With dropout, LOSO folds of different sizes (so different steps per epoch), neighbours that stop early."""
+    config = apply_overrides(smoke_config, {"model.dropout": 0.3, "train.epochs": 10, "train.patience": 1,
+                                            "model.context": 2, "cv.scheme": "loso", "train.batch_size": 2})
     plan = make_plan(small_table, config.cv, config.seed)
+    assert len({len(f.train) for f in plan.folds}) > 1
     context = table_context(small_table, config)
-    together = run_folds_batched(small_table, plan.folds, [0, 1, 2], config, context)
-    alone = run_folds_batched(small_table, plan.folds[1:2], [1], config, context)
-    np.testing.assert_allclose(together[1].proba, alone[0].proba, atol=1e-5)
-    for a, b in zip(together[1].history, alone[0].history):
-        assert a == pytest.approx(b, abs=1e-5)
+    together = run_folds_batched(small_table, plan.folds, list(range(len(plan.folds))), config, context)
+    assert len({r.epochs_run for r in together}) > 1, "expected some folds to stop before others"
+    for i in (0, len(plan.folds) - 1):
+        alone = run_folds_batched(small_table, plan.folds[i:i + 1], [i], config, context)[0]
+        np.testing.assert_allclose(together[i].proba, alone.proba, atol=1e-5)
+        assert len(together[i].history) == len(alone.history)
+        for a, b in zip(together[i].history, alone.history):
+            assert a == pytest.approx(b, abs=1e-5)
 
 
 def test_dropout_everywhere_trains_and_scores(small_table, smoke_config):

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -183,15 +184,24 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
             "--storage-path", str(tmp_path), "--set", f"cv.cache_dir={tmp_path / 'cache'}",
             "--set", "train.epochs=10"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(interruptible(args), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(interruptible(args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    progress = []
-    while proc.poll() is None and not any("trials 1/4 finished" in line for line in progress):
-        progress.append(proc.stderr.readline())  # the progress line, printed as each trial ends
-    assert proc.poll() is None, proc.communicate()
+    progress = []  # stderr lines as they come: the progress line is printed as each trial ends
+
+    def read():
+        for line in iter(proc.stderr.readline, ""):
+            progress.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and not any("trials 1/4" in x for x in list(progress)):
+        time.sleep(0.05)
+    assert proc.poll() is None and time.time() < deadline, "".join(progress)
     proc.send_signal(signal.SIGINT)  # the second trial is running
-    out, err = proc.communicate(timeout=120)
-    err = "".join(progress) + err
+    proc.wait(timeout=120)
+    reader.join(timeout=30)
+    err = "".join(progress)
     assert proc.returncode == 130, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("interrupted: ") and "--resume --name r" in last and "Traceback" not in err, err
@@ -249,6 +259,7 @@ def test_asha_never_stops_the_seed_configuration(tmp_path):
     assert scheduler.on_trial_result(None, good, {"folds_done": 1, "score": 0.9}) == "CONTINUE"
     assert scheduler.on_trial_result(None, seed, {"folds_done": 1, "score": 0.3}) == "CONTINUE"
     # another configuration that scores as badly is stopped at the same rung
+    assert scheduler.on_trial_result(None, other, {"folds_done": 1, "score": 0.3, "decide": False}) == "CONTINUE"
     assert scheduler.on_trial_result(None, other, {"folds_done": 1, "score": 0.3}) == "STOP"
 
 
@@ -275,6 +286,11 @@ def test_wilcoxon_pruner_compares_like_with_like(tmp_path):
     assert set(feed(mixed, [0.91, 0.89, 0.92, 0.88, 0.90])) == {"CONTINUE"}
     seed = SimpleNamespace(trial_id="seed", config={"train.lr": 1e-7})  # the seed configuration runs every fold
     assert set(feed(seed, [0.5] * 7)) == {"CONTINUE"}
+    # a report in the middle of a trained group is never a stop: its next folds are trained already
+    behind = SimpleNamespace(trial_id="behind", config={"train.lr": 4e-3})
+    mid_group = {"fold_scores": json.dumps(dict(enumerate([0.80, 0.81, 0.79, 0.82, 0.80]))), "decide": False}
+    assert pruner.on_trial_result(None, behind, mid_group) == "CONTINUE"
+    assert pruner.on_trial_result(None, behind, {**mid_group, "decide": True}) == "STOP"
 
 
 def test_a_trials_folds_are_trained_in_as_few_batched_models_as_pruning_allows():
@@ -287,3 +303,6 @@ def test_a_trials_folds_are_trained_in_as_few_batched_models_as_pruning_allows()
     assert fold_groups(order, {0: {}, 4: {}}, SearchConfig(prune=True, grace_folds=4)) == [[3, 1], [2, 5]]
     assert fold_groups(order, {}, SearchConfig(fold_batch=4)) == [[4, 0, 3, 1], [2, 5]]
     assert fold_groups(order, {}, SearchConfig(fold_batch=1)) == [[f] for f in order]
+    # fold_batch cuts each part; the grace folds still end a group, where the pruner decides
+    assert fold_groups(order, {}, SearchConfig(fold_batch=3)) == [[4, 0, 3], [1], [2, 5]]
+    assert fold_groups(order, {}, SearchConfig(fold_batch=3, prune=False)) == [[4, 0, 3], [1, 2, 5]]
