@@ -20,7 +20,7 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.lr=0.0005 (repeatable)")
     p.add_argument("--drop-nan", action="store_true", help="drop rows with NaN/inf features instead of failing")
-    p.add_argument("--baselines", action="store_true", help="also score LDA and random forest on the same folds")
+    p.add_argument("--baselines", action="store_true", help="also score LDA, logistic regression and a random forest on the same folds and inputs")
     p.add_argument("--out", help="output folder (default: results/cv/NAME-TIMESTAMP; never shared by two runs)")
     p.add_argument("--resume", metavar="OUT", help="continue the interrupted run in OUT: its finished folds are kept")
     p.add_argument("-v", "--verbose", action="store_true", help="print loss and accuracy of every epoch")
