@@ -34,8 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
     p.add_argument("--prune", action=argparse.BooleanOptionalAction,
                    help="stop unpromising trials once they have run search.grace_folds folds (default 4; --no-prune runs every fold)")
-    p.add_argument("--pruner", choices=PRUNERS, help="wilcoxon (default): paired test against the best trial on "
-                                                     "the same folds; asha: ASHA over folds")
+    p.add_argument("--pruner", choices=PRUNERS, help="asha (default): ASHA over folds; wilcoxon: paired test "
+                                                     "against the best trial on the same folds")
     p.add_argument("--holdout", type=int, help="subjects held out of the search for the final test (default 3)")
     p.add_argument("--holdout-subjects", help="comma-separated subject ids to hold out, e.g. 2,5,11")
     p.add_argument("--outer", choices=("loso",), help="nested CV: the whole search once per held-out subject")

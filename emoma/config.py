@@ -91,7 +91,7 @@ class SearchConfig:
     holdout: int = 3  # subjects held out of the whole search, drawn with the seed so every class is present
     holdout_subjects: list = field(default_factory=list)  # explicit held-out subject ids (overrides holdout)
     prune: bool = True  # stop unpromising trials early (search.pruner); the best is chosen among trials that ran every fold
-    pruner: str = "wilcoxon"  # wilcoxon: paired test against the best trial on the same folds | asha: ASHA over folds
+    pruner: str = "asha"  # asha: ASHA over folds | wilcoxon: paired test against the best trial on the same folds
     wilcoxon_p: float = 0.1  # wilcoxon: stop when the one-sided p-value is below this (Optuna's WilcoxonPruner default)
     fold_batch: int = 0  # folds a trial trains as one batched model; 0 = all (with pruning: the grace folds, then the rest)
     grace_folds: int = 4  # folds every trial runs before it can be stopped (4: the first a Wilcoxon test can reject at 0.1)

@@ -100,6 +100,11 @@ def run_trial(params: dict, *, tables: dict[str, Table], plans: dict[str, FoldPl
                             checkpoint=tune.Checkpoint.from_directory(folder))
 
 
+def pruning(s, n_folds: int) -> bool:
+    """Whether trials may be stopped early: pruning is on and folds are left after the grace folds."""
+    return s.prune and n_folds > s.grace_folds
+
+
 def fold_groups(fold_order: list[int], done: dict, s) -> list[list[int]]:
     """The folds still to run, as the groups a trial trains as one batched model each: all of them at once, or,
     with pruning, the first `grace_folds` (after which a trial may be stopped) and then the rest; each part cut
@@ -238,7 +243,8 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
         seed_trial=seed_trial, best=best, best_config=best_config, seed_config=exp.seed_run, held=held,
         feature_names=table.feature_names, class_names=table.class_names, space=space,
         importances=param_importances(exp.storage.local, name), seconds=time.perf_counter() - start,
-        pruner=config.search.pruner if config.search.prune else "none", notes=list(plan.notes) + exp.notes,
+        pruner=config.search.pruner if pruning(config.search, len(exp.manifest.fold_order)) else "none",
+        notes=list(plan.notes) + exp.notes,
         window_s=window_length(exp.raw, config.data.window_s))
 
 
@@ -286,6 +292,9 @@ def prepare_experiment(config: Config, space: dict, seed_config: Config, storage
     elif manifest.plan_keys != keys:
         raise UserError(f"--resume: the fold plans of experiment {name} cannot be rebuilt the same way (plan keys "
                         f"{manifest.plan_keys} then, {keys} now; another EmoMA version?): start a new experiment")
+    if config.search.prune and not pruning(config.search, len(manifest.fold_order)):
+        notes.append(f"no pruning: every trial runs its {len(manifest.fold_order)} folds, no more than "
+                     f"search.grace_folds ({config.search.grace_folds}), so stopping a trial would save nothing")
     for note in notes:
         log(f"note: {note}")
     return Experiment(storage, manifest, raw, holdout, tables, search_tables, smallest_k, seed_run, seed_point, notes)
@@ -396,10 +405,10 @@ def _new_tuner(storage: ExperimentStorage, config: Config, space: dict, seed_poi
     reasons = StopReasons(storage.local / STOP_REASONS_FILE)
     baseline = seed_point or {"__none__": None}
     scheduler = None
-    if s.prune and s.pruner == "asha":
+    if pruning(s, n_folds) and s.pruner == "asha":
         scheduler = BaselineKeepingASHA(baseline, reasons, time_attr="folds_done", max_t=n_folds,
                                         grace_period=s.grace_folds, reduction_factor=s.reduction_factor)
-    elif s.prune:
+    elif pruning(s, n_folds):
         earlier = {t.trial_id: t.fold_scores for t in read_trials(storage.local / "trials.csv").values()}
         scheduler = WilcoxonFoldPruner(baseline, reasons, min_folds=s.grace_folds, p_threshold=s.wilcoxon_p,
                                        folds_total=n_folds, earlier=earlier)

@@ -121,6 +121,8 @@ def test_epochs_and_set_fix_a_searched_key(cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "train.epochs fixed at 1 by the command line: not searched" in proc.stdout
     assert "train.lr fixed at 0.003" in proc.stdout
+    # 2 folds, no more than the grace folds: ASHA (the default) could stop nothing, and says so
+    assert "note: no pruning: every trial runs its 2 folds, no more than search.grace_folds (4)" in proc.stdout
     trials = pd.read_csv(tmp_path / "f" / "trials.csv")
     assert not [c for c in trials.columns if c in ("param.train.epochs", "param.train.lr")]
     assert yaml.safe_load((tmp_path / "f" / "best_config.yaml").read_text())["train"]["epochs"] == 1
