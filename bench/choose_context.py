@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoma.config import DataConfig, apply_overrides, load_config
+from emoma.config import apply_overrides, load_config
 from emoma.context import normalise_subjects
 from emoma.cv import run_cv
 from emoma.data import table_from_frame
@@ -36,7 +36,7 @@ CANDIDATES = {
 def macro_f1(seed: int, task: str, overrides: dict) -> float:
     config = apply_overrides(load_config(ROOT / "configs" / "default.yaml", []),
                              {**overrides, "data.task": task, "cv.scheme": "loso"})
-    table = table_from_frame(make_frame(seed=seed), DataConfig(task=task), source=f"synthetic seed {seed}")
+    table = table_from_frame(make_frame(seed=seed), config.data, source=f"synthetic seed {seed}")
     table = normalise_subjects(table, config.data)
     plan = make_plan(table, config.cv, config.seed)
     return run_cv(table, plan, config, progress=False).summary()["macro_f1"]["mean"]
