@@ -1,5 +1,6 @@
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -53,3 +54,14 @@ def interruptible(command):
     prelude = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
     return [command[0], "-c", prelude, *map(str, command[1:])]
+
+
+def run_in_process(main, argv, capsys):
+    """A CLI's `main(argv)` run in this process: its exit code, stdout and stderr, as subprocess.run gives them."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)

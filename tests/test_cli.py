@@ -5,12 +5,11 @@ import json
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_in_process
 
 _spec = importlib.util.spec_from_file_location("cv_cli", ROOT / "cv.py")
 cv_cli = importlib.util.module_from_spec(_spec)
@@ -33,13 +32,7 @@ def cli(capsys):
 
     def run(*args, tmp_path=None):
         cache = ["--set", f"cv.cache_dir={tmp_path / 'cache'}"] if tmp_path else []
-        try:
-            cv_cli.main(["--no-progress", *cache, *map(str, args)])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code
-        out, err = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+        return run_in_process(cv_cli.main, ["--no-progress", *cache, *map(str, args)], capsys)
     return run
 
 

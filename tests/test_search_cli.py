@@ -5,14 +5,13 @@ import json
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import optuna
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, run_in_process
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 SMOKE_SPACE = ROOT / "configs" / "smoke_space.yaml"
@@ -33,13 +32,7 @@ def cli(capsys, monkeypatch):
     def run(*args):
         argv = [str(a) for a in args]
         monkeypatch.setattr(sys, "argv", ["search.py", *argv])
-        try:
-            search_cli.main(argv)
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code
-        out, err = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+        return run_in_process(search_cli.main, argv, capsys)
     return run
 
 
