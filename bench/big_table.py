@@ -1,7 +1,7 @@
 """Big tables: the WESAD paper's protocol (60 s windows every 0.25 s, ~120k rows) built from synthetic raw
 recordings of 15 subjects, through cv.py and an 8-trial search, against the 1k-row table.
 
-Usage: python bench/big_table.py [--work DIR] [--epochs 2] [--folds 4]
+Usage: python bench/big_table.py [--work DIR] [--epochs 2] [--folds 4] [--skip-cv | --skip-search]
 Prints time per fold-epoch (training only, and the whole CV), the fold plan's time, peak RSS of the largest
 process of each run, for the big table and the default 1k-row synthetic table under the same command.
 """
@@ -57,7 +57,9 @@ def main():
     p.add_argument("--work", default="/tmp/emoma-big")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--folds", type=int, default=4)
-    p.add_argument("--skip-search", action="store_true")
+    skip = p.add_mutually_exclusive_group()
+    skip.add_argument("--skip-cv", action="store_true", help="run only the 8-trial searches")
+    skip.add_argument("--skip-search", action="store_true", help="run only cv.py")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -72,8 +74,9 @@ def main():
                           "--window-s", "60", "--shift-s", "0.25", "--jobs", "2", "--no-progress"])
         print(f"| synthetic raw recordings of 15 subjects | {made:.0f} s | prepare --window-s 60 --shift-s 0.25 | "
               f"{wall:.0f} s, peak RSS {peak:.0f} MB |", flush=True)
-    for label, data in (("1k-row synthetic", []), ("paper protocol", ["--data", str(big)])):
-        cv_row(label, data, args, work)
+    if not args.skip_cv:
+        for label, data in (("1k-row synthetic", []), ("paper protocol", ["--data", str(big)])):
+            cv_row(label, data, args, work)
     if not args.skip_search:
         for label, data in (("1k-row synthetic", []), ("paper protocol", ["--data", str(big)])):
             search_row(label, data, args, work)

@@ -30,6 +30,8 @@ CANDIDATES = {
     "D (6 windows)": {**A, "model.context": 6},
     "E (dropout 0.5)": {**A, "model.dropout": 0.5},
     "F (lr 3e-3)": {**A, "train.lr": 3e-3},
+    "G (all features)": {**A, "model.n_features": 0},
+    "H (class weights)": {**A, "train.class_weights": True},
 }
 
 
