@@ -1,6 +1,9 @@
 """User errors: problems a user can fix (bad path, bad column, bad YAML), reported without a traceback."""
+import contextlib
 import functools
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -12,13 +15,15 @@ class Interrupted(Exception):
 
 
 def exit_on_user_error(main):
-    """Wrap a CLI `main`: a UserError prints one line and exits with code 2; Ctrl-C (or a run stopped before
-    it finished) prints one line saying how to continue and exits with 130. No traceback either way."""
+    """Wrap a CLI `main`: a UserError prints one line and exits with code 2; Ctrl-C, SIGTERM (a batch scheduler's
+    preemption) or a run stopped before it finished prints one line saying how to continue and exits with 130.
+    No traceback either way."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            with sigterm_as_ctrl_c():
+                return main(*args, **kwargs)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
@@ -30,3 +35,26 @@ def exit_on_user_error(main):
             sys.exit(130)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """While active (main thread only), SIGTERM takes Ctrl-C's path: whatever handles SIGINT now handles it
+    (during a search, Tune's handler, which ends the run with its state saved), else KeyboardInterrupt is
+    raised, even where SIGINT itself is ignored (a background job)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        on_interrupt = signal.getsignal(signal.SIGINT)
+        if callable(on_interrupt) and on_interrupt is not signal.default_int_handler:
+            on_interrupt(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -36,8 +36,12 @@ class TruthfulOptunaSearch(OptunaSearch):
     really happened."""
 
     def on_trial_result(self, trial_id, result):
-        if not result.get("user_error"):
+        if result.get("user_error"):
+            return
+        try:
             super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # Optuna has its end already: the driver died before Tune saved it, and Tune reruns the trial
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         if trial_id not in self._ot_trials:
@@ -54,7 +58,11 @@ class TruthfulOptunaSearch(OptunaSearch):
         elif result and not error and result.get("folds_done", 0) < result.get("folds_total", 0):
             state = optuna.trial.TrialState.PRUNED
         if state is None:
-            return super().on_trial_complete(trial_id, result, error)
+            try:
+                return super().on_trial_complete(trial_id, result, error)
+            except optuna.exceptions.UpdateFinishedTrialError as err:  # told before the driver died (see above)
+                logger.warning("Optuna was not told trial %s's state: %s", trial_id, err)
+                return None
         try:
             self._ot_study.tell(ot_trial, state=state)
         except (RuntimeError, ValueError) as err:  # e.g. already told before the driver was restarted

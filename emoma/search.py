@@ -162,11 +162,15 @@ def init_ray(address: str | None, verbose: bool) -> None:
     if ray.is_initialized():
         return
     kwargs = dict(log_to_driver=verbose, logging_level="INFO" if verbose else "WARNING")
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as err:
         raise UserError(f"cannot join the Ray cluster at {address!r} ({err}): start it with `ray start --head` "
                         "or check --address") from None
+    if callable(sigterm) and threading.current_thread() is threading.main_thread():
+        # Ray's driver installs a crash handler that aborts on SIGTERM: keep the CLI's (it ends the search cleanly)
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 def check_resources(s) -> None:

@@ -1,6 +1,6 @@
 """Faults a long search meets, each survived with nothing lost: a trial worker killed mid-fold, Ctrl-C during
-the fold plan, the trials or the final retraining, Ctrl-C during cv.py, an interrupted nested search, and
-experiments on S3-compatible object storage."""
+the fold plan, the trials or the final retraining, Ctrl-C or SIGTERM (a batch scheduler's preemption) during
+cv.py, an interrupted nested search, and experiments on S3-compatible object storage."""
 import json
 import os
 import signal
@@ -12,6 +12,7 @@ import time
 import pandas as pd
 import pytest
 
+from emoma.errors import exit_on_user_error, sigterm_as_ctrl_c
 from emoma.synthetic import make_frame
 
 from conftest import ROOT, interruptible
@@ -103,7 +104,8 @@ def test_ctrl_c_during_the_plan_and_the_retraining_loses_nothing(tmp_path):
     assert (tmp_path / "c" / "best_model.pt").is_file() and (tmp_path / "c" / "report.md").is_file()
 
 
-def test_ctrl_c_during_cv_keeps_finished_folds(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_during_cv_keeps_finished_folds(tmp_path, stop):
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "cv.py"), "--config", str(SMOKE), "--out", str(out), "--no-progress",
                "--cv", "group-kfold", "--folds", 3, "--set", f"cv.cache_dir={tmp_path}/cache", "--set",
@@ -111,7 +113,7 @@ def test_ctrl_c_during_cv_keeps_finished_folds(tmp_path):
     proc = subprocess.Popen(interruptible(command), cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     first = wait_for(lambda: sorted((out / "folds").glob("fold-*.pkl")), proc)[0]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     assert f"python cv.py --resume {out}" in interrupted(proc)
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "folds").glob("fold-*.pkl")}
     assert first.name in kept and len(kept) < 3 and not (out / "metrics.json").exists()
@@ -123,6 +125,41 @@ def test_ctrl_c_during_cv_keeps_finished_folds(tmp_path):
     for name, mtime in kept.items():  # the kept folds were not run again
         assert (out / "folds" / name).stat().st_mtime_ns == mtime
     assert len(json.loads((out / "metrics.json").read_text())["folds"]) == 3
+
+
+def test_sigterm_takes_the_ctrl_c_path_and_is_restored_after(capsys):
+    @exit_on_user_error
+    def main():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+
+    before = signal.getsignal(signal.SIGTERM)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert exit_.value.code == 130 and capsys.readouterr().err.startswith("interrupted")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("sigint", [signal.SIG_IGN, "custom"])
+def test_sigterm_reaches_the_sigint_handler_in_place_even_where_sigint_is_ignored(sigint):
+    seen = []  # a custom SIGINT handler stands for Tune's, which ends a search with its state saved
+    previous = signal.signal(signal.SIGINT, (lambda sig, frame: seen.append(sig)) if sigint == "custom" else sigint)
+    try:
+        with sigterm_as_ctrl_c():
+            if sigint == "custom":
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.1)
+            else:
+                with pytest.raises(KeyboardInterrupt):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(30)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == ([signal.SIGINT] if sigint == "custom" else [])
 
 
 def test_an_interrupted_nested_search_resumes_where_it_stopped(tmp_path):
