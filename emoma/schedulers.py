@@ -47,10 +47,14 @@ class TruthfulOptunaSearch(OptunaSearch):
         if trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
-        if trial_id in self._completed_trials:
-            # a trial that failed and was rerun by --resume: Optuna keeps its FAIL, and learns the value too
+        told = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if trial_id in self._completed_trials or told.state.is_finished():
+            # Optuna has this trial's end already (it failed and --resume reran it, or the driver died after
+            # telling Optuna, before Tune saved the trial's end): Optuna keeps that end, and learns a complete
+            # rerun's value too
             if result and not error and result.get("folds_done") == result.get("folds_total"):
-                self._add_completed(ot_trial, result[self.metric])
+                self._add_completed(told, result[self.metric])
+            self._completed_trials.add(trial_id)
             return
         state = None
         if result and result.get("user_error"):
@@ -58,20 +62,12 @@ class TruthfulOptunaSearch(OptunaSearch):
         elif result and not error and result.get("folds_done", 0) < result.get("folds_total", 0):
             state = optuna.trial.TrialState.PRUNED
         if state is None:
-            try:
-                return super().on_trial_complete(trial_id, result, error)
-            except optuna.exceptions.UpdateFinishedTrialError as err:  # told before the driver died (see above)
-                logger.warning("Optuna was not told trial %s's state: %s", trial_id, err)
-                return None
-        try:
-            self._ot_study.tell(ot_trial, state=state)
-        except (RuntimeError, ValueError) as err:  # e.g. already told before the driver was restarted
-            logger.warning("Optuna was not told trial %s's state: %s", trial_id, err)
+            return super().on_trial_complete(trial_id, result, error)
+        self._ot_study.tell(ot_trial, state=state)
         self._completed_trials.add(trial_id)
 
-    def _add_completed(self, ot_trial, value: float) -> None:
-        frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
-        if frozen.state == optuna.trial.TrialState.FAIL:
+    def _add_completed(self, frozen: optuna.trial.FrozenTrial, value: float) -> None:
+        if frozen.state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED):
             self._ot_study.add_trial(optuna.trial.create_trial(
                 params=frozen.params, distributions=frozen.distributions, value=value,
                 user_attrs={"rerun_of": frozen.number}))

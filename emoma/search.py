@@ -169,7 +169,8 @@ def init_ray(address: str | None, verbose: bool) -> None:
         raise UserError(f"cannot join the Ray cluster at {address!r} ({err}): start it with `ray start --head` "
                         "or check --address") from None
     if callable(sigterm) and threading.current_thread() is threading.main_thread():
-        # Ray's driver installs a crash handler that aborts on SIGTERM: keep the CLI's (it ends the search cleanly)
+        # ray.init replaces SIGTERM's handler (exit or abort, no resume line): keep the CLI's, which ends the
+        # search as Ctrl-C does; Ray's own exit-time cleanup still runs
         signal.signal(signal.SIGTERM, sigterm)
 
 

@@ -307,3 +307,23 @@ def test_a_trials_folds_are_trained_in_as_few_batched_models_as_pruning_allows()
     # fold_batch cuts each part; the grace folds still end a group, where the pruner decides
     assert fold_groups(order, {}, SearchConfig(fold_batch=3)) == [[4, 0, 3], [1], [2, 5]]
     assert fold_groups(order, {}, SearchConfig(fold_batch=3, prune=False)) == [[4, 0, 3], [1, 2, 5]]
+
+
+@pytest.mark.parametrize("told", [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE])
+def test_a_rerun_of_a_trial_optuna_had_finished_keeps_optunas_end_and_learns_its_value(told):
+    # the driver died after telling Optuna a trial's end and before Tune saved it: Tune reruns the trial
+    from ray import tune
+
+    from emoma.schedulers import TruthfulOptunaSearch
+    searcher = TruthfulOptunaSearch(space={"x": tune.uniform(0, 1)}, metric="score", mode="max",
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher.suggest("t")
+    study = searcher._ot_study
+    study.tell(searcher._ot_trials["t"], 0.1 if told == optuna.trial.TrialState.COMPLETE else None, state=told)
+    searcher._completed_trials.clear()  # the searcher's state as restored, older than Optuna's journal
+
+    searcher.on_trial_result("t", {"score": 0.5, "folds_done": 1, "folds_total": 2, "training_iteration": 1})
+    searcher.on_trial_complete("t", {"score": 0.7, "folds_done": 2, "folds_total": 2, "training_iteration": 2})
+    trials = study.get_trials(deepcopy=False)
+    assert trials[0].state == told
+    assert [t.value for t in trials[1:]] == ([] if told == optuna.trial.TrialState.COMPLETE else [0.7])
