@@ -8,7 +8,12 @@ whole procedure (selection included) on a new person, and the choices show wheth
 another candidate than A (configs/context.yaml, chosen on synthetic tables only). The JSON is rewritten after
 every outer subject, so a partial run keeps what it measured; --outers runs some subjects only.
 
+`--smooth 1 3 5` makes every candidate a family: the candidate with its probabilities smoothed over that many
+windows (model.smooth), all scored from the same inner run (smoothing does not change training); the chosen
+candidate and smoothing are retrained and scored together. `--candidates A` limits the candidates.
+
 Usage: python bench/nested_preset.py --data ../shared/data/wesad_merged.csv [--inner-folds 5] [--outers 15 16]
+       [--candidates A] [--smooth 1 3 5]
 """
 import argparse
 import json
@@ -37,16 +42,26 @@ CANDIDATES = {
 }
 
 
-def inner_score(table, config) -> float:
-    plan = make_plan(table, config.cv, config.seed)
-    return run_cv(table, plan, config, progress=False).summary()["macro_f1"]["mean"]
+def inner_scores(table, config, smooth: list[int]) -> dict[int, float]:
+    """{smooth: mean inner macro-F1} from one subject-wise CV of `config` on `table`."""
+    result = run_cv(table, make_plan(table, config.cv, config.seed), config, progress=False)
+    return {k: result.smoothed_summary(table, k, config.data.window_s)["macro_f1"]["mean"] for k in smooth}
 
 
-def choose(tables: dict, configs: dict) -> tuple[str, dict]:
-    """The candidate with the best mean inner macro-F1 over the tasks; every candidate's scores."""
-    scores = {name: {task: inner_score(tables[task], configs[task][name]) for task in TASKS} for name in CANDIDATES}
-    best = max(scores, key=lambda name: np.mean(list(scores[name].values())))
+def choose(tables: dict, configs: dict, smooth: list[int]) -> tuple[str, dict]:
+    """The (candidate, smooth) with the best mean inner macro-F1 over the tasks, named "NAME / smooth K";
+    every one's scores."""
+    by_task = {task: {name: inner_scores(tables[task], configs[task][name], smooth) for name in configs[task]}
+               for task in TASKS}
+    scores = {f"{name} / smooth {k}": {task: by_task[task][name][k] for task in TASKS}
+              for name in configs[TASKS[0]] for k in smooth}
+    best = max(scores, key=lambda key: np.mean(list(scores[key].values())))
     return best, scores
+
+
+def chosen_config(configs: dict, task: str, key: str):
+    name, k = key.rsplit(" / smooth ", 1)
+    return apply_overrides(configs[task][name], {"model.smooth": int(k)})
 
 
 def main():
@@ -55,28 +70,32 @@ def main():
     p.add_argument("--inner-folds", type=int, default=5)
     p.add_argument("--out", default="results/bench/nested_preset.json")
     p.add_argument("--outers", nargs="+", help="outer subjects to run (default: all)")
+    p.add_argument("--candidates", nargs="+", help="candidate names to compare (default: all)")
+    p.add_argument("--smooth", type=int, nargs="+", default=[1], help="model.smooth values to compare (default: 1)")
     args = p.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     base = load_config(ROOT / "configs" / "context.yaml", [f"data.path={args.data}", "cv.scheme=group-kfold",
                                                            f"cv.folds={args.inner_folds}"])
+    candidates = {n: o for n, o in CANDIDATES.items() if not args.candidates or n in args.candidates}
     configs = {task: {name: apply_overrides(base, {"data.task": task, **overrides})
-                      for name, overrides in CANDIDATES.items()} for task in TASKS}
+                      for name, overrides in candidates.items()} for task in TASKS}
     tables = {task: normalise_subjects(load_table(replace(base.data, task=task)), base.data) for task in TASKS}
     subjects = [s for s in tables["binary"].subjects if not args.outers or str(s) in args.outers]
     outer, predictions = [], {task: [] for task in TASKS}
     for s in subjects:
         inner_tables = {task: subset(t, np.flatnonzero(t.groups != s)) for task, t in tables.items()}
-        chosen, scores = choose(inner_tables, configs)
+        chosen, scores = choose(inner_tables, configs, args.smooth)
         row = {"subject": str(s), "chosen": chosen, "inner": scores}
         for task in TASKS:
-            held = retrain_and_score({base.data.subject_norm: tables[task]}, [s], {"chosen": configs[task][chosen]},
-                                     configs[task][chosen], baselines_for="chosen")["chosen"]
+            config = chosen_config(configs, task, chosen)
+            held = retrain_and_score({base.data.subject_norm: tables[task]}, [s], {"chosen": config}, config,
+                                     baselines_for="chosen")["chosen"]
             row[task] = {"CNN-LSTM": held.result.metrics, **held.result.baselines}
             predictions[task].append((held.groups, held.y, {"CNN-LSTM": held.result.proba,
                                                             **held.result.baseline_proba}))
         outer.append(row)
-        Path(args.out).write_text(json.dumps({"candidates": CANDIDATES, "outer": outer}, indent=2, default=str))
+        Path(args.out).write_text(json.dumps({"candidates": candidates, "smooth": args.smooth, "outer": outer}, indent=2, default=str))
         print(f"outer {s}: chose {chosen}; binary {row['binary']['CNN-LSTM']['macro_f1']:.3f}, "
               f"3-class {row['3class']['CNN-LSTM']['macro_f1']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
     evaluation = {}
@@ -85,8 +104,8 @@ def main():
         y = np.concatenate([y for _, y, _ in predictions[task]])
         probas = {m: np.concatenate([p[m] for _, _, p in predictions[task]]) for m in predictions[task][0][2]}
         evaluation[task] = evaluate(groups, y, probas, tables[task].class_names)
-    favourite, scores = choose(tables, configs)
-    result = {"candidates": CANDIDATES, "inner_folds": args.inner_folds, "outer": outer, "evaluation": evaluation,
+    favourite, scores = choose(tables, configs, args.smooth)
+    result = {"candidates": candidates, "smooth": args.smooth, "inner_folds": args.inner_folds, "outer": outer, "evaluation": evaluation,
               "all_subjects_choice": favourite, "all_subjects_inner": scores, "seconds": time.perf_counter() - start}
     Path(args.out).write_text(json.dumps(result, indent=2, default=str))
     for task in TASKS:

@@ -57,6 +57,7 @@ class CVConfig:
 @dataclass
 class ModelConfig:
     context: int = 1  # windows per sample: the current one and the context-1 before it, same subject, in time order
+    smooth: int = 1  # average each window's predicted probabilities with the smooth-1 windows before it (causal); 1 = off
     n_features: int = 20  # top-k features of each fold's RFE ranking the model reads; 0 = all
     conv_channels: list = field(default_factory=lambda: [16, 32])  # output channels of each Conv1d block
     kernel_size: int = 3  # Conv1d kernel size (odd; padded to keep the length)
@@ -201,6 +202,10 @@ def validate(config: Config) -> None:
         ("cv.jobs", config.cv.jobs >= 0, "0 (one per core) or more"),
         ("cv.trainer", config.cv.trainer in TRAINERS, f"one of {', '.join(TRAINERS)}"),
         ("model.context", config.model.context >= 1, "at least 1 (1 = the current window only)"),
+        ("model.smooth", config.model.smooth >= 1, "at least 1 (1 = no smoothing)"),
+        ("model.smooth", config.model.smooth == 1 or config.cv.scheme != "kfold",
+         "1 under cv.scheme=kfold (a window's predecessors are mostly training rows there, and smoothing reads "
+         "only test windows): use a subject-wise cv.scheme such as loso"),
         ("model.n_features", config.model.n_features >= 0, "0 (all) or more"),
         ("model.conv_channels", all(isinstance(c, int) and c >= 1 for c in config.model.conv_channels),
          "a list of positive integers (may be empty)"),

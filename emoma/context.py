@@ -71,6 +71,33 @@ def context_index(starts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.where(mask, wanted, run_first[:, None]).astype(np.int64), mask
 
 
+def smooth_probabilities(proba: np.ndarray, rows: np.ndarray, starts: np.ndarray, k: int) -> np.ndarray:
+    """Each window's class probabilities averaged with those of the k-1 windows before it (causal).
+
+    Parameters
+    ----------
+    proba : (n, n_classes) probabilities of the table rows `rows`.
+    rows : (n,) table rows whose probabilities are known; only these are averaged (a test fold's windows:
+        a training window's prediction would carry the label the model learnt).
+    starts : (n_windows,) bool run starts of the whole table (`run_starts`): never across a subject or a
+        time gap.
+    k : windows averaged; 1 returns `proba` unchanged.
+
+    Returns
+    -------
+    (n, n_classes) the mean over each window and its predecessors in `rows`, in the same run, at most k.
+    """
+    if k <= 1:
+        return proba
+    index, mask = context_index(starts, k)
+    position = np.full(len(starts), -1)
+    position[rows] = np.arange(len(rows))
+    known = position[index[rows]]  # (n, k) position in `proba` of each slot's window, -1 where unknown
+    use = mask[rows] & (known >= 0)  # the window itself is always used
+    total = (proba[known] * use[..., None]).sum(axis=1)
+    return total / use.sum(axis=1, keepdims=True)
+
+
 def check_context(table: Table, k: int) -> None:
     """A context longer than a subject's recording cannot be filled: say so before anything runs."""
     if k <= 1:

@@ -1,6 +1,7 @@
 """Stage 4: one configuration's cross-validation over a FoldPlan -> CVResult (per fold, per subject, pooled)."""
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 
 from emoma.batched import train_folds
 from emoma.config import METRICS, Config
-from emoma.context import context_index, order_notes, run_starts
+from emoma.context import context_index, order_notes, run_starts, smooth_probabilities
 from emoma.data import Table
 from emoma.folds import Fold, FoldPlan, Samples, resolve_jobs
 from emoma.metrics import score
@@ -63,6 +64,13 @@ class CVResult:
     def summary(self) -> dict[str, dict[str, float]]:
         """{metric: {"mean": ..., "std": ...}} over folds (population std)."""
         return _mean_std([f.metrics for f in self.folds])
+
+    def smoothed_summary(self, table: Table, k: int, window_s: float | None = None) -> dict[str, dict[str, float]]:
+        """`summary()` of a run without smoothing had its CNN-LSTM probabilities been smoothed over k windows
+        (`model.smooth` does not change training, so every value can be scored from one run)."""
+        starts = run_starts(table, window_s)
+        return _mean_std([score(table.y[f.test_rows], smooth_probabilities(f.proba, f.test_rows, starts, k).argmax(1),
+                                len(table.class_names))[0] for f in self.folds])
 
     def baseline_summary(self) -> dict[str, dict[str, dict[str, float]]]:
         names = self.folds[0].baselines.keys() if self.folds else []
@@ -191,15 +199,18 @@ def fold_result(table: Table, fold: Fold, index: int, config: Config, parts: dic
     """Score a trained fold once on its test rows (and the baselines on the same inputs)."""
     n_classes = len(table.class_names)
     test = parts["test"]
-    proba = predict_proba(fit.model, test)
+    starts = run_starts(table, config.data.window_s) if config.model.smooth > 1 else None
+    smooth = functools.partial(smooth_probabilities, rows=fold.test, starts=starts, k=config.model.smooth)
+    proba = smooth(predict_proba(fit.model, test))
     y_pred = proba.argmax(1)
     baseline_metrics, baseline_proba = {}, {}
     if baselines:
         train_inputs, test_inputs = parts["train"].flat(), test.flat()
         for name, make in BASELINES.items():
             model = make(fold_seed(config.seed, index)).fit(train_inputs, parts["train"].y)
-            baseline_proba[name] = np.zeros((len(test), n_classes))
-            baseline_proba[name][:, model.classes_] = model.predict_proba(test_inputs)  # classes seen in training
+            raw = np.zeros((len(test), n_classes))
+            raw[:, model.classes_] = model.predict_proba(test_inputs)  # classes seen in training
+            baseline_proba[name] = smooth(raw)  # smoothed as the CNN-LSTM's
             baseline_metrics[name] = score(test.y, baseline_proba[name].argmax(1), n_classes)[0]
     metrics, confusion = score(test.y, y_pred, n_classes)
     return FoldResult(

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from emoma.config import Config, from_dict
-from emoma.context import context_index, normalise_subjects, run_starts
+from emoma.context import context_index, normalise_subjects, run_starts, smooth_probabilities
 from emoma.data import Table, canonical_order, read_csv, read_time
 from emoma.errors import UserError, exit_on_user_error
 from emoma.files import atomic_path
@@ -57,17 +57,17 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
 def predict_frame(model: torch.nn.Module, bundle: dict, frame: pd.DataFrame) -> pd.DataFrame:
     """Predicted class and per-class probabilities for each row of a merged.csv-layout frame.
 
-    The model's subject normalisation and context windows are rebuilt from the frame's own subjects (and
-    `time_s` when present), as in training.
+    The model's subject normalisation, context windows and probability smoothing are rebuilt from the frame's
+    own subjects (and `time_s` when present), as in training.
     """
     config = from_dict(bundle["config"])
     data = config.data
     missing = [f for f in bundle["features"] if f not in frame.columns]
     if missing:
         raise UserError(f"the table lacks features the model needs: {', '.join(missing)}")
-    per_subject = data.subject_norm != "none" or config.model.context > 1
+    per_subject = data.subject_norm != "none" or config.model.context > 1 or config.model.smooth > 1
     if per_subject and data.subject_column not in frame.columns:
-        raise UserError(f"the model normalises by subject or reads context windows, but the table has no "
+        raise UserError(f"the model normalises by subject or reads or smooths over earlier windows, but the table has no "
                         f"{data.subject_column!r} column: add each window's subject")
     values = frame[bundle["features"]].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values).all(axis=1)
@@ -83,11 +83,14 @@ def predict_frame(model: torch.nn.Module, bundle: dict, frame: pd.DataFrame) -> 
     table = normalise_subjects(table, data)
     X = torch.as_tensor(((table.X - np.array(bundle["mean"])) / np.array(bundle["scale"])).astype(np.float32))
     window_s = data.window_s or bundle.get("window_s")  # as in training, not re-inferred from this table
-    index, mask = (torch.as_tensor(a) for a in context_index(run_starts(table, window_s), config.model.context))
-    proba = np.empty((len(frame), len(bundle["class_names"])), dtype=np.float32)
+    starts = run_starts(table, window_s)
+    index, mask = (torch.as_tensor(a) for a in context_index(starts, config.model.context))
+    in_time_order = np.empty((len(frame), len(bundle["class_names"])), dtype=np.float32)
     for rows in torch.arange(len(frame)).split(EVAL_CHUNK):
         m = mask[rows]
-        proba[order[rows.numpy()]] = torch.softmax(model(X[index[rows]], None if m.all() else m), dim=1).numpy()
+        in_time_order[rows.numpy()] = torch.softmax(model(X[index[rows]], None if m.all() else m), dim=1).numpy()
+    proba = np.empty_like(in_time_order)
+    proba[order] = smooth_probabilities(in_time_order, np.arange(len(frame)), starts, config.model.smooth)
     out = pd.DataFrame({c: frame[c].to_numpy() for c in (data.subject_column, data.label_column)
                         if c in frame.columns})
     out["predicted"] = np.array(bundle["class_names"])[proba.argmax(1)]

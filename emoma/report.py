@@ -97,8 +97,14 @@ def inputs_summary(table: Table, config: Config) -> dict:
     normalisation = NORMALISATION[table.normalisation]
     if table.normalisation == "causal":
         normalisation += f"; warm-up: z-scores shrunk by n/{config.data.norm_warmup} while they rest on n windows"
+    s = config.model.smooth
+    smoothing = ("none" if s == 1 else
+                 f"each window's predicted probabilities averaged with those of the {s - 1} test windows before it of "
+                 "the same subject and run (causal), for the CNN-LSTM and the baselines alike; the best epoch is "
+                 "chosen on unsmoothed validation windows")
     return {"time_order": table.time_order, "context_windows": k, "context": context,
-            "subject_normalisation": table.normalisation, "normalisation": normalisation}
+            "subject_normalisation": table.normalisation, "normalisation": normalisation,
+            "smooth_windows": s, "smoothing": smoothing}
 
 
 def data_summary(table: Table) -> dict:
@@ -171,6 +177,7 @@ def markdown_report(result: CVResult, table: Table, plan: FoldPlan, config: Conf
         f"- time order: {inputs['time_order']}",
         f"- context: {inputs['context']}",
         f"- subject normalisation: {inputs['normalisation']}",
+        f"- probability smoothing: {inputs['smoothing']}",
         "",
         "## Protocol",
         f"- {PROTOCOLS[result.scheme]}; {len(result.folds)} folds",

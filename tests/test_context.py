@@ -7,7 +7,7 @@ import pytest
 
 import emoma.cv
 from emoma.config import DataConfig, apply_overrides
-from emoma.context import check_context, context_index, normalise_subjects, run_starts
+from emoma.context import check_context, context_index, normalise_subjects, run_starts, smooth_probabilities
 from emoma.cv import run_cv, run_fold, table_context
 from emoma.data import MERGED_SIGNAL_COLUMNS, table_from_frame
 from emoma.errors import UserError
@@ -129,6 +129,36 @@ def test_causal_predictions_of_earlier_windows_ignore_later_ones(small_frame, sm
     assert not np.allclose(proba[np.searchsorted(fold.test, rows[15:])], result.proba[np.searchsorted(fold.test, rows[15:])])
 
 
+def test_smoothing_averages_known_earlier_windows_of_the_same_run():
+    starts = np.array([True, False, False, False, True, False, True])  # runs: rows 0-3, 4-5, 6
+    rows = np.array([0, 1, 3, 4, 5, 6])  # row 2 unknown (e.g. a training window)
+    proba = np.array([[1.0, 0], [0, 1], [0, 1], [1, 0], [0, 1], [0.5, 0.5]])
+    out = smooth_probabilities(proba, rows, starts, k=3)
+    # row 3 averages rows 1 and 3 (row 2 is unknown); row 4 starts a run: itself only
+    np.testing.assert_allclose(out, [[1, 0], [0.5, 0.5], [0, 1], [1, 0], [0.5, 0.5], [0.5, 0.5]])
+    assert smooth_probabilities(proba, rows, starts, k=1) is proba
+    changed = proba.copy()
+    changed[2] = [1, 0]  # row 3 changes: the earlier windows' smoothed values do not
+    np.testing.assert_array_equal(smooth_probabilities(changed, rows, starts, k=3)[:2], out[:2])
+
+
+def test_smoothing_changes_only_the_scored_probabilities(small_table, smoke_config):
+    config = apply_overrides(smoke_config, {"model.context": 2, "data.subject_norm": "subject", "train.epochs": 2})
+    table = normalise_subjects(small_table, config.data)
+    fold = make_plan(table, config.cv, config.seed).folds[0]
+    plain = run_fold(table, fold, 0, config, table_context(table, config), baselines=True)
+    smoothed = run_fold(table, fold, 0, apply_overrides(config, {"model.smooth": 4}), table_context(table, config),
+                        baselines=True)
+    starts = run_starts(table)
+    np.testing.assert_allclose(smoothed.proba, smooth_probabilities(plain.proba, fold.test, starts, 4), atol=1e-6)
+    assert smoothed.best_epoch == plain.best_epoch  # training and the best epoch are untouched
+    for name, proba in plain.baseline_proba.items():  # the baselines are smoothed alike
+        np.testing.assert_allclose(smoothed.baseline_proba[name], smooth_probabilities(proba, fold.test, starts, 4))
+    assert not np.allclose(smoothed.proba, plain.proba)
+    with pytest.raises(UserError, match="model.smooth=4 is invalid: it must be 1 under cv.scheme=kfold"):
+        apply_overrides(config, {"model.smooth": 4, "cv.scheme": "kfold"})
+
+
 def test_baselines_read_exactly_the_models_inputs(small_table, smoke_config, monkeypatch):
     config = apply_overrides(smoke_config, {"model.context": 3, "data.subject_norm": "subject", "train.epochs": 1})
     table = normalise_subjects(small_table, config.data)
@@ -221,7 +251,8 @@ def test_statistics_agree_with_scipy():
 def test_predict_rebuilds_normalisation_and_context(small_frame, smoke_config, tmp_path):
     from emoma.predict import save_model
 
-    config = apply_overrides(smoke_config, {"model.context": 3, "data.subject_norm": "causal", "train.epochs": 2})
+    config = apply_overrides(smoke_config, {"model.context": 3, "data.subject_norm": "causal", "train.epochs": 2,
+                                            "model.smooth": 3})
     table = normalise_subjects(table_from_frame(small_frame, config.data, "t"), config.data)
     plan = make_plan(table, config.cv, config.seed)
     fold = plan.folds[0]
