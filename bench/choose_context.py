@@ -32,6 +32,7 @@ CANDIDATES = {
     "F (lr 3e-3)": {**A, "train.lr": 3e-3},
     "G (all features)": {**A, "model.n_features": 0},
     "H (class weights)": {**A, "train.class_weights": True},
+    "I (ensemble of 5)": {**A, "model.ensemble": 5},
 }
 
 

@@ -70,6 +70,7 @@ class ModelConfig:
     attention: bool = True  # attention pooling over LSTM outputs; False = last output
     fc: int = 128  # hidden units of the dense layer before the logits; 0 = none
     dropout: float = 0.5  # dropout before and after the dense layer
+    ensemble: int = 1  # CNN-LSTMs per fold, each trained from its own seed; their probabilities are averaged
 
 
 @dataclass
@@ -216,6 +217,7 @@ def validate(config: Config) -> None:
         ("model.lstm_layers", config.model.lstm_layers >= 1, "at least 1"),
         ("model.fc", config.model.fc >= 0, "0 (none) or more"),
         ("model.dropout", 0 <= config.model.dropout < 1, "in [0, 1)"),
+        ("model.ensemble", config.model.ensemble >= 1, "at least 1 (1 = one model per fold)"),
         ("train.lr", config.train.lr > 0, "positive"),
         ("train.weight_decay", config.train.weight_decay >= 0, "0 or more"),
         ("train.batch_size", config.train.batch_size >= 1, "at least 1"),

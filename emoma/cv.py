@@ -20,6 +20,7 @@ from emoma.context import context_index, order_notes, run_starts, smooth_probabi
 from emoma.data import Table
 from emoma.folds import Fold, FoldPlan, Samples, resolve_jobs
 from emoma.metrics import score
+from emoma.model import Ensemble
 from emoma.train import FoldFit, predict_proba, resolve_device, train_fold
 
 # Classical models given exactly the CNN-LSTM's inputs: the fold's scaled RFE features of the (subject-
@@ -41,10 +42,10 @@ class FoldResult:
     features: list[str]  # the fold's selected features
     metrics: dict[str, float]  # accuracy, balanced_accuracy, macro_f1 on the test rows
     confusion: np.ndarray  # (n_classes, n_classes) rows = true class, columns = predicted
-    epochs_run: int
-    best_epoch: int
+    epochs_run: int  # ensembles: the most any member ran
+    best_epoch: int  # ensembles: the median over members
     seconds: float
-    history: list[dict]
+    history: list[dict]  # per epoch (ensembles: the first member's)
     test_rows: np.ndarray  # (n_test,) row indices of the table
     y_pred: np.ndarray  # (n_test,)
     proba: np.ndarray  # (n_test, n_classes)
@@ -112,9 +113,11 @@ class Progress:
             self.bar.close()
 
 
-def fold_seed(seed: int, fold: int) -> int:
-    """A distinct, reproducible seed per (config seed, fold)."""
-    return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+def fold_seed(seed: int, fold: int, member: int = 0) -> int:
+    """A distinct, reproducible seed per (config seed, fold, ensemble member); member 0 keeps the seed a
+    single model has."""
+    entropy = [seed, fold] if member == 0 else [seed, fold, member]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def table_context(table: Table, config: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -172,10 +175,14 @@ def run_fold(table: Table, fold: Fold, index: int, config: Config, context: tupl
     start = time.perf_counter()
     torch.set_num_threads(threads)
     parts = fold.samples(table.X, table.y, context, config.model.n_features)
-    log = (lambda line: print(f"fold {index + 1:2d} {line}", flush=True)) if verbose else None
-    fit = train_fold(parts["train"], parts["val"], n_classes=len(table.class_names), model_cfg=config.model,
-                     train_cfg=config.train, seed=fold_seed(config.seed, index), log=log)
-    return fold_result(table, fold, index, config, parts, fit, time.perf_counter() - start, baselines, keep_model)
+    fits = []
+    for member in range(config.model.ensemble):
+        name = f"fold {index + 1:2d}" + (f" member {member + 1}" if config.model.ensemble > 1 else "")
+        log = (lambda line, name=name: print(f"{name} {line}", flush=True)) if verbose else None
+        fits.append(train_fold(parts["train"], parts["val"], n_classes=len(table.class_names),
+                               model_cfg=config.model, train_cfg=config.train,
+                               seed=fold_seed(config.seed, index, member), log=log))
+    return fold_result(table, fold, index, config, parts, fits, time.perf_counter() - start, baselines, keep_model)
 
 
 def run_folds_batched(table: Table, folds: list[Fold], indices: list[int], config: Config,
@@ -185,23 +192,27 @@ def run_folds_batched(table: Table, folds: list[Fold], indices: list[int], confi
     start = time.perf_counter()
     torch.set_num_threads(threads)
     parts = [fold.samples(table.X, table.y, context, config.model.n_features) for fold in folds]
-    log = (lambda k, line: print(f"fold {indices[k] + 1:2d} {line}", flush=True)) if verbose else None
-    fits = train_folds([p["train"] for p in parts], [p["val"] for p in parts], n_classes=len(table.class_names),
-                       model_cfg=config.model, train_cfg=config.train,
-                       seeds=[fold_seed(config.seed, i) for i in indices], log=log)
+    n = config.model.ensemble  # every member of every fold is one row of the batched model
+    names = [f"fold {i + 1:2d}" + (f" member {j + 1}" if n > 1 else "") for i in indices for j in range(n)]
+    log = (lambda k, line: print(f"{names[k]} {line}", flush=True)) if verbose else None
+    fits = train_folds([p["train"] for p in parts for _ in range(n)], [p["val"] for p in parts for _ in range(n)],
+                       n_classes=len(table.class_names), model_cfg=config.model, train_cfg=config.train,
+                       seeds=[fold_seed(config.seed, i, j) for i in indices for j in range(n)], log=log)
     seconds = (time.perf_counter() - start) / len(folds)  # shared training time, split evenly
-    return [fold_result(table, fold, i, config, p, fit, seconds, baselines)
-            for fold, i, p, fit in zip(folds, indices, parts, fits)]
+    return [fold_result(table, fold, i, config, p, fits[k * n:(k + 1) * n], seconds, baselines)
+            for k, (fold, i, p) in enumerate(zip(folds, indices, parts))]
 
 
-def fold_result(table: Table, fold: Fold, index: int, config: Config, parts: dict[str, Samples], fit: FoldFit,
-                seconds: float, baselines: bool = False, keep_model: bool = False) -> FoldResult:
-    """Score a trained fold once on its test rows (and the baselines on the same inputs)."""
+def fold_result(table: Table, fold: Fold, index: int, config: Config, parts: dict[str, Samples],
+                fits: list[FoldFit], seconds: float, baselines: bool = False, keep_model: bool = False) -> FoldResult:
+    """Score a fold's trained model (its ensemble members' mean) once on its test rows, and the baselines on
+    the same inputs."""
     n_classes = len(table.class_names)
     test = parts["test"]
+    model = fits[0].model if len(fits) == 1 else Ensemble([fit.model for fit in fits])
     starts = run_starts(table, config.data.window_s) if config.model.smooth > 1 else None
     smooth = functools.partial(smooth_probabilities, rows=fold.test, starts=starts, k=config.model.smooth)
-    proba = smooth(predict_proba(fit.model, test))
+    proba = smooth(predict_proba(model, test))
     y_pred = proba.argmax(1)
     baseline_metrics, baseline_proba = {}, {}
     if baselines:
@@ -217,10 +228,10 @@ def fold_result(table: Table, fold: Fold, index: int, config: Config, parts: dic
         index=index, test_subjects=sorted(np.unique(table.groups[fold.test]).tolist()),
         n_train=len(fold.train), n_val=len(fold.val), n_test=len(fold.test),
         features=[table.feature_names[j] for j in fold.selected(config.model.n_features)],
-        metrics=metrics, confusion=confusion, epochs_run=fit.epochs_run, best_epoch=fit.best_epoch,
-        seconds=seconds, history=fit.history, test_rows=fold.test, y_pred=y_pred,
-        proba=proba, baselines=baseline_metrics, baseline_proba=baseline_proba,
-        model=fit.model if keep_model else None,
+        metrics=metrics, confusion=confusion, epochs_run=max(fit.epochs_run for fit in fits),
+        best_epoch=int(np.median([fit.best_epoch for fit in fits])), seconds=seconds, history=fits[0].history,
+        test_rows=fold.test, y_pred=y_pred, proba=proba, baselines=baseline_metrics, baseline_proba=baseline_proba,
+        model=model if keep_model else None,
     )
 
 

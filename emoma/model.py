@@ -123,6 +123,25 @@ class CNNLSTM(nn.Module):
         return out, last, torch.arange(S, device=h.device)[None] < lengths[:, None]
 
 
+class Ensemble(nn.Module):
+    """CNN-LSTMs of one fold trained from different seeds. Its output is the log of the members' mean class
+    probabilities, so its softmax is their average and it predicts like any single model."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x, mask=None):
+        return torch.stack([m(x, mask).softmax(dim=-1) for m in self.members]).mean(dim=0).log()
+
+
+def build_predictor(cfg: ModelConfig, n_inputs: int, n_classes: int) -> nn.Module:
+    """The trained model's shape, to load saved weights into: one CNN-LSTM, or an Ensemble of `cfg.ensemble`."""
+    if cfg.ensemble == 1:
+        return build_model(cfg, n_inputs, n_classes)
+    return Ensemble([build_model(cfg, n_inputs, n_classes) for _ in range(cfg.ensemble)])
+
+
 def build_model(cfg: ModelConfig, n_inputs: int, n_classes: int) -> CNNLSTM:
     return CNNLSTM(n_inputs, n_classes, conv_channels=tuple(cfg.conv_channels), kernel_size=cfg.kernel_size,
                    pool=cfg.pool, cbam=cfg.cbam, cbam_reduction=cfg.cbam_reduction, lstm_hidden=cfg.lstm_hidden,

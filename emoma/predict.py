@@ -17,7 +17,7 @@ from emoma.data import Table, canonical_order, read_csv, read_time
 from emoma.errors import UserError, exit_on_user_error
 from emoma.files import atomic_path
 from emoma.folds import Fold
-from emoma.model import build_model
+from emoma.model import build_predictor
 from emoma.train import EVAL_CHUNK
 
 
@@ -48,7 +48,7 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     except Exception as err:  # torch raises several types for files that are not its own
         raise UserError(f"{path} is not an EmoMA model file ({type(err).__name__}): give a best_model.pt") from None
     config = from_dict(bundle["config"])
-    model = build_model(config.model, len(bundle["features"]), len(bundle["class_names"]))
+    model = build_predictor(config.model, len(bundle["features"]), len(bundle["class_names"]))
     model.load_state_dict(bundle["state_dict"])
     return model.eval(), bundle
 

@@ -102,9 +102,13 @@ def inputs_summary(table: Table, config: Config) -> dict:
                  f"each window's predicted probabilities averaged with those of the {s - 1} test windows before it of "
                  "the same subject and run (causal), for the CNN-LSTM and the baselines alike; the best epoch is "
                  "chosen on unsmoothed validation windows")
+    n = config.model.ensemble
+    ensemble = ("one CNN-LSTM per fold" if n == 1 else
+                f"{n} CNN-LSTMs per fold, each trained from its own seed (each with its own best epoch); their class "
+                "probabilities averaged")
     return {"time_order": table.time_order, "context_windows": k, "context": context,
             "subject_normalisation": table.normalisation, "normalisation": normalisation,
-            "smooth_windows": s, "smoothing": smoothing}
+            "smooth_windows": s, "smoothing": smoothing, "ensemble_members": n, "ensemble": ensemble}
 
 
 def data_summary(table: Table) -> dict:
@@ -178,6 +182,7 @@ def markdown_report(result: CVResult, table: Table, plan: FoldPlan, config: Conf
         f"- context: {inputs['context']}",
         f"- subject normalisation: {inputs['normalisation']}",
         f"- probability smoothing: {inputs['smoothing']}",
+        f"- model: {inputs['ensemble']}",
         "",
         "## Protocol",
         f"- {PROTOCOLS[result.scheme]}; {len(result.folds)} folds",

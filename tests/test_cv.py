@@ -46,3 +46,30 @@ def test_test_fold_not_used_for_training_or_early_stopping(small_table, smoke_co
     a = run_fold(small_table, fold, 1, config, table_context(small_table, config))
     b = run_fold(altered, fold, 1, config, table_context(altered, config))
     assert a.history == b.history and a.best_epoch == b.best_epoch
+
+
+def test_an_ensemble_averages_members_trained_from_their_own_seeds(small_frame, smoke_config, tmp_path):
+    from emoma.cv import run_folds_batched
+    from emoma.data import table_from_frame
+    from emoma.predict import load_model, predict_frame, save_model
+    from emoma.train import predict_proba
+
+    config = apply_overrides(smoke_config, {"train.epochs": 3, "model.dropout": 0.0})
+    table = table_from_frame(small_frame, config.data, "t")
+    fold = make_plan(table, config.cv, config.seed).folds[0]
+    context = table_context(table, config)
+    single = run_fold(table, fold, 0, config, context)
+    ensemble_config = apply_overrides(config, {"model.ensemble": 3})
+    ensemble = run_fold(table, fold, 0, ensemble_config, context, keep_model=True)
+    test = fold.samples(table.X, table.y, context, config.model.n_features)["test"]
+    members = [predict_proba(m, test) for m in ensemble.model.members]
+    np.testing.assert_allclose(members[0], single.proba, atol=1e-6)  # member 0 is the single model
+    assert not np.allclose(members[1], members[0], atol=1e-3)  # the others start from their own seeds
+    np.testing.assert_allclose(ensemble.proba, np.mean(members, axis=0), atol=1e-6)
+    batched = run_folds_batched(table, [fold], [0], ensemble_config, context)[0]  # members as rows of one batch
+    np.testing.assert_allclose(batched.proba, ensemble.proba, atol=2e-3)
+    save_model(tmp_path / "m.pt", ensemble.model, ensemble_config, fold, table.feature_names, table.class_names)
+    model, bundle = load_model(tmp_path / "m.pt")
+    predicted = predict_frame(model, bundle, small_frame)
+    np.testing.assert_allclose(predicted[["p_non-stress", "p_stress"]].to_numpy()[table.row_ids[fold.test]],
+                               ensemble.proba, atol=1e-5)
