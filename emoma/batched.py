@@ -222,18 +222,22 @@ def _pool(h, kind):
     return pairs.sum(3) / counts
 
 
-def _stack_windows(parts: list[Samples], device) -> torch.Tensor:
-    """(K, n_windows, F): each fold's scaled window matrix, zero-padded (shared by its train and val samples)."""
-    X = np.zeros((len(parts), max(len(s.X) for s in parts), parts[0].X.shape[1]), dtype=np.float32)
-    for f, s in enumerate(parts):
-        X[f, :len(s.X)] = s.X
-    return torch.as_tensor(X, device=device)
+def _stack_windows(parts: list[Samples], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, n_windows, F) the distinct scaled window matrices of the parts, zero-padded (a fold's train and val
+    samples, and every ensemble member of a fold, read the same one), and (K,) each part's matrix."""
+    matrices = list({id(s.X): s.X for s in parts}.values())
+    source = [next(u for u, M in enumerate(matrices) if M is s.X) for s in parts]
+    X = np.zeros((len(matrices), max(len(M) for M in matrices), matrices[0].shape[1]), dtype=np.float32)
+    for u, M in enumerate(matrices):
+        X[u, :len(M)] = M
+    return torch.as_tensor(X, device=device), torch.as_tensor(source, device=device)
 
 
 class _Stack:
-    """Per-fold samples stacked and padded over windows X (K, N, F): index (K, n_max, k), mask, y (K, n_max)."""
+    """Per-fold samples stacked and padded, over the window matrices X (U, N, F) of `_stack_windows`:
+    index (K, n_max, k), mask, y (K, n_max), and each row's matrix."""
 
-    def __init__(self, parts: list[Samples], X: torch.Tensor):
+    def __init__(self, parts: list[Samples], X: torch.Tensor, source: torch.Tensor):
         K = len(parts)
         n_max = max(len(s) for s in parts)
         k = parts[0].index.shape[1]
@@ -250,11 +254,12 @@ class _Stack:
         self.counts = [len(s) for s in parts]
         self.n = torch.as_tensor(self.counts, device=device)
         self.fold = torch.arange(K, device=device)[:, None]  # (K, 1): each row's fold in gathers
+        self.source = source[:, None]  # (K, 1): each row's window matrix in gathers
 
-    def keep(self, local: list[int], X: torch.Tensor) -> None:
-        """Only the folds `local` (rows of the batch) stay; X is the already compacted window matrix."""
-        ix = torch.as_tensor(local, device=X.device)
-        self.X, self.index, self.y, self.n = X, self.index[ix], self.y[ix], self.n[ix]
+    def keep(self, local: list[int]) -> None:
+        """Only the folds `local` (rows of the batch) stay."""
+        ix = torch.as_tensor(local, device=self.index.device)
+        self.index, self.y, self.n, self.source = self.index[ix], self.y[ix], self.n[ix], self.source[ix]
         self.mask = None if self.mask is None else self.mask[ix]
         self.counts = [self.counts[i] for i in local]
         self.fold = self.fold[:len(local)]
@@ -262,7 +267,7 @@ class _Stack:
     def batch(self, rows: torch.Tensor):
         """rows (K, B) per-fold sample numbers -> x (K, B, T, F), mask (K, B, T) or None, y (K, B)."""
         index = self.index[self.fold, rows]  # (K, B, T)
-        x = self.X[self.fold[:, :, None], index]  # (K, B, T, F)
+        x = self.X[self.source[:, :, None], index]  # (K, B, T, F)
         return x, None if self.mask is None else self.mask[self.fold, rows], self.y[self.fold, rows]
 
 
@@ -285,8 +290,8 @@ def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, mod
     m, v = torch.zeros_like(flat), torch.zeros_like(flat)
     steps = torch.zeros(K, device=device)
     best = flat.clone()  # rows by original fold number
-    windows = _stack_windows(train, device)  # a fold's train and val samples read the same windows
-    tr, va = _Stack(train, windows), _Stack(val, windows)
+    windows, source = _stack_windows(train, device)
+    tr, va = _Stack(train, windows, source), _Stack(val, windows, source)
     class_w = torch.stack([class_weights(s.y, n_classes, device) if train_cfg.class_weights
                            else torch.ones(n_classes, device=device) for s in train])  # (K, C)
     dropout_gen = [torch.Generator(device=device).manual_seed(seed + 1) for seed in seeds]
@@ -360,9 +365,8 @@ def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, mod
                 break
             ix = torch.as_tensor(keep, device=device)
             flat, grad, m, v, steps, class_w = flat[ix], grad[ix], m[ix], v[ix], steps[ix], class_w[ix]
-            windows = windows[ix]
-            tr.keep(keep, windows)
-            va.keep(keep, windows)
+            tr.keep(keep)
+            va.keep(keep)
             alive = [alive[j] for j in keep]
             leaves, grad_views, fold_rows = rebind()
     fits = []

@@ -61,6 +61,7 @@ class CVResult:
     folds: list[FoldResult]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    smooth: int = 1  # model.smooth of the run: its fold probabilities are already smoothed when > 1
 
     def summary(self) -> dict[str, dict[str, float]]:
         """{metric: {"mean": ..., "std": ...}} over folds (population std)."""
@@ -69,6 +70,8 @@ class CVResult:
     def smoothed_summary(self, table: Table, k: int, window_s: float | None = None) -> dict[str, dict[str, float]]:
         """`summary()` of a run without smoothing had its CNN-LSTM probabilities been smoothed over k windows
         (`model.smooth` does not change training, so every value can be scored from one run)."""
+        if self.smooth != 1:
+            raise ValueError(f"this run's probabilities are already smoothed over {self.smooth} windows")
         starts = run_starts(table, window_s)
         return _mean_std([score(table.y[f.test_rows], smooth_probabilities(f.proba, f.test_rows, starts, k).argmax(1),
                                 len(table.class_names))[0] for f in self.folds])
@@ -161,7 +164,8 @@ def run_cv(table: Table, plan: FoldPlan, config: Config, *, baselines: bool = Fa
     bar.close()
     results.sort(key=lambda r: r.index)
     notes = list(plan.notes) + order_notes(table, config.model.context, table.normalisation)
-    return CVResult(plan.scheme, table.class_names, results, time.perf_counter() - start, notes=notes)
+    return CVResult(plan.scheme, table.class_names, results, time.perf_counter() - start, notes=notes,
+                    smooth=config.model.smooth)
 
 
 def run_fold(table: Table, fold: Fold, index: int, config: Config, context: tuple[np.ndarray, np.ndarray],
@@ -218,9 +222,9 @@ def fold_result(table: Table, fold: Fold, index: int, config: Config, parts: dic
     if baselines:
         train_inputs, test_inputs = parts["train"].flat(), test.flat()
         for name, make in BASELINES.items():
-            model = make(fold_seed(config.seed, index)).fit(train_inputs, parts["train"].y)
+            baseline = make(fold_seed(config.seed, index)).fit(train_inputs, parts["train"].y)
             raw = np.zeros((len(test), n_classes))
-            raw[:, model.classes_] = model.predict_proba(test_inputs)  # classes seen in training
+            raw[:, baseline.classes_] = baseline.predict_proba(test_inputs)  # classes seen in training
             baseline_proba[name] = smooth(raw)  # smoothed as the CNN-LSTM's
             baseline_metrics[name] = score(test.y, baseline_proba[name].argmax(1), n_classes)[0]
     metrics, confusion = score(test.y, y_pred, n_classes)

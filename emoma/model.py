@@ -6,6 +6,8 @@ the single-window model of EmoMA-Net: the LSTM runs over one window's CNN positi
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -132,7 +134,8 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, x, mask=None):
-        return torch.stack([m(x, mask).softmax(dim=-1) for m in self.members]).mean(dim=0).log()
+        log_p = torch.stack([m(x, mask).log_softmax(dim=-1) for m in self.members])
+        return torch.logsumexp(log_p, dim=0) - math.log(len(self.members))  # finite where a softmax underflows
 
 
 def build_predictor(cfg: ModelConfig, n_inputs: int, n_classes: int) -> nn.Module:

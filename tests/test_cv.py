@@ -51,6 +51,7 @@ def test_test_fold_not_used_for_training_or_early_stopping(small_table, smoke_co
 def test_an_ensemble_averages_members_trained_from_their_own_seeds(small_frame, smoke_config, tmp_path):
     from emoma.cv import run_folds_batched
     from emoma.data import table_from_frame
+    from emoma.model import Ensemble
     from emoma.predict import load_model, predict_frame, save_model
     from emoma.train import predict_proba
 
@@ -60,7 +61,8 @@ def test_an_ensemble_averages_members_trained_from_their_own_seeds(small_frame, 
     context = table_context(table, config)
     single = run_fold(table, fold, 0, config, context)
     ensemble_config = apply_overrides(config, {"model.ensemble": 3})
-    ensemble = run_fold(table, fold, 0, ensemble_config, context, keep_model=True)
+    ensemble = run_fold(table, fold, 0, ensemble_config, context, keep_model=True, baselines=True)
+    assert isinstance(ensemble.model, Ensemble)  # the kept model is the CNN-LSTMs', not a baseline's
     test = fold.samples(table.X, table.y, context, config.model.n_features)["test"]
     members = [predict_proba(m, test) for m in ensemble.model.members]
     np.testing.assert_allclose(members[0], single.proba, atol=1e-6)  # member 0 is the single model
