@@ -74,7 +74,7 @@ def test_a_trial_worker_killed_mid_fold_resumes_from_its_last_fold(tmp_path):
 
 
 def test_ctrl_c_during_the_plan_and_the_retraining_loses_nothing(tmp_path):
-    slow_plan = ["--set", "cv.rfe_trees=300", "--set", "cv.rfe_step=1"]
+    slow_plan = ["--set", "cv.rfe_trees=100", "--set", "cv.rfe_step=1"]  # seconds: Ctrl-C lands inside it
     command = search_command(tmp_path, "c", "--num-samples", 2, "--cv", "group-kfold", "--folds", 2, *slow_plan,
                              "--set", "train.epochs=40")
     proc = subprocess.Popen(interruptible(command), cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
