@@ -225,8 +225,9 @@ def _pool(h, kind):
 def _stack_windows(parts: list[Samples], device) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, n_windows, F) the distinct scaled window matrices of the parts, zero-padded (a fold's train and val
     samples, and every ensemble member of a fold, read the same one), and (K,) each part's matrix."""
-    matrices = list({id(s.X): s.X for s in parts}.values())
-    source = [next(u for u, M in enumerate(matrices) if M is s.X) for s in parts]
+    slot = {}  # id of a distinct matrix -> its place in X
+    source = [slot.setdefault(id(s.X), len(slot)) for s in parts]
+    matrices = list({id(s.X): s.X for s in parts}.values())  # in order of first appearance, as `slot`
     X = np.zeros((len(matrices), max(len(M) for M in matrices), matrices[0].shape[1]), dtype=np.float32)
     for u, M in enumerate(matrices):
         X[u, :len(M)] = M

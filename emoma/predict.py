@@ -67,8 +67,8 @@ def predict_frame(model: torch.nn.Module, bundle: dict, frame: pd.DataFrame) -> 
         raise UserError(f"the table lacks features the model needs: {', '.join(missing)}")
     per_subject = data.subject_norm != "none" or config.model.context > 1 or config.model.smooth > 1
     if per_subject and data.subject_column not in frame.columns:
-        raise UserError(f"the model normalises by subject or reads or smooths over earlier windows, but the table has no "
-                        f"{data.subject_column!r} column: add each window's subject")
+        raise UserError(f"the model normalises by subject or uses earlier windows (context or smoothing), but the "
+                        f"table has no {data.subject_column!r} column: add each window's subject")
     values = frame[bundle["features"]].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
