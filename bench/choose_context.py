@@ -33,6 +33,7 @@ CANDIDATES = {
     "G (all features)": {**A, "model.n_features": 0},
     "H (class weights)": {**A, "train.class_weights": True},
     "I (ensemble of 5)": {**A, "model.ensemble": 5},
+    "J (refit)": {**A, "train.refit": True},
 }
 
 

@@ -28,6 +28,7 @@ from emoma.model import ChannelAttention, CNNLSTM, SpatialAttention, build_model
 from emoma.train import EVAL_CHUNK, FoldFit, class_weights, epoch_line, resolve_device
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as in train_fold
+HISTORY_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1")
 DROPOUT_FOLD_BYTES = 1 << 22  # each fold draws its dropout masks for as many steps at once as fit in 4 MB (max 32)
 
 
@@ -272,9 +273,11 @@ class _Stack:
         return x, None if self.mask is None else self.mask[self.fold, rows], self.y[self.fold, rows]
 
 
-def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, model_cfg: ModelConfig,
-                train_cfg: TrainConfig, seeds: list[int], log=None) -> list[FoldFit]:
+def train_folds(train: list[Samples], val: list[Samples] | None, *, n_classes: int, model_cfg: ModelConfig,
+                train_cfg: TrainConfig, seeds: list[int], epochs: list[int] | None = None,
+                log=None) -> list[FoldFit]:
     """`emoma.train.train_fold` for K folds at once (one Samples per fold; every fold has the same n_inputs).
+    With val None (a refit), fold f runs `epochs[f]` epochs and keeps its last weights.
 
     Returns one FoldFit per fold, its best epoch's weights restored in a plain CNNLSTM.
     """
@@ -292,7 +295,8 @@ def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, mod
     steps = torch.zeros(K, device=device)
     best = flat.clone()  # rows by original fold number
     windows, source = _stack_windows(train, device)
-    tr, va = _Stack(train, windows, source), _Stack(val, windows, source)
+    tr = _Stack(train, windows, source)
+    va = None if val is None else _Stack(val, windows, source)
     class_w = torch.stack([class_weights(s.y, n_classes, device) if train_cfg.class_weights
                            else torch.ones(n_classes, device=device) for s in train])  # (K, C)
     dropout_gen = [torch.Generator(device=device).manual_seed(seed + 1) for seed in seeds]
@@ -313,7 +317,7 @@ def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, mod
         return leaves, [grads[n] for n in leaves], rows
 
     leaves, grad_views, fold_rows = rebind()
-    for epoch in range(1, train_cfg.epochs + 1):
+    for epoch in range(1, (train_cfg.epochs if va is not None else max(epochs)) + 1):
         counts = tr.counts
         n_steps = -(-max(counts) // bs)
         order = torch.zeros(len(alive), n_steps * bs, dtype=torch.long)
@@ -343,17 +347,21 @@ def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, mod
             with torch.no_grad():
                 loss_sum += fold_loss.detach() * weight.sum(1)
                 correct += ((logits.argmax(2) == y).float() * weight).sum(1)
-        val_scores = _validate(forward, leaves, va, class_w, n_classes)  # (K, 4) on the device
-        table = torch.cat([val_scores, (loss_sum / tr.n)[:, None], (correct / tr.n)[:, None]], dim=1).tolist()
+        train_scores = torch.stack([loss_sum / tr.n, correct / tr.n], dim=1)  # (K, 2)
+        if va is not None:
+            train_scores = torch.cat([train_scores, _validate(forward, leaves, va, class_w, n_classes)], dim=1)
+        table = train_scores.tolist()
         improved, stopped = [], []
         for j, f in enumerate(alive):
-            val_loss, acc, bal, f1, train_loss, train_acc = table[j]
-            row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
-                   "val_accuracy": acc, "val_balanced_accuracy": bal, "val_macro_f1": f1}
+            row = {"epoch": epoch, **dict(zip(HISTORY_KEYS, table[j]))}
             histories[f].append(row)
             if log is not None:
                 log(f, epoch_line(row, train_cfg.metric))
-            if selectors[f].update(epoch, row[f"val_{train_cfg.metric}"], val_loss):
+            if va is None:  # a refit keeps its last epoch
+                if epoch == epochs[f]:
+                    improved.append(j)
+                    stopped.append(j)
+            elif selectors[f].update(epoch, row[f"val_{train_cfg.metric}"], row["val_loss"]):
                 improved.append(j)
             elif selectors[f].should_stop(epoch):
                 stopped.append(j)
@@ -367,15 +375,16 @@ def train_folds(train: list[Samples], val: list[Samples], *, n_classes: int, mod
             ix = torch.as_tensor(keep, device=device)
             flat, grad, m, v, steps, class_w = flat[ix], grad[ix], m[ix], v[ix], steps[ix], class_w[ix]
             tr.keep(keep)
-            va.keep(keep)
+            if va is not None:
+                va.keep(keep)
             alive = [alive[j] for j in keep]
             leaves, grad_views, fold_rows = rebind()
     fits = []
     for f, model in enumerate(models):
         model.load_state_dict(layout.state_dict(best[f].cpu(), model))
         model.to(device).eval()
-        fits.append(FoldFit(model=model, best_epoch=selectors[f].best_epoch, epochs_run=len(histories[f]),
-                            history=histories[f]))
+        best_epoch = selectors[f].best_epoch if va is not None else epochs[f]
+        fits.append(FoldFit(model=model, best_epoch=best_epoch, epochs_run=len(histories[f]), history=histories[f]))
     return fits
 
 

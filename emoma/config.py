@@ -82,6 +82,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without a better validation score; 0 = run all epochs
     class_weights: bool = False  # weight the loss by inverse class frequency of the training rows
     grad_clip: float = 0.0  # clip the gradient norm to this value; 0 = off
+    refit: bool = False  # after the best epoch is chosen, retrain on training + validation rows for that many epochs
     metric: str = "macro_f1"  # validation metric that picks the best epoch and drives early stopping (ties: lower loss)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -171,7 +171,8 @@ def run_cv(table: Table, plan: FoldPlan, config: Config, *, baselines: bool = Fa
 def run_fold(table: Table, fold: Fold, index: int, config: Config, context: tuple[np.ndarray, np.ndarray],
              baselines: bool = False, verbose: bool = False, threads: int = 1,
              keep_model: bool = False) -> FoldResult:
-    """Train on the fold's training rows, early-stop on its validation rows, score its test rows once.
+    """Train on the fold's training rows, early-stop on its validation rows, score its test rows once (with
+    `train.refit`, the kept model is trained again on training + validation rows for the best epoch count).
 
     `context` is `table_context(table, config)`; `threads` fixes torch's CPU threads (results depend on it
     only in the last bits); `keep_model` puts the trained model in the result.
@@ -183,9 +184,15 @@ def run_fold(table: Table, fold: Fold, index: int, config: Config, context: tupl
     for member in range(config.model.ensemble):
         name = f"fold {index + 1:2d}" + (f" member {member + 1}" if config.model.ensemble > 1 else "")
         log = (lambda line, name=name: print(f"{name} {line}", flush=True)) if verbose else None
-        fits.append(train_fold(parts["train"], parts["val"], n_classes=len(table.class_names),
-                               model_cfg=config.model, train_cfg=config.train,
-                               seed=fold_seed(config.seed, index, member), log=log))
+        seed = fold_seed(config.seed, index, member)
+        fit = train_fold(parts["train"], parts["val"], n_classes=len(table.class_names), model_cfg=config.model,
+                         train_cfg=config.train, seed=seed, log=log)
+        if config.train.refit:
+            refit = train_fold(parts["train"].plus(parts["val"]), None, n_classes=len(table.class_names),
+                               model_cfg=config.model, train_cfg=replace(config.train, epochs=fit.best_epoch),
+                               seed=seed, log=log)
+            fit = replace(fit, model=refit.model)
+        fits.append(fit)
     return fold_result(table, fold, index, config, parts, fits, time.perf_counter() - start, baselines, keep_model)
 
 
@@ -199,9 +206,15 @@ def run_folds_batched(table: Table, folds: list[Fold], indices: list[int], confi
     n = config.model.ensemble  # every member of every fold is one row of the batched model
     names = [f"fold {i + 1:2d}" + (f" member {j + 1}" if n > 1 else "") for i in indices for j in range(n)]
     log = (lambda k, line: print(f"{names[k]} {line}", flush=True)) if verbose else None
+    seeds = [fold_seed(config.seed, i, j) for i in indices for j in range(n)]
     fits = train_folds([p["train"] for p in parts for _ in range(n)], [p["val"] for p in parts for _ in range(n)],
                        n_classes=len(table.class_names), model_cfg=config.model, train_cfg=config.train,
-                       seeds=[fold_seed(config.seed, i, j) for i in indices for j in range(n)], log=log)
+                       seeds=seeds, log=log)
+    if config.train.refit:  # every member again on training + validation rows, for its own best epoch count
+        refits = train_folds([p["train"].plus(p["val"]) for p in parts for _ in range(n)], None,
+                             n_classes=len(table.class_names), model_cfg=config.model, train_cfg=config.train,
+                             seeds=seeds, epochs=[fit.best_epoch for fit in fits], log=log)
+        fits = [replace(fit, model=refit.model) for fit, refit in zip(fits, refits)]
     seconds = (time.perf_counter() - start) / len(folds)  # shared training time, split evenly
     return [fold_result(table, fold, i, config, p, fits[k * n:(k + 1) * n], seconds, baselines)
             for k, (fold, i, p) in enumerate(zip(folds, indices, parts))]
@@ -220,9 +233,10 @@ def fold_result(table: Table, fold: Fold, index: int, config: Config, parts: dic
     y_pred = proba.argmax(1)
     baseline_metrics, baseline_proba = {}, {}
     if baselines:
-        train_inputs, test_inputs = parts["train"].flat(), test.flat()
+        fitted_on = parts["train"].plus(parts["val"]) if config.train.refit else parts["train"]  # as the model
+        train_inputs, test_inputs = fitted_on.flat(), test.flat()
         for name, make in BASELINES.items():
-            baseline = make(fold_seed(config.seed, index)).fit(train_inputs, parts["train"].y)
+            baseline = make(fold_seed(config.seed, index)).fit(train_inputs, fitted_on.y)
             raw = np.zeros((len(test), n_classes))
             raw[:, baseline.classes_] = baseline.predict_proba(test_inputs)  # classes seen in training
             baseline_proba[name] = smooth(raw)  # smoothed as the CNN-LSTM's

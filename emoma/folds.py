@@ -86,6 +86,13 @@ class Samples:
         """Whether any sample has padding (the model then needs the mask)."""
         return not self.mask.all()
 
+    def plus(self, other: Samples) -> Samples:
+        """These samples followed by `other`'s, over the same window matrix (a fold's training + validation)."""
+        if other.X is not self.X:
+            raise ValueError("samples of different window matrices cannot be joined")
+        return Samples(self.X, np.concatenate([self.index, other.index]), np.concatenate([self.mask, other.mask]),
+                       np.concatenate([self.y, other.y]))
+
     def flat(self) -> np.ndarray:
         """(n_samples, k * n_inputs): the context windows concatenated, oldest first (for classical models;
         padding repeats the run's first window)."""

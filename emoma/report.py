@@ -146,6 +146,10 @@ def predictions_frame(result: CVResult, table: Table) -> pd.DataFrame:
     return pd.concat(frames).sort_values("row")
 
 
+REFIT = ("; then each model trained again from its seed on the training and validation rows for its best epoch "
+         "count (refit), the baselines fitted on the same rows")
+
+
 def format_summary(result: CVResult) -> str:
     """A few lines for the terminal: mean ± std per metric, baselines, the pooled confusion matrix."""
     lines = [f"{len(result.folds)} {result.scheme} folds in {result.seconds:.1f} s"]
@@ -187,8 +191,8 @@ def markdown_report(result: CVResult, table: Table, plan: FoldPlan, config: Conf
         "## Protocol",
         f"- {PROTOCOLS[result.scheme]}; {len(result.folds)} folds",
         f"- scaler and RFE fitted on each fold's training rows only; best epoch and early stopping by validation "
-        f"{config.train.metric} on {'held-out training subjects' if plan.subject_wise else 'held-out training rows'}; "
-        "each test fold scored once",
+        f"{config.train.metric} on {'held-out training subjects' if plan.subject_wise else 'held-out training rows'}"
+        f"{REFIT if config.train.refit else ''}; each test fold scored once",
         *[f"- **WARNING: {note}**" for note in result.notes],
         "",
         "## Result (mean ± std over folds)",
@@ -472,7 +476,7 @@ def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, 
         "## Best and seed configurations, retrained on all search subjects, scored once on the held-out subjects",
         "",
         f"Early stopping on held-out search subjects; the best ran {best.epochs_run} epochs, best epoch "
-        f"{best.best_epoch}. Configuration: `best_config.yaml`; model: `best_model.pt` "
+        f"{best.best_epoch}{REFIT if result.best_config.train.refit else ''}. Configuration: `best_config.yaml`; model: `best_model.pt` "
         "(`python -m emoma.predict --model best_model.pt --data new.csv --out predictions.csv`); every held-out "
         "window's probabilities: `holdout_predictions.csv`.",
         "",

@@ -53,13 +53,14 @@ class SampleTensors:
         return self.X[self.index[rows]], None if self.mask is None else self.mask[rows]
 
 
-def train_fold(train: Samples, val: Samples, *, n_classes: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
-               seed: int, log=None) -> FoldFit:
+def train_fold(train: Samples, val: Samples | None, *, n_classes: int, model_cfg: ModelConfig,
+               train_cfg: TrainConfig, seed: int, log=None) -> FoldFit:
     """Train a fresh CNN-LSTM with Adam on `train`; keep the epoch best on `val` by `train_cfg.metric`.
 
     Parameters
     ----------
-    train, val : the fold's samples (k context windows each over its scaled features).
+    train, val : the fold's samples (k context windows each over its scaled features); val None (a refit):
+        run all `train_cfg.epochs` epochs and keep the last.
     log : optional callable taking one line of text per epoch (``-v``).
 
     Returns
@@ -71,7 +72,8 @@ def train_fold(train: Samples, val: Samples, *, n_classes: int, model_cfg: Model
     generator = torch.Generator().manual_seed(seed)
     model = build_model(model_cfg, train.X.shape[1], n_classes).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    tr, va = SampleTensors.of(train, device), SampleTensors.of(val, device)
+    tr = SampleTensors.of(train, device)
+    va = None if val is None else SampleTensors.of(val, device)
     weights = class_weights(train.y, n_classes, device) if train_cfg.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weights)
 
@@ -94,23 +96,30 @@ def train_fold(train: Samples, val: Samples, *, n_classes: int, model_cfg: Model
             optimizer.step()
             loss_sum += loss.detach() * len(rows)
             correct += (logits.argmax(1) == tr.y[rows]).sum()
-        row = {"epoch": epoch, "train_loss": loss_sum.item() / n, "train_accuracy": correct.item() / n,
-               **validation_scores(model, va, loss_fn, n_classes)}
+        row = {"epoch": epoch, "train_loss": loss_sum.item() / n, "train_accuracy": correct.item() / n}
+        if va is not None:
+            row.update(validation_scores(model, va, loss_fn, n_classes))
         history.append(row)
         if log is not None:
             log(epoch_line(row, train_cfg.metric))
+        if va is None:
+            continue
         if selector.update(epoch, row[f"val_{train_cfg.metric}"], row["val_loss"]):
             best_state = copy.deepcopy(model.state_dict())
         elif selector.should_stop(epoch):
             break
-    model.load_state_dict(best_state)
+    if va is not None:
+        model.load_state_dict(best_state)
     model.eval()
-    return FoldFit(model=model, best_epoch=selector.best_epoch, epochs_run=len(history), history=history)
+    return FoldFit(model=model, best_epoch=selector.best_epoch if va is not None else len(history),
+                   epochs_run=len(history), history=history)
 
 
 def epoch_line(row: dict, metric: str) -> str:
-    return (f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
-            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} {metric} {row[f'val_{metric}']:.3f}")
+    line = f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}"
+    if "val_loss" not in row:  # a refit: no validation rows
+        return line + "  (refit)"
+    return line + f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} {metric} {row[f'val_{metric}']:.3f}"
 
 
 @torch.no_grad()

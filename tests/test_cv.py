@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from emoma.config import apply_overrides
-from emoma.cv import run_cv, run_fold, table_context
+from emoma.cv import fold_seed, run_cv, run_fold, table_context
 from emoma.data import Table
 from emoma.folds import make_plan
 
@@ -75,3 +75,46 @@ def test_an_ensemble_averages_members_trained_from_their_own_seeds(small_frame, 
     predicted = predict_frame(model, bundle, small_frame)
     np.testing.assert_allclose(predicted[["p_non-stress", "p_stress"]].to_numpy()[table.row_ids[fold.test]],
                                ensemble.proba, atol=1e-5)
+
+
+def test_refit_retrains_on_training_and_validation_rows_for_the_best_epoch(small_table, smoke_config, monkeypatch):
+    import emoma.cv
+    from emoma.cv import run_folds_batched
+    from emoma.train import predict_proba, train_fold
+
+    config = apply_overrides(smoke_config, {"train.epochs": 5, "model.dropout": 0.0, "model.context": 2})
+    refit_config = apply_overrides(config, {"train.refit": True})
+    fold = make_plan(small_table, config.cv, config.seed).folds[0]
+    context = table_context(small_table, config)
+    plain = run_fold(small_table, fold, 0, config, context)
+    refit = run_fold(small_table, fold, 0, refit_config, context, keep_model=True)
+    assert refit.best_epoch == plain.best_epoch and refit.history == plain.history  # chosen on validation rows
+    parts = fold.samples(small_table.X, small_table.y, context, config.model.n_features)
+    both = parts["train"].plus(parts["val"])
+    assert len(both) == len(fold.train) + len(fold.val)
+    again = train_fold(both, None, n_classes=2, model_cfg=config.model, seed=fold_seed(config.seed, 0),
+                       train_cfg=apply_overrides(config, {"train.epochs": plain.best_epoch}).train)
+    assert again.epochs_run == plain.best_epoch
+    np.testing.assert_allclose(refit.proba, predict_proba(again.model, parts["test"]), atol=1e-6)
+    assert not np.allclose(refit.proba, plain.proba, atol=1e-3)
+    batched = run_folds_batched(small_table, [fold], [0], refit_config, context)[0]
+    np.testing.assert_allclose(batched.proba, refit.proba, atol=2e-3)
+
+    seen = []  # the baselines are fitted on the same rows as the refit model
+    monkeypatch.setattr(emoma.cv, "BASELINES", {"rows": lambda seed: _Recorder(seen)})
+    run_fold(small_table, fold, 0, apply_overrides(refit_config, {"train.epochs": 1}), context, baselines=True)
+    np.testing.assert_array_equal(seen[0], both.y)
+
+
+class _Recorder:
+    classes_ = np.arange(2)
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def fit(self, X, y):
+        self.seen.append(y)
+        return self
+
+    def predict_proba(self, X):
+        return np.full((len(X), 2), 0.5)
