@@ -281,6 +281,8 @@ def train_folds(train: list[Samples], val: list[Samples] | None, *, n_classes: i
 
     Returns one FoldFit per fold, its best epoch's weights restored in a plain CNNLSTM.
     """
+    if (val is None) != (epochs is not None) or (epochs is not None and (len(epochs) != len(seeds) or min(epochs) < 1)):
+        raise ValueError("give validation samples, or (a refit) no validation samples and one epoch count >= 1 per fold")
     device = resolve_device(train_cfg.device)
     K, n_inputs = len(seeds), train[0].X.shape[1]
     models = []
@@ -353,7 +355,8 @@ def train_folds(train: list[Samples], val: list[Samples] | None, *, n_classes: i
         table = train_scores.tolist()
         improved, stopped = [], []
         for j, f in enumerate(alive):
-            row = {"epoch": epoch, **dict(zip(HISTORY_KEYS, table[j]))}
+            keys = HISTORY_KEYS if va is not None else HISTORY_KEYS[:2]
+            row = {"epoch": epoch, **dict(zip(keys, table[j], strict=True))}
             histories[f].append(row)
             if log is not None:
                 log(f, epoch_line(row, train_cfg.metric))

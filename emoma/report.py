@@ -65,7 +65,7 @@ def metrics_dict(result: CVResult, table: Table, plan: FoldPlan, config: Config,
         "inputs": inputs_summary(table, config),
         "protocol": {"scheme": result.scheme, "description": PROTOCOLS[result.scheme], "folds": len(result.folds),
                      "subject_wise": plan.subject_wise, "notes": result.notes, "plan_key": plan.key,
-                     "early_stopping_metric": config.train.metric},
+                     "early_stopping_metric": config.train.metric, "refit": config.train.refit},
         "summary": result.summary(),
         "evaluation": evaluation,
         "confusion_matrix": result.confusion.tolist(),
@@ -148,6 +148,20 @@ def predictions_frame(result: CVResult, table: Table) -> pd.DataFrame:
 
 REFIT = ("; then each model trained again from its seed on the training and validation rows for its best epoch "
          "count (refit), the baselines fitted on the same rows")
+
+
+def _search_refit(result, config: Config) -> str:
+    if "train.refit" in result.space:
+        return "; whether each model is refit on training + validation rows is searched (train.refit)"
+    refit = "; every model refit on its fold's training + validation rows for its best epoch count"
+    return refit if config.train.refit else ""
+
+
+def _seed_refit(result) -> str:
+    refit = result.seed_config.train.refit
+    if refit == result.best_config.train.refit:
+        return ""
+    return f" (the seed configuration {'with' if refit else 'without'} the refit)"
 
 
 def format_summary(result: CVResult) -> str:
@@ -447,7 +461,7 @@ def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, 
         f"- search subjects: {', '.join(map(str, result.search_subjects))}",
         f"- each trial: {PROTOCOLS[result.plan.scheme]}, {len(result.plan.folds)} folds over the search subjects; "
         "scaler and RFE fitted on each fold's training rows; one fold plan per subject normalisation shared by "
-        "every trial; folds in one order for every trial",
+        f"every trial; folds in one order for every trial{_search_refit(result, config)}",
         f"- objective: mean {result.metric} over folds (also the early-stopping metric); {pruning}the best is "
         "chosen among trials that completed every fold",
         *[f"- note: {n}" for n in result.notes],
@@ -476,7 +490,8 @@ def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, 
         "## Best and seed configurations, retrained on all search subjects, scored once on the held-out subjects",
         "",
         f"Early stopping on held-out search subjects; the best ran {best.epochs_run} epochs, best epoch "
-        f"{best.best_epoch}{REFIT if result.best_config.train.refit else ''}. Configuration: `best_config.yaml`; model: `best_model.pt` "
+        f"{best.best_epoch}{REFIT if result.best_config.train.refit else ''}"
+        f"{_seed_refit(result)}. Configuration: `best_config.yaml`; model: `best_model.pt` "
         "(`python -m emoma.predict --model best_model.pt --data new.csv --out predictions.csv`); every held-out "
         "window's probabilities: `holdout_predictions.csv`.",
         "",

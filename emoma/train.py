@@ -20,7 +20,7 @@ EVAL_CHUNK = 2048  # samples per forward pass when scoring: bounds activation me
 
 @dataclass
 class FoldFit:
-    model: nn.Module  # weights of the best validation epoch, in eval mode
+    model: nn.Module  # weights of the best validation epoch (or of the refit), in eval mode
     best_epoch: int  # 1-based epoch whose weights were kept
     epochs_run: int
     history: list[dict] = field(default_factory=list)  # per epoch: train loss/accuracy, validation loss and metrics

@@ -54,11 +54,13 @@ def test_smoke_run_writes_every_output(tmp_path):
 def test_row_wise_protocol_is_labelled(cli, tmp_path):
     out = tmp_path / "out"
     proc = cli("--config", str(ROOT / "configs/smoke.yaml"), "--cv", "kfold", "--out", str(out),
-               "--task", "3class", "--set", "train.refit=true", tmp_path=tmp_path)
+               "--task", "3class", "--set", "train.refit=true", "-v", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "WARNING: kfold splits rows, not subjects" in proc.stdout
+    assert "(refit)" in proc.stdout  # the refit's epochs ran
     report = (out / "report.md").read_text()
     assert "WARNING: kfold splits rows" in report and "validation rows for its best epoch count (refit)" in report
+    assert json.loads((out / "metrics.json").read_text())["protocol"]["refit"] is True
     assert json.loads((out / "metrics.json").read_text())["class_names"] == ["amusement", "baseline", "stress"]
 
 

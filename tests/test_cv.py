@@ -82,23 +82,39 @@ def test_refit_retrains_on_training_and_validation_rows_for_the_best_epoch(small
     from emoma.cv import run_folds_batched
     from emoma.train import predict_proba, train_fold
 
-    config = apply_overrides(smoke_config, {"train.epochs": 5, "model.dropout": 0.0, "model.context": 2})
+    config = apply_overrides(smoke_config, {"train.epochs": 12, "train.patience": 3, "train.lr": 0.02,
+                                            "model.dropout": 0.0, "model.context": 2, "cv.scheme": "loso"})
     refit_config = apply_overrides(config, {"train.refit": True})
-    fold = make_plan(small_table, config.cv, config.seed).folds[0]
+    plan = make_plan(small_table, config.cv, config.seed)
+    fold = plan.folds[0]
     context = table_context(small_table, config)
     plain = run_fold(small_table, fold, 0, config, context)
     refit = run_fold(small_table, fold, 0, refit_config, context, keep_model=True)
     assert refit.best_epoch == plain.best_epoch and refit.history == plain.history  # chosen on validation rows
+    assert 1 <= plain.best_epoch < config.train.epochs  # so running every epoch would be another model
     parts = fold.samples(small_table.X, small_table.y, context, config.model.n_features)
     both = parts["train"].plus(parts["val"])
     assert len(both) == len(fold.train) + len(fold.val)
-    again = train_fold(both, None, n_classes=2, model_cfg=config.model, seed=fold_seed(config.seed, 0),
-                       train_cfg=apply_overrides(config, {"train.epochs": plain.best_epoch}).train)
-    assert again.epochs_run == plain.best_epoch
-    np.testing.assert_allclose(refit.proba, predict_proba(again.model, parts["test"]), atol=1e-6)
+
+    def trained_for(epochs):
+        fit = train_fold(both, None, n_classes=2, model_cfg=config.model, seed=fold_seed(config.seed, 0),
+                         train_cfg=apply_overrides(config, {"train.epochs": epochs}).train)
+        assert fit.epochs_run == epochs
+        return predict_proba(fit.model, parts["test"])
+
+    np.testing.assert_allclose(refit.proba, trained_for(plain.best_epoch), atol=1e-6)
+    assert not np.allclose(refit.proba, trained_for(config.train.epochs), atol=1e-3)
     assert not np.allclose(refit.proba, plain.proba, atol=1e-3)
-    batched = run_folds_batched(small_table, [fold], [0], refit_config, context)[0]
-    np.testing.assert_allclose(batched.proba, refit.proba, atol=2e-3)
+
+    # every member of every fold refits for its own epoch count, as rows of one batched model
+    ensemble = apply_overrides(refit_config, {"model.ensemble": 2})
+    indices = list(range(len(plan.folds)))
+    batched = run_folds_batched(small_table, plan.folds, indices, ensemble, context)
+    sequential = [run_fold(small_table, plan.folds[i], i, ensemble, context) for i in indices]
+    assert len({r.best_epoch for r in sequential}) > 1
+    for b, s in zip(batched, sequential):
+        assert b.best_epoch == s.best_epoch
+        np.testing.assert_allclose(b.proba, s.proba, atol=2e-3)
 
     seen = []  # the baselines are fitted on the same rows as the refit model
     monkeypatch.setattr(emoma.cv, "BASELINES", {"rows": lambda seed: _Recorder(seen)})
