@@ -56,13 +56,14 @@ def test_trials_spread_over_nodes_and_never_read_the_csv(cluster, tmp_path, monk
     monkeypatch.setattr(emoma.search, "data_fingerprint", fingerprint_then_delete)
     smoke = ROOT / "configs" / "smoke.yaml"
     config = load_config(smoke, [f"data.path={csv}", f"cv.cache_dir={tmp_path / 'cache'}", "cv.folds=2",
-                                 "search.num_samples=6", "cv.jobs=2", "train.epochs=15"])
+                                 "search.num_samples=6", "search.max_concurrent=3", "cv.jobs=2",
+                                 "train.epochs=40"])  # trials long enough to overlap on a loaded machine
     result = run_search(config, load_space(ROOT / "configs" / "smoke_space.yaml"), config,
                         storage_path=tmp_path / "exp", name="c", log=lambda *a: None)
     assert not csv.exists()
     assert len(result.completed) == 6
     nodes = {t.node for t in result.trials}
-    assert len(nodes) >= 2, nodes
+    assert len(nodes) >= 2, [t.node for t in result.trials]
     assert len(ray.nodes()) == 3
     assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
 
