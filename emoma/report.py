@@ -153,8 +153,11 @@ REFIT = ("; then each model trained again from its seed on the training and vali
 def _search_refit(result, config: Config) -> str:
     if "train.refit" in result.space:
         return "; whether each model is refit on training + validation rows is searched (train.refit)"
-    refit = "; every model refit on its fold's training + validation rows for its best epoch count"
-    return refit if config.train.refit else ""
+    if not config.train.refit:
+        return ""
+    seed = "" if result.seed_config.train.refit else " (not the seed trial: it trains as the seed configuration)"
+    return ("; each sampled trial's models refit on their fold's training + validation rows for their best epoch "
+            f"count{seed}")
 
 
 def _seed_refit(result) -> str:

@@ -327,3 +327,18 @@ def test_a_rerun_of_a_trial_optuna_had_finished_keeps_optunas_end_and_learns_its
     trials = study.get_trials(deepcopy=False)
     assert trials[0].state == told
     assert [t.value for t in trials[1:]] == ([] if told == optuna.trial.TrialState.COMPLETE else [0.7])
+
+
+def test_search_report_says_which_trials_refit():
+    from types import SimpleNamespace
+
+    from emoma.config import apply_overrides
+    from emoma.report import _search_refit
+
+    base = load_config(ROOT / "configs" / "context.yaml", [])
+    seed = load_config(ROOT / "configs" / "seed.yaml", [])
+    result = SimpleNamespace(space={"train.lr": {}}, seed_config=seed)
+    assert "refit" in _search_refit(result, base) and "not the seed trial" in _search_refit(result, base)
+    assert "not the seed trial" not in _search_refit(SimpleNamespace(space={}, seed_config=base), base)
+    assert _search_refit(result, apply_overrides(base, {"train.refit": False})) == ""
+    assert "is searched" in _search_refit(SimpleNamespace(space={"train.refit": {}}, seed_config=seed), base)
