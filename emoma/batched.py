@@ -111,6 +111,7 @@ class FoldBatchedForward:
         self.directions = 2 if model.lstm.bidirectional else 1
         self.lstm_dropout = model.lstm.dropout
         self.attention = model.pool is not None
+        self.per_window = model.lstm_over == "windows"
         self.head = [f"head.{i}" for i, m in enumerate(model.head) if isinstance(m, nn.Linear)]
         self.dropout = cfg.dropout
 
@@ -129,7 +130,10 @@ class FoldBatchedForward:
             if pool != "none":
                 h = _pool(h, pool)
         L = h.shape[2]
-        h = h.reshape(K, B, T * L, -1)  # (K, B, S, C): the windows' positions in time order
+        if self.per_window:
+            h, L = h.reshape(K, B, T, -1), 1  # (K, B, T, L*C): one step per window
+        else:
+            h = h.reshape(K, B, T * L, -1)  # (K, B, S, C): the windows' positions in time order
         pos_mask = None if mask is None else mask.repeat_interleave(L, dim=2)  # (K, B, S)
         h, last = self._lstm(p, h, pos_mask, drop)
         if self.attention:
@@ -308,7 +312,7 @@ def train_folds(train: list[Samples], val: list[Samples] | None, *, n_classes: i
     alive = list(range(K))  # original fold number of each row of the batch
     bs = train_cfg.batch_size
     p_drop = model_cfg.dropout if model_cfg.dropout > 0 else 0.0
-    drop_shapes = forward.dropout_shapes(bs, tr.index.shape[2] * _positions(models[0], n_inputs), models[0])
+    drop_shapes = forward.dropout_shapes(bs, tr.index.shape[2] * models[0].steps_per_window, models[0])
     chunk = max(1, min(32, DROPOUT_FOLD_BYTES // (4 * sum(math.prod(shape) for shape in drop_shapes))))
 
     def rebind():
@@ -406,15 +410,6 @@ def _draw_dropout(shapes, generators, own_steps, start, chunk, p, device):
             per_fold.append(keep)
         out.append(torch.stack(per_fold) / (1 - p))
     return out
-
-
-def _positions(model: CNNLSTM, n_inputs: int) -> int:
-    """CNN output positions of one window of n_inputs features."""
-    L = n_inputs
-    for block in model.cnn:
-        if any(isinstance(layer, (nn.MaxPool1d, nn.AvgPool1d)) for layer in block.layers):
-            L = (L + 1) // 2
-    return L
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 SUBJECT_NORMS = ("none", "subject", "causal")
 TRAINERS = ("batched", "sequential")
 PRUNERS = ("wilcoxon", "asha")
+LSTM_OVER = ("positions", "windows")
 
 
 @dataclass
@@ -66,7 +67,8 @@ class ModelConfig:
     cbam_reduction: int = 4  # channel-attention bottleneck ratio
     lstm_hidden: int = 50  # LSTM hidden size
     lstm_layers: int = 1  # stacked LSTM layers
-    bidirectional: bool = False  # read the CNN positions in both directions
+    bidirectional: bool = False  # read the LSTM's steps in both directions
+    lstm_over: str = "positions"  # LSTM steps: positions (every CNN position of every window) | windows (one per window)
     attention: bool = True  # attention pooling over LSTM outputs; False = last output
     fc: int = 128  # hidden units of the dense layer before the logits; 0 = none
     dropout: float = 0.5  # dropout before and after the dense layer
@@ -215,6 +217,7 @@ def validate(config: Config) -> None:
         ("model.pool", config.model.pool in POOLS, f"one of {', '.join(POOLS)}"),
         ("model.cbam_reduction", config.model.cbam_reduction >= 1, "at least 1"),
         ("model.lstm_hidden", config.model.lstm_hidden >= 1, "at least 1"),
+        ("model.lstm_over", config.model.lstm_over in LSTM_OVER, f"one of {', '.join(LSTM_OVER)}"),
         ("model.lstm_layers", config.model.lstm_layers >= 1, "at least 1"),
         ("model.fc", config.model.fc >= 0, "0 (none) or more"),
         ("model.dropout", 0 <= config.model.dropout < 1, "in [0, 1)"),

@@ -72,14 +72,18 @@ class AttentionPool(nn.Module):
 class CNNLSTM(nn.Module):
     def __init__(self, n_inputs: int, n_classes: int, *, conv_channels=(16, 32), kernel_size=3, pool="max",
                  cbam=True, cbam_reduction=4, lstm_hidden=50, lstm_layers=1, bidirectional=False,
-                 attention=True, fc=128, dropout=0.5):
+                 attention=True, fc=128, dropout=0.5, lstm_over="positions"):
         super().__init__()
         channels = [1, *conv_channels]
         self.cnn = nn.Sequential(*[
             ConvBlock(c_in, c_out, kernel_size=kernel_size, pool=pool, cbam=cbam, cbam_reduction=cbam_reduction)
             for c_in, c_out in zip(channels[:-1], channels[1:])
         ])
-        self.lstm = nn.LSTM(channels[-1], lstm_hidden, num_layers=lstm_layers, batch_first=True,
+        self.lstm_over = lstm_over
+        positions = cnn_positions(n_inputs, len(conv_channels), pool)
+        self.steps_per_window = 1 if lstm_over == "windows" else positions
+        step = channels[-1] * (positions if lstm_over == "windows" else 1)
+        self.lstm = nn.LSTM(step, lstm_hidden, num_layers=lstm_layers, batch_first=True,
                             bidirectional=bidirectional, dropout=dropout if lstm_layers > 1 else 0.0)
         out_dim = lstm_hidden * (2 if bidirectional else 1)
         self.pool = AttentionPool(out_dim) if attention else None
@@ -101,7 +105,11 @@ class CNNLSTM(nn.Module):
         B, T, F = x.shape
         h = self.cnn(x.reshape(B * T, 1, F))  # (B*T, C, L): each window's features as a 1-channel sequence
         L = h.shape[2]
-        h = h.reshape(B, T, -1, L).transpose(2, 3).reshape(B, T * L, -1)  # (B, T*L, C), time-major
+        h = h.reshape(B, T, -1, L).transpose(2, 3)  # (B, T, L, C)
+        if self.lstm_over == "windows":
+            h, L = h.reshape(B, T, -1), 1  # (B, T, L*C): one step per window
+        else:
+            h = h.reshape(B, T * L, -1)  # (B, T*L, C), time-major
         if mask is None:
             h, _ = self.lstm(h)  # (B, T*L, D)
             last = h[:, -1]
@@ -123,6 +131,11 @@ class CNNLSTM(nn.Module):
         out, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=S)
         last = out[torch.arange(B, device=h.device), lengths - 1]  # (B, D)
         return out, last, torch.arange(S, device=h.device)[None] < lengths[:, None]
+
+
+def cnn_positions(n_inputs: int, n_blocks: int, pool: str) -> int:
+    """CNN output positions of one window of n_inputs features (each pooling halves them, ceil)."""
+    return n_inputs if pool == "none" else math.ceil(n_inputs / 2 ** n_blocks)
 
 
 class Ensemble(nn.Module):
@@ -149,4 +162,4 @@ def build_model(cfg: ModelConfig, n_inputs: int, n_classes: int) -> CNNLSTM:
     return CNNLSTM(n_inputs, n_classes, conv_channels=tuple(cfg.conv_channels), kernel_size=cfg.kernel_size,
                    pool=cfg.pool, cbam=cfg.cbam, cbam_reduction=cfg.cbam_reduction, lstm_hidden=cfg.lstm_hidden,
                    lstm_layers=cfg.lstm_layers, bidirectional=cfg.bidirectional, attention=cfg.attention,
-                   fc=cfg.fc, dropout=cfg.dropout)
+                   fc=cfg.fc, dropout=cfg.dropout, lstm_over=cfg.lstm_over)

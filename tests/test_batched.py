@@ -18,6 +18,8 @@ VARIANTS = {
     "context, avg pool, no attention": {"model.context": 3, "model.pool": "avg", "model.attention": False,
                                         "model.cbam": False, "model.fc": 0, "model.kernel_size": 5},
     "bidirectional, no attention": {"model.context": 2, "model.bidirectional": True, "model.attention": False},
+    "LSTM over windows": {"model.context": 4, "model.lstm_over": "windows", "model.lstm_layers": 2,
+                          "model.bidirectional": True, "data.subject_norm": "subject"},
 }
 
 

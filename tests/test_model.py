@@ -19,3 +19,22 @@ def test_variants(pool, channels, fc):
     model = build_model(ModelConfig(pool=pool, conv_channels=channels, fc=fc, kernel_size=5), 7, 2)
     out = model(torch.randn(4, 7))
     assert out.shape == (4, 2) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("n_features, pool", [(1, "max"), (7, "max"), (20, "avg"), (9, "none")])
+def test_lstm_over_windows_steps_once_per_window_and_ignores_padded_windows(n_features, pool):
+    cfg = ModelConfig(context=4, lstm_over="windows", pool=pool, conv_channels=[4, 8], dropout=0.0)
+    model = build_model(cfg, n_features, 3).eval()
+    steps = []
+    model.lstm.register_forward_hook(lambda m, args, out: steps.append(out[0]))
+    x = torch.randn(5, 4, n_features)
+    mask = torch.ones(5, 4, dtype=torch.bool)
+    mask[1, :3] = False  # the first window of a run: only its own window is real
+    model(x)
+    assert steps[0].shape[:2] == (5, 4)  # one LSTM step per window
+    out = model(x, mask)
+    assert out.shape == (5, 3)
+    changed = x.clone()
+    changed[1, :3] = torch.randn(3, n_features)  # what a padded slot holds must not matter
+    torch.testing.assert_close(model(changed, mask), out)
+    assert not torch.allclose(model(changed), model(x))  # without the mask those windows are read
