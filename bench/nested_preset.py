@@ -12,8 +12,15 @@ every outer subject, so a partial run keeps what it measured; --outers runs some
 windows (model.smooth), all scored from the same inner run (smoothing does not change training); the chosen
 candidate and smoothing are retrained and scored together. `--candidates A` limits the candidates.
 
+`--select-only` runs the inner selections only (every outer subject's choice and the choice on all subjects);
+`bench/nested_from_runs.py` then scores each choice from LOSO runs of the candidates (the same "trained on the
+other subjects, scored on this one", without retraining per choice).
+
+`--inner-set model.ensemble=1 train.refit=false` makes the inner selection cheaper (a single model, no refit);
+the chosen candidate is still retrained and scored on the outer subject as the preset would train it.
+
 Usage: python bench/nested_preset.py --data ../shared/data/wesad_merged.csv [--inner-folds 5] [--outers 15 16]
-       [--candidates A] [--smooth 1 3 5]
+       [--candidates A] [--smooth 1 3 5] [--inner-set KEY=VALUE ...] [--select-only]
 """
 import argparse
 import json
@@ -23,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoma.config import apply_overrides, load_config
+from emoma.config import apply_overrides, load_config, parse_yaml
 from emoma.context import normalise_subjects
 from emoma.cv import run_cv
 from emoma.data import load_table
@@ -39,19 +46,25 @@ CANDIDATES = {
     "A + class weights": {"train.class_weights": True},
     "A + all features": {"model.n_features": 0},
     "A + 6 windows": {"model.context": 6},
+    # Added 2026-11-27 before any real-table score of them: the issue's reference probe feeds every signal
+    # feature to a class-weighted loss.
+    "A + all features + class weights": {"model.n_features": 0, "train.class_weights": True},
+    # Added 2026-11-26 before any score of it: the LSTM steps over the k windows, not over their CNN positions.
+    "A + LSTM over windows": {"model.lstm_over": "windows"},
 }
 
 
-def inner_scores(table, config, smooth: list[int]) -> dict[int, float]:
-    """{smooth: mean inner macro-F1} from one subject-wise CV of `config` on `table`."""
+def inner_scores(table, config, smooth: list[int], inner_set: dict) -> dict[int, float]:
+    """{smooth: mean inner macro-F1} from one subject-wise CV of `config` (with `inner_set`) on `table`."""
+    config = apply_overrides(config, inner_set)
     result = run_cv(table, make_plan(table, config.cv, config.seed), config, progress=False)
     return {k: result.smoothed_summary(table, k, config.data.window_s)["macro_f1"]["mean"] for k in smooth}
 
 
-def choose(tables: dict, configs: dict, smooth: list[int]) -> tuple[str, dict]:
+def choose(tables: dict, configs: dict, smooth: list[int], inner_set: dict) -> tuple[str, dict]:
     """The (candidate, smooth) with the best mean inner macro-F1 over the tasks, named "NAME / smooth K";
     every one's scores."""
-    by_task = {task: {name: inner_scores(tables[task], configs[task][name], smooth) for name in configs[task]}
+    by_task = {task: {name: inner_scores(tables[task], configs[task][name], smooth, inner_set) for name in configs[task]}
                for task in TASKS}
     scores = {f"{name} / smooth {k}": {task: by_task[task][name][k] for task in TASKS}
               for name in configs[TASKS[0]] for k in smooth}
@@ -72,7 +85,12 @@ def main():
     p.add_argument("--outers", nargs="+", help="outer subjects to run (default: all)")
     p.add_argument("--candidates", nargs="+", help="candidate names to compare (default: all)")
     p.add_argument("--smooth", type=int, nargs="+", default=[1], help="model.smooth values to compare (default: 1)")
+    p.add_argument("--select-only", action="store_true", help="inner selections only; no outer retraining")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for the outer retraining")
+    p.add_argument("--inner-set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides for the inner selection runs only, e.g. model.ensemble=1 train.refit=false")
     args = p.parse_args()
+    inner_set = {k: parse_yaml(v) for k, _, v in (item.partition("=") for item in args.inner_set)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     base = load_config(ROOT / "configs" / "context.yaml", [f"data.path={args.data}", "cv.scheme=group-kfold",
@@ -85,27 +103,37 @@ def main():
     outer, predictions = [], {task: [] for task in TASKS}
     for s in subjects:
         inner_tables = {task: subset(t, np.flatnonzero(t.groups != s)) for task, t in tables.items()}
-        chosen, scores = choose(inner_tables, configs, args.smooth)
+        chosen, scores = choose(inner_tables, configs, args.smooth, inner_set)
         row = {"subject": str(s), "chosen": chosen, "inner": scores}
-        for task in TASKS:
+        for task in () if args.select_only else TASKS:
             config = chosen_config(configs, task, chosen)
             held = retrain_and_score({base.data.subject_norm: tables[task]}, [s], {"chosen": config}, config,
-                                     baselines_for="chosen")["chosen"]
+                                     baselines_for="chosen", threads=args.threads)["chosen"]
             row[task] = {"CNN-LSTM": held.result.metrics, **held.result.baselines}
             predictions[task].append((held.groups, held.y, {"CNN-LSTM": held.result.proba,
                                                             **held.result.baseline_proba}))
         outer.append(row)
         Path(args.out).write_text(json.dumps({"candidates": candidates, "smooth": args.smooth, "outer": outer}, indent=2, default=str))
-        print(f"outer {s}: chose {chosen}; binary {row['binary']['CNN-LSTM']['macro_f1']:.3f}, "
-              f"3-class {row['3class']['CNN-LSTM']['macro_f1']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+        scored = "" if args.select_only else (f"; binary {row['binary']['CNN-LSTM']['macro_f1']:.3f}, "
+                                              f"3-class {row['3class']['CNN-LSTM']['macro_f1']:.3f}")
+        print(f"outer {s}: chose {chosen}{scored} ({time.perf_counter() - start:.0f} s)", flush=True)
+    if args.select_only:
+        favourite, scores = choose(tables, configs, args.smooth, inner_set)
+        Path(args.out).write_text(json.dumps({"candidates": candidates, "smooth": args.smooth, "inner_set": inner_set,
+                                              "inner_folds": args.inner_folds, "outer": outer,
+                                              "all_subjects_choice": favourite, "all_subjects_inner": scores,
+                                              "seconds": time.perf_counter() - start}, indent=2, default=str))
+        print(f"the same selection on all subjects picks: {favourite} (inner scores: {scores}); "
+              f"{time.perf_counter() - start:.0f} s")
+        return
     evaluation = {}
     for task in TASKS:
         groups = np.concatenate([g for g, _, _ in predictions[task]])
         y = np.concatenate([y for _, y, _ in predictions[task]])
         probas = {m: np.concatenate([p[m] for _, _, p in predictions[task]]) for m in predictions[task][0][2]}
         evaluation[task] = evaluate(groups, y, probas, tables[task].class_names)
-    favourite, scores = choose(tables, configs, args.smooth)
-    result = {"candidates": candidates, "smooth": args.smooth, "inner_folds": args.inner_folds, "outer": outer, "evaluation": evaluation,
+    favourite, scores = choose(tables, configs, args.smooth, inner_set)
+    result = {"candidates": candidates, "smooth": args.smooth, "inner_set": inner_set, "inner_folds": args.inner_folds, "outer": outer, "evaluation": evaluation,
               "all_subjects_choice": favourite, "all_subjects_inner": scores, "seconds": time.perf_counter() - start}
     Path(args.out).write_text(json.dumps(result, indent=2, default=str))
     for task in TASKS:
