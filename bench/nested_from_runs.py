@@ -6,7 +6,7 @@ candidate trained on the other subjects and scored on it, beside the same-input 
 estimate takes each subject's scores from the run of the candidate chosen for it: the CNN-LSTM's and its
 baselines' per-subject accuracy and macro-F1, their mean with a bootstrap 95 % CI over subjects, and the paired
 Wilcoxon test of the CNN-LSTM against each baseline. Each run's configuration is checked against its
-candidate.
+candidate (as `bench/nested_preset.py` writes it today).
 
 Usage: python bench/nested_from_runs.py --choices select.json --runs "A=results/cv/BIN,results/cv/3CLASS"
        "A + all features + class weights=results/cv/BIN2,results/cv/3CLASS2"
@@ -20,6 +20,7 @@ import yaml
 
 from emoma.config import apply_overrides, from_dict, load_config
 from emoma.metrics import auc_scores, bootstrap_ci, paired_wilcoxon
+from nested_preset import CANDIDATES
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("binary", "3class")
@@ -58,7 +59,7 @@ def main():
     for task in TASKS:
         scores, frames = {}, []
         for name in set(chosen.values()):
-            check_run(runs[name][task], choices["candidates"][name], task)
+            check_run(runs[name][task], CANDIDATES[name], task)
         for subject, name in chosen.items():
             scores[subject] = per_subject(runs[name][task])[subject]
             frame = pd.read_csv(runs[name][task] / "predictions.csv", dtype={"subject": str})
