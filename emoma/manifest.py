@@ -106,7 +106,7 @@ def check_resume(manifest: Manifest, config: Config, seed_config: Config | None,
     `config` is the manifest's configuration with the command line's explicit settings applied; `seed_config`,
     `space` and `data` are None unless the command line gave them.
     """
-    recorded = flatten(manifest.config)
+    recorded = flatten(from_dict(manifest.config).to_dict())  # keys added since it was written take their defaults
     given = flatten(config.to_dict())
     diff = first_difference(recorded, given, ignore=RUNTIME_KEYS + ("search.num_samples",))
     if diff:
@@ -117,7 +117,7 @@ def check_resume(manifest: Manifest, config: Config, seed_config: Config | None,
         raise UserError(f"--resume: --num-samples {config.search.num_samples} is fewer than the experiment's "
                         f"{manifest.num_samples}: give at least {manifest.num_samples} (or leave it out)")
     if seed_config is not None:
-        diff = first_difference(flatten(manifest.seed_config), flatten(seed_config.to_dict()),
+        diff = first_difference(flatten(from_dict(manifest.seed_config).to_dict()), flatten(seed_config.to_dict()),
                                 ignore=RUNTIME_KEYS)
         if diff:
             key, a, b = diff

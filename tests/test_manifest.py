@@ -60,3 +60,11 @@ def test_more_samples_extend_and_other_inputs_are_checked(manifest):
     changed = {**manifest.data, "sha256": "0" * 64}
     with pytest.raises(UserError, match="changed since experiment m started"):
         check_resume(manifest, resumed(manifest), None, None, changed)
+
+
+def test_a_manifest_written_before_a_setting_existed_resumes_with_its_default(manifest):
+    for recorded in (manifest.config, manifest.seed_config):
+        del recorded["model"]["lstm_over"]  # as an experiment started before the option was added
+    check_resume(manifest, resumed(manifest), resumed(manifest), None, None)
+    with pytest.raises(UserError, match="model.lstm_over was 'positions' when experiment m started"):
+        check_resume(manifest, resumed(manifest, ["model.lstm_over=windows"]), None, None, None)
