@@ -1,7 +1,7 @@
 """Stage 3, fold-batched (the default trainer): the K fold models of one configuration trained together.
 
 Every layer is a batched matmul with the folds as its batch dimension (Conv1d = unfold + baddbmm, the LSTM =
-one input matmul and a loop of baddbmm over its positions), so a step's fixed per-operation cost is paid once
+one input matmul and a loop of baddbmm over its steps), so a step's fixed per-operation cost is paid once
 for K folds. Each fold keeps what `emoma.train.train_fold` gives it: its own initial weights (same seeds),
 its own mini-batches (same permutations), its own Adam state and step count, its own early stopping and best
 epoch (`emoma.metrics.EpochSelector`). Folds that stop leave the batch. Dropout masks come from one random

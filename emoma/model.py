@@ -1,8 +1,10 @@
 """The CNN-LSTM: Conv1d blocks (optional CBAM) encode each window's feature vector, an LSTM runs over the
-CNN's positions of the sample's windows in time order, attention pools over them, a dense head gives logits.
+sample's windows in time order, attention pools over its outputs, a dense head gives logits.
 
-A sample is k context windows (the current one and the k-1 before it, `emoma.context`); with k = 1 this is
-the single-window model of EmoMA-Net: the LSTM runs over one window's CNN positions.
+A sample is k context windows (the current one and the k-1 before it, `emoma.context`). What the LSTM steps
+over (`lstm_over`): `positions`, every CNN position of every window, time-major (with k = 1 the single-window
+model of EmoMA-Net: the LSTM runs over one window's CNN positions); `windows`, one step per window, its CNN
+output (positions x channels) flattened into one vector.
 """
 from __future__ import annotations
 

@@ -87,10 +87,11 @@ def test_a_folds_result_does_not_depend_on_its_batch_neighbours(small_table, smo
             assert a == pytest.approx(b, abs=1e-5)
 
 
-def test_dropout_everywhere_trains_and_scores(small_table, smoke_config):
+@pytest.mark.parametrize("lstm_over", ["positions", "windows"])
+def test_dropout_everywhere_trains_and_scores(small_table, smoke_config, lstm_over):
     """The batched trainer's dropout sites (head and between LSTM layers) with several layers and directions."""
     config = apply_overrides(smoke_config, {"model.dropout": 0.4, "model.lstm_layers": 3, "model.bidirectional": True,
-                                            "model.context": 3, "train.epochs": 3})
+                                            "model.context": 3, "train.epochs": 3, "model.lstm_over": lstm_over})
     plan = make_plan(small_table, config.cv, config.seed)
     results = run_folds_batched(small_table, plan.folds, [0, 1, 2], config, table_context(small_table, config))
     for r in results:

@@ -21,7 +21,15 @@ def test_variants(pool, channels, fc):
     assert out.shape == (4, 2) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("n_features, pool", [(1, "max"), (7, "max"), (20, "avg"), (9, "none")])
+def test_the_default_lstm_steps_over_cnn_positions():
+    model = build_model(ModelConfig(context=4, conv_channels=[4, 8]), 20, 2)  # 20 features -> 5 positions
+    steps = []
+    model.lstm.register_forward_hook(lambda m, args, out: steps.append(out[0]))
+    model(torch.randn(3, 4, 20))
+    assert model.lstm.input_size == 8 and steps[0].shape[:2] == (3, 4 * 5)
+
+
+@pytest.mark.parametrize("n_features, pool", [(3, "max"), (7, "max"), (20, "avg"), (9, "none")])
 def test_lstm_over_windows_steps_once_per_window_and_ignores_padded_windows(n_features, pool):
     cfg = ModelConfig(context=4, lstm_over="windows", pool=pool, conv_channels=[4, 8], dropout=0.0)
     model = build_model(cfg, n_features, 3).eval()
