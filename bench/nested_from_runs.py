@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from emoma.config import apply_overrides, from_dict, load_config
+from emoma.config import apply_overrides, flatten, from_dict, load_config
+from emoma.manifest import RUNTIME_KEYS, first_difference
 from emoma.metrics import auc_scores, bootstrap_ci, paired_wilcoxon
 from nested_preset import CANDIDATES
 
@@ -28,13 +29,16 @@ METRICS = ("accuracy", "macro_f1")
 
 
 def check_run(run: Path, candidate: dict, task: str) -> None:
-    """Raise unless the run trained `configs/context.yaml` with the candidate's overrides on `task`, LOSO."""
+    """Stop unless the run trained `configs/context.yaml` with the candidate's overrides on `task`, LOSO, with
+    the baselines."""
     ran = from_dict(yaml.safe_load((run / "config.yaml").read_text()))
     want = apply_overrides(load_config(ROOT / "configs" / "context.yaml"),
                            {**candidate, "data.task": task, "data.path": ran.data.path, "cv.scheme": "loso"})
-    if ran.to_dict() != want.to_dict():
-        diff = {k: (v, want.to_dict()[k]) for k, v in ran.to_dict().items() if v != want.to_dict()[k]}
-        raise SystemExit(f"{run}: its configuration is not the candidate's ({diff})")
+    diff = first_difference(flatten(want.to_dict()), flatten(ran.to_dict()), ignore=RUNTIME_KEYS)
+    if diff:
+        raise SystemExit(f"{run}: {diff[0]} is {diff[2]!r}, the candidate's is {diff[1]!r}")
+    if not json.loads((run / "metrics.json").read_text())["folds"][0].get("baselines"):
+        raise SystemExit(f"{run}: run without --baselines; rerun it with them")
 
 
 def per_subject(run: Path) -> dict[str, dict]:
@@ -54,14 +58,20 @@ def main():
     choices = json.loads(Path(args.choices).read_text())
     runs = {name: dict(zip(TASKS, map(Path, dirs.split(",")), strict=True))
             for name, _, dirs in (item.partition("=") for item in args.runs)}
-    chosen = {row["subject"]: row["chosen"].rsplit(" / smooth ", 1)[0] for row in choices["outer"]}
+    chosen = {row["subject"]: row["chosen"].rsplit(" / smooth ", 1) for row in choices["outer"]}
+    if any(k != "1" for _, k in chosen.values()):
+        raise SystemExit("a choice with model.smooth > 1: score it with bench/nested_preset.py (no LOSO run holds it)")
+    chosen = {subject: name for subject, (name, _) in chosen.items()}
+    if missing := set(chosen.values()) - set(runs):
+        raise SystemExit(f"no --runs for the chosen {sorted(missing)}")
     result = {"choices": chosen}
     for task in TASKS:
         scores, frames = {}, []
         for name in set(chosen.values()):
             check_run(runs[name][task], CANDIDATES[name], task)
+        by_run = {name: per_subject(runs[name][task]) for name in set(chosen.values())}
         for subject, name in chosen.items():
-            scores[subject] = per_subject(runs[name][task])[subject]
+            scores[subject] = by_run[name][subject]
             frame = pd.read_csv(runs[name][task] / "predictions.csv", dtype={"subject": str})
             frames.append(frame[frame["subject"] == subject])
         pooled = pd.concat(frames)

@@ -56,7 +56,8 @@ CANDIDATES = {
     "A + LSTM over windows": {**A, "model.lstm_over": "windows"},
     # Added the same way: over windows, every feature widens a step instead of lengthening the sequence; with the
     # probe's class-weighted loss. The inner selection on all 15 real subjects preferred it to A: today's preset.
-    "A + LSTM over windows + all features + class weights": {},
+    "A + LSTM over windows + all features + class weights": {"model.lstm_over": "windows", "model.n_features": 0,
+                                                              "train.class_weights": True},
 }
 
 
@@ -96,6 +97,8 @@ def main():
     p.add_argument("--inner-set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides for the inner selection runs only, e.g. model.ensemble=1 train.refit=false")
     args = p.parse_args()
+    if bad := [item for item in args.inner_set if "=" not in item]:
+        p.error(f"--inner-set {bad[0]!r}: expected KEY=VALUE, e.g. model.ensemble=1")
     inner_set = {k: parse_yaml(v) for k, _, v in (item.partition("=") for item in args.inner_set)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
