@@ -93,10 +93,12 @@ def main():
     p.add_argument("--candidates", nargs="+", help="candidate names to compare (default: all)")
     p.add_argument("--smooth", type=int, nargs="+", default=[1], help="model.smooth values to compare (default: 1)")
     p.add_argument("--select-only", action="store_true", help="inner selections only; no outer retraining")
-    p.add_argument("--threads", type=int, default=2, help="torch threads for the outer retraining")
+    p.add_argument("--threads", type=int, help="torch threads for the outer retraining (default 2)")
     p.add_argument("--inner-set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides for the inner selection runs only, e.g. model.ensemble=1 train.refit=false")
     args = p.parse_args()
+    if args.select_only and args.threads is not None:
+        p.error("--threads sets the outer retraining, which --select-only skips: drop one of them")
     if bad := [item for item in args.inner_set if "=" not in item]:
         p.error(f"--inner-set {bad[0]!r}: expected KEY=VALUE, e.g. model.ensemble=1")
     inner_set = {k: parse_yaml(v) for k, _, v in (item.partition("=") for item in args.inner_set)}
@@ -117,7 +119,7 @@ def main():
         for task in () if args.select_only else TASKS:
             config = chosen_config(configs, task, chosen)
             held = retrain_and_score({base.data.subject_norm: tables[task]}, [s], {"chosen": config}, config,
-                                     baselines_for="chosen", threads=args.threads)["chosen"]
+                                     baselines_for="chosen", threads=args.threads or 2)["chosen"]
             row[task] = {"CNN-LSTM": held.result.metrics, **held.result.baselines}
             predictions[task].append((held.groups, held.y, {"CNN-LSTM": held.result.proba,
                                                             **held.result.baseline_proba}))

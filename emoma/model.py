@@ -113,7 +113,7 @@ class CNNLSTM(nn.Module):
         else:
             h = h.reshape(B, T * L, -1)  # (B, T*L, C), time-major
         if mask is None:
-            h, _ = self.lstm(h)  # (B, T*L, D)
+            h, _ = self.lstm(h)  # (B, steps, D)
             last = h[:, -1]
         else:
             h, last, mask = self._masked_lstm(h, mask.repeat_interleave(L, dim=1))

@@ -29,7 +29,7 @@ def test_the_default_lstm_steps_over_cnn_positions():
     assert model.lstm.input_size == 8 and steps[0].shape[:2] == (3, 4 * 5)
 
 
-@pytest.mark.parametrize("n_features, pool", [(3, "max"), (7, "max"), (20, "avg"), (9, "none")])
+@pytest.mark.parametrize("n_features, pool", [(5, "max"), (7, "max"), (20, "avg"), (9, "none")])  # >1 position each
 def test_lstm_over_windows_steps_once_per_window_and_ignores_padded_windows(n_features, pool):
     cfg = ModelConfig(context=4, lstm_over="windows", pool=pool, conv_channels=[4, 8], dropout=0.0)
     model = build_model(cfg, n_features, 3).eval()
