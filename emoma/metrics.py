@@ -18,6 +18,7 @@ from emoma.config import METRICS
 
 BOOTSTRAP_RESAMPLES = 10_000
 CONFIDENCE = 0.95
+MIN_TEST_SUBJECTS = 6  # the fewest subjects with which a two-sided Wilcoxon signed-rank test can reach p < 0.05
 
 
 def score(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[dict[str, float], np.ndarray]:
@@ -108,6 +109,19 @@ def paired_wilcoxon(a, b) -> dict[str, float]:
     return out
 
 
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjustment of p-values for several comparisons (NaN stays NaN, not counted)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(len(p), math.nan)
+    valid = np.flatnonzero(np.isfinite(p))
+    order = valid[np.argsort(p[valid], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
 def _key(subject) -> str:
     return str(subject.item() if hasattr(subject, "item") else subject)
 
@@ -172,9 +186,13 @@ def evaluate(groups: np.ndarray, y_true: np.ndarray, probas: dict[str, np.ndarra
     Returns
     -------
     {"models": {name: {"pooled", "confusion_matrix", "per_class", "auc", "subjects", "ci"}},
-     "wilcoxon": {"reference": reference, "against": {name: {metric: test}}}}
+     "wilcoxon": {"reference": reference, "against": {name: {metric: test}}}, "tests": bool}
+
+    With fewer than MIN_TEST_SUBJECTS subjects there are scores only: no intervals (NaN) and no tests. The
+    tests' p-values are Holm-corrected over the models compared (`p_holm`).
     """
     n_classes = len(class_names)
+    tests = len(np.unique(groups)) >= MIN_TEST_SUBJECTS
     models = {}
     for name, proba in probas.items():
         pred = proba.argmax(1)
@@ -183,13 +201,18 @@ def evaluate(groups: np.ndarray, y_true: np.ndarray, probas: dict[str, np.ndarra
         models[name] = {
             "pooled": pooled, "confusion_matrix": confusion.tolist(), "per_class": per_class(y_true, pred, class_names),
             "auc": {**auc_scores(y_true, proba), **subject_auc(groups, y_true, proba)}, "subjects": subjects,
-            "ci": {m: bootstrap_ci([s[m] for s in subjects.values()], seed) for m in METRICS},
+            "ci": {m: bootstrap_ci([s[m] for s in subjects.values()], seed) if tests else
+                   {"mean": float(np.mean([s[m] for s in subjects.values()])), "ci_low": math.nan,
+                    "ci_high": math.nan, "n": len(subjects)} for m in METRICS},
         }
     against = {}
-    if reference in models:
+    if reference in models and tests:
         ref = models[reference]["subjects"]
         for name, model in models.items():
             if name != reference:
                 against[name] = {m: paired_wilcoxon([ref[s][m] for s in ref], [model["subjects"][s][m] for s in ref])
                                  for m in METRICS}
-    return {"models": models, "wilcoxon": {"reference": reference, "against": against}}
+        for m in METRICS:
+            for name, p_holm in zip(against, holm([against[n][m]["p_value"] for n in against])):
+                against[name][m]["p_holm"] = p_holm
+    return {"models": models, "wilcoxon": {"reference": reference, "against": against}, "tests": tests}

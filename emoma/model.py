@@ -165,3 +165,9 @@ def build_model(cfg: ModelConfig, n_inputs: int, n_classes: int) -> CNNLSTM:
                    pool=cfg.pool, cbam=cfg.cbam, cbam_reduction=cfg.cbam_reduction, lstm_hidden=cfg.lstm_hidden,
                    lstm_layers=cfg.lstm_layers, bidirectional=cfg.bidirectional, attention=cfg.attention,
                    fc=cfg.fc, dropout=cfg.dropout, lstm_over=cfg.lstm_over)
+
+
+def prediction_cost(cfg: ModelConfig, n_inputs: int, n_classes: int) -> int:
+    """Weights times windows read per prediction: how the one-standard-error rule ranks models from cheap to
+    costly (every weight is used once per context window)."""
+    return sum(p.numel() for p in build_model(cfg, n_inputs, n_classes).parameters()) * cfg.context

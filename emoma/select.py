@@ -1,0 +1,462 @@
+"""The search's final choice and an honest estimate of it, from the trials' out-of-fold predictions (no Ray).
+
+Every trial keeps the class probabilities of every window its CV scored (`OOFStore`). From them, without
+training anything:
+
+- a selection rule picks the final model among the trials that completed every fold: `best` (the best mean,
+  the classic choice); `one-se` (the cheapest trial within one standard error of the best, cheapest meaning
+  the fewest weights times windows read per prediction); `guard` (the best only where it beats the base
+  configuration on the same subjects by more than one standard error of their paired differences, else the
+  base); `ensemble` (Caruana et al. 2004: greedy forward selection with replacement of the trials whose
+  averaged probabilities score best, the best prefix kept);
+- BBC-CV (Tsamardinos, Greasidou and Borboudakis, Machine Learning 2018) estimates how the model that rule
+  chooses scores on new subjects: whole subjects are bootstrapped, the rule chooses on the in-bag subjects,
+  and its choice is scored on the out-of-bag subjects, which took no part in that choice.
+
+A subject's score is the search metric over that subject's windows (`emoma.metrics.score`'s definition), so
+under leave-one-subject-out a trial's mean over subjects is exactly its CV mean.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emoma.config import Config, SearchConfig
+from emoma.files import atomic_path
+from emoma.metrics import holm, metrics_from_confusion, paired_wilcoxon
+from emoma.model import prediction_cost
+from emoma.space import same_params
+
+RULES = ("best", "one-se", "guard", "ensemble")
+OOF_DIR = "oof"  # in the experiment folder
+OOF_FILE = "oof.npz"  # in a trial's checkpoint
+CONFIDENCE = 0.95
+
+
+# ---------------------------------------------------------------- the out-of-fold store
+
+@dataclass
+class OOFStore:
+    """Every scored window of a search and each trial's class probabilities for it."""
+
+    rows: np.ndarray  # (n,) the window's row in the search table
+    subjects: np.ndarray  # (n,) its subject (as str)
+    folds: np.ndarray  # (n,) the fold that scored it
+    y: np.ndarray  # (n,) its true class index
+    class_names: list[str]
+    trials: dict[str, np.ndarray] = field(default_factory=dict)  # trial id -> (n, C); NaN rows: fold not run
+    baselines: dict[str, np.ndarray] = field(default_factory=dict)  # same-input baselines, the base trial's folds
+
+    @classmethod
+    def for_plan(cls, groups: np.ndarray, y: np.ndarray, fold_tests: list[np.ndarray],
+                 class_names: list[str]) -> OOFStore:
+        """The windows of a fold plan's test folds (each row of the search table is tested once)."""
+        folds = np.full(len(y), -1)
+        for i, test in enumerate(fold_tests):
+            folds[test] = i
+        rows = np.flatnonzero(folds >= 0)
+        return cls(rows, np.asarray(groups)[rows].astype(str), folds[rows], np.asarray(y)[rows], list(class_names))
+
+    def place(self, rows: np.ndarray, proba: np.ndarray) -> np.ndarray:
+        """(n, C) with `proba` (m, C) at the windows of table rows `rows` (m,), NaN elsewhere."""
+        out = np.full((len(self.rows), len(self.class_names)), np.nan)
+        position = np.full(int(self.rows.max()) + 1, -1)
+        position[self.rows] = np.arange(len(self.rows))
+        out[position[np.asarray(rows, dtype=int)]] = proba
+        return out
+
+    def add_trial(self, trial_id: str, arrays: dict[str, np.ndarray]) -> None:
+        """A trial's out-of-fold arrays as its checkpoint keeps them: `rows` (m,), `proba` (m, C) and, for the
+        trial that scored them, `baseline_NAME` (m, C). A trial with no finished fold adds nothing."""
+        if "rows" not in arrays:
+            return
+        self.trials[trial_id] = self.place(arrays["rows"], arrays["proba"])
+        for key, proba in arrays.items():
+            if key.startswith("baseline_"):
+                self.baselines[key.removeprefix("baseline_")] = self.place(arrays["rows"], proba)
+
+    def complete(self, trial_id: str) -> bool:
+        return trial_id in self.trials and not np.isnan(self.trials[trial_id]).any()
+
+    def save(self, folder: Path, trials: list[str] | None = None) -> list[str]:
+        """Write windows.csv, classes.txt, the baselines and one .npy per trial (`trials`, default all) into
+        `folder/oof`; returns the files written, relative to `folder`."""
+        out = Path(folder) / OOF_DIR
+        out.mkdir(parents=True, exist_ok=True)
+        frame = pd.DataFrame({"row": self.rows, "subject": self.subjects, "fold": self.folds, "true": self.y})
+        with atomic_path(out / "windows.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+        with atomic_path(out / "classes.txt") as tmp:
+            tmp.write_text("\n".join(self.class_names) + "\n")
+        arrays = {f"baseline_{k}": v for k, v in self.baselines.items()}
+        arrays |= {f"trial_{t}": self.trials[t] for t in (self.trials if trials is None else trials)}
+        for name, array in arrays.items():
+            with atomic_path(out / f"{name}.npy") as tmp, tmp.open("wb") as f:
+                np.save(f, array)
+        return [f"{OOF_DIR}/{name}" for name in ("windows.csv", "classes.txt", *(f"{a}.npy" for a in arrays))]
+
+    @classmethod
+    def load(cls, folder: Path) -> OOFStore | None:
+        """The store saved in `folder/oof`, or None when there is none."""
+        out = Path(folder) / OOF_DIR
+        if not (out / "windows.csv").is_file():
+            return None
+        frame = pd.read_csv(out / "windows.csv", dtype={"subject": str})
+        class_names = (out / "classes.txt").read_text().split("\n")[:-1]
+        store = cls(frame["row"].to_numpy(), frame["subject"].to_numpy(), frame["fold"].to_numpy(),
+                    frame["true"].to_numpy(), class_names)
+        for path in sorted(out.glob("trial_*.npy")):
+            store.trials[path.stem.removeprefix("trial_")] = np.load(path)
+        for path in sorted(out.glob("baseline_*.npy")):
+            store.baselines[path.stem.removeprefix("baseline_")] = np.load(path)
+        return store
+
+
+def write_trial_oof(folder: Path, arrays: dict[str, np.ndarray]) -> None:
+    """A trial's out-of-fold predictions in its checkpoint: `rows` (m,) of the search table, `proba` (m, C),
+    and `baseline_NAME` (m, C) where the trial scored the baselines."""
+    np.savez(folder / OOF_FILE, **arrays)
+
+
+def read_trial_oof(folder: Path) -> dict[str, np.ndarray]:
+    path = folder / OOF_FILE
+    if not path.is_file():
+        return {}
+    with np.load(path) as saved:
+        return {k: saved[k] for k in saved.files}
+
+
+def checkpoint_oof(checkpoint) -> dict[str, np.ndarray]:
+    """The out-of-fold predictions in a trial's (latest) Tune checkpoint ({} when it has none)."""
+    if checkpoint is None:
+        return {}
+    with checkpoint.as_directory() as folder:
+        return read_trial_oof(Path(folder))
+
+
+# ---------------------------------------------------------------- per-subject scores
+
+@dataclass
+class Subjects:
+    """Windows grouped by subject, to score many probability matrices at once."""
+
+    names: np.ndarray  # (S,) subject ids
+    index: np.ndarray  # (n,) each window's subject, 0..S-1
+    y: np.ndarray  # (n,) each window's true class
+    n_classes: int
+
+    @classmethod
+    def of(cls, store: OOFStore) -> Subjects:
+        names, index = np.unique(store.subjects, return_inverse=True)
+        return cls(names, index, store.y, len(store.class_names))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def windows(self, keep: np.ndarray) -> Subjects:
+        """The same subjects, only the windows where `keep` (n,) is true."""
+        return Subjects(self.names, self.index[keep], self.y[keep], self.n_classes)
+
+    def scores(self, proba: np.ndarray, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """{metric: (..., S)} per-subject scores of probabilities (..., n, C) (predicted class: the argmax)."""
+        pred = proba.argmax(-1)
+        lead = pred.shape[:-1]
+        pred = pred.reshape(-1, pred.shape[-1])  # (M, n)
+        S, C = len(self.names), self.n_classes
+        cells = (self.index * C + self.y) * C  # (n,)
+        flat = (np.arange(len(pred))[:, None] * (S * C * C) + cells[None] + pred).ravel()
+        counts = np.bincount(flat, minlength=len(pred) * S * C * C).reshape(len(pred), S, C, C)
+        values = metrics_from_confusion(torch.from_numpy(counts.astype(np.float64)))
+        return {m: values[m].numpy().reshape(*lead, S) for m in metrics}
+
+
+# ---------------------------------------------------------------- selection rules
+
+@dataclass
+class Candidates:
+    """The completed trials a rule chooses among, in the order they started (the base first)."""
+
+    ids: list[str]
+    proba: np.ndarray  # (T, n, C)
+    scores: dict[str, np.ndarray]  # metric -> (T, S) per-subject scores; the search metric and accuracy
+    costs: np.ndarray  # (T,) weights x windows read per prediction (one-se's "cheapest")
+    base: int | None  # index of the base configuration's trial
+    subjects: Subjects
+    metric: str
+    ensemble_size: int = 20  # greedy steps of ensemble selection
+    guard_se: float = 1.0  # guard: standard errors of the paired difference a candidate must beat the base by
+
+    def head(self, t: int) -> Candidates:
+        """The first `t` candidates."""
+        base = self.base if self.base is not None and self.base < t else None
+        return Candidates(self.ids[:t], self.proba[:t], {m: v[:t] for m, v in self.scores.items()}, self.costs[:t],
+                          base, self.subjects, self.metric, self.ensemble_size, self.guard_se)
+
+    @classmethod
+    def of(cls, store: OOFStore, ids: list[str], costs, base: str | None, metric: str, ensemble_size: int = 20,
+           guard_se: float = 1.0) -> Candidates:
+        subjects = Subjects.of(store)
+        proba = np.stack([store.trials[t] for t in ids])
+        scores = subjects.scores(proba, tuple(dict.fromkeys((metric, "accuracy"))))
+        return cls(list(ids), proba, scores, np.asarray(costs, dtype=float), ids.index(base) if base in ids else None,
+                   subjects, metric, ensemble_size, guard_se)
+
+
+def _mean_se(values: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean and standard error over subjects (w: how often each subject was drawn), along the last axis."""
+    n = w.sum()
+    mean = values @ w / n
+    var = np.maximum(values ** 2 @ w / n - mean ** 2, 0.0) * n / max(n - 1, 1)
+    return mean, np.sqrt(var / n)
+
+
+def choose(c: Candidates, rule: str, w: np.ndarray | None = None) -> np.ndarray:
+    """(T,) weights of the trials `rule` chooses on the subjects weighted by `w` (S,) (default: each once)."""
+    w = np.ones(len(c.subjects)) if w is None else w
+    out = np.zeros(len(c.ids))
+    scores = c.scores[c.metric]
+    mean, se = _mean_se(scores, w)
+    best = int(np.argmax(mean))
+    if rule == "best":
+        out[best] = 1.0
+    elif rule == "one-se":
+        eligible = np.flatnonzero(mean >= mean[best] - se[best] - 1e-12)
+        out[eligible[np.lexsort((-mean[eligible], c.costs[eligible]))[0]]] = 1.0
+    elif rule == "guard":
+        keep = best if c.base is None else c.base
+        if c.base is not None and best != c.base:
+            gain, gain_se = _mean_se(scores[best] - scores[c.base], w)
+            keep = best if gain > c.guard_se * gain_se else c.base
+        out[keep] = 1.0
+    elif rule == "ensemble":
+        out = _ensemble_selection(c, w)
+    else:
+        raise ValueError(f"unknown selection rule {rule!r}")
+    return out
+
+
+def _ensemble_selection(c: Candidates, w: np.ndarray) -> np.ndarray:
+    """Caruana et al. (2004): add, with replacement, the trial whose probabilities averaged with the ensemble's
+    score best on the weighted subjects; keep the best prefix (the shorter on ties)."""
+    used = w[c.subjects.index] > 0  # windows of in-bag subjects only
+    sub = c.subjects.windows(used)
+    proba = c.proba[:, used]  # (T, m, C)
+    total = np.zeros(proba.shape[1:])
+    counts = np.zeros(len(c.ids))
+    best_score, best_counts = -math.inf, counts
+    for _ in range(c.ensemble_size):
+        scores = sub.scores(total[None] + proba, (c.metric,))[c.metric] @ w / w.sum()  # (T,)
+        t = int(np.argmax(scores))
+        total += proba[t]
+        counts[t] += 1
+        if scores[t] > best_score + 1e-12:
+            best_score, best_counts = scores[t], counts.copy()
+    return best_counts / best_counts.sum()
+
+
+# ---------------------------------------------------------------- BBC-CV
+
+@dataclass
+class Reference:
+    """A model the choice is compared with on the same subjects: (S,) per-subject scores of each metric."""
+
+    name: str
+    scores: dict[str, np.ndarray]
+
+
+def bbc_cv(c: Candidates, rule: str, n_bootstrap: int, seed: int, metrics: tuple[str, ...],
+           references: list[Reference] = ()) -> dict:
+    """Bootstrap bias-corrected CV of `rule`'s choice at the subject level.
+
+    Returns {"estimate": {metric: {estimate, ci_low, ci_high}}, "gain": {reference: {metric: {mean, ci_low,
+    ci_high}}}, "n_bootstrap"}: the out-of-bag score of the choice, and its out-of-bag difference from each
+    reference on the same subjects, over `n_bootstrap` resamples (percentile intervals).
+    """
+    rng = np.random.default_rng(seed)
+    S = len(c.subjects)
+    if S < 2:  # no subject could ever be out of bag
+        nan = {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+        return {"estimate": {m: dict(nan) for m in metrics}, "n_bootstrap": 0,
+                "gain": {r.name: {m: {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan} for m in metrics}
+                         for r in references}}
+    chosen = {m: [] for m in metrics}
+    gains = {r.name: {m: [] for m in metrics} for r in references}
+    while len(chosen[metrics[0]]) < n_bootstrap:
+        w = np.bincount(rng.integers(0, S, S), minlength=S).astype(float)
+        oob = w == 0
+        if not oob.any():
+            continue
+        weights = choose(c, rule, w)
+        members = np.flatnonzero(weights)
+        if len(members) == 1:
+            scores = {m: c.scores[m][members[0]] for m in metrics}
+        else:
+            scores = c.subjects.scores(np.tensordot(weights, c.proba, axes=1), metrics)
+        for m in metrics:
+            chosen[m].append(scores[m][oob].mean())
+            for r in references:
+                gains[r.name][m].append(scores[m][oob].mean() - r.scores[m][oob].mean())
+    return {"estimate": {m: _interval(np.array(v), "estimate") for m, v in chosen.items()},
+            "gain": {name: {m: _interval(np.array(v), "mean") for m, v in by.items()} for name, by in gains.items()},
+            "n_bootstrap": n_bootstrap}
+
+
+def _interval(values: np.ndarray, key: str) -> dict[str, float]:
+    tail = (1 - CONFIDENCE) / 2 * 100
+    return {key: float(values.mean()), "ci_low": float(np.percentile(values, tail)),
+            "ci_high": float(np.percentile(values, 100 - tail))}
+
+
+# ---------------------------------------------------------------- what a search reports
+
+@dataclass
+class Selection:
+    """The final choice of a search, its honest estimate and the evidence for "did the search help?"."""
+
+    rule: str
+    weights: dict[str, float]  # trial id -> weight of the final model (one entry unless ensemble)
+    metric: str
+    summary: dict  # the search metrics JSON's selection part (see `select`)
+
+
+def select(store: OOFStore, ids: list[str], costs: list[float], base: str | None, rule: str, metric: str, *,
+           n_bootstrap: int, seed: int, ensemble_size: int = 20, guard_se: float = 1.0,
+           references: dict[str, str] | None = None, naive_best: tuple[str, float] | None = None,
+           compare_rules: bool = True) -> Selection:
+    """Apply `rule` to the completed trials `ids` (in the order they started) and estimate its choice.
+
+    `costs` ranks the trials for one-se (lower is cheaper); `base` is the base configuration's trial.
+    `references` names trials to compare the choice with ({"base": id, "seed": id}); the store's baselines are
+    compared too. `naive_best` is (trial id, mean over folds) of the best completed trial as the search ranked
+    it (default: the best mean over subjects). With `compare_rules`, every rule's choice and BBC-CV estimate is
+    reported, so a search shows what the other rules would have chosen from the same trials.
+    """
+    c = Candidates.of(store, ids, costs, base, metric, ensemble_size, guard_se)
+    metrics = tuple(c.scores)
+    refs = [Reference(name, {m: c.scores[m][ids.index(t)] for m in metrics})
+            for name, t in (references or {}).items() if t in ids]
+    refs += [Reference(name, c.subjects.scores(p, metrics)) for name, p in store.baselines.items()]
+    if naive_best is None:
+        means = c.scores[metric].mean(1)
+        naive_best = (ids[int(np.argmax(means))], float(means.max()))
+    per_rule = {}
+    for r in RULES if compare_rules else (rule,):
+        bbc = bbc_cv(c, r, n_bootstrap, seed, metrics, refs if r == rule else [])
+        per_rule[r] = {"weights": _named(ids, choose(c, r)), "bbc_cv": bbc["estimate"], "gain": bbc["gain"]}
+    weights = choose(c, rule)
+    final_scores = c.subjects.scores(np.tensordot(weights, c.proba, axes=1), metrics)
+    best = ids.index(naive_best[0])
+    summary = {
+        "rule": rule, "metric": metric, "trials_completed": len(ids), "subjects": len(c.subjects),
+        "final": {"weights": per_rule[rule]["weights"], "cv": {m: float(final_scores[m].mean()) for m in metrics}},
+        "naive_best": {"trial": naive_best[0], "cv": naive_best[1]},
+        **{("bbc_cv" if m == metric else f"bbc_cv_{m}"): {
+            "metric": m, **per_rule[rule]["bbc_cv"][m],
+            "naive_best_cv": naive_best[1] if m == metric else float(c.scores[m][best].mean()),
+            "n_bootstrap": n_bootstrap} for m in metrics},
+        "gain_bbc_cv": per_rule[rule]["gain"],
+        "out_of_fold": out_of_fold_comparison(c.subjects, final_scores, refs, metrics),
+        **({"rules": {r: {"weights": v["weights"], "bbc_cv": v["bbc_cv"]} for r, v in per_rule.items()}}
+           if compare_rules else {}),
+    }
+    return Selection(rule, per_rule[rule]["weights"], metric, summary)
+
+
+def _named(ids: list[str], weights: np.ndarray) -> dict[str, float]:
+    return {ids[i]: float(weights[i]) for i in np.flatnonzero(weights)}
+
+
+def out_of_fold_comparison(subjects: Subjects, final: dict[str, np.ndarray], refs: list[Reference],
+                           metrics: tuple[str, ...]) -> dict:
+    """The final choice against each reference on the search subjects' out-of-fold predictions: per-subject
+    scores, the mean paired difference with a bootstrap interval over subjects, and Wilcoxon p-values
+    Holm-corrected over the references (optimistic for the final choice, which was made on these subjects)."""
+    rng = np.random.default_rng(0)
+    names = [str(s) for s in subjects.names]
+    out = {"per_subject": {name: {m: dict(zip(names, map(float, scores[m]))) for m in metrics}
+                           for name, scores in [("final", final), *((r.name, r.scores) for r in refs)]},
+           "against": {r.name: {} for r in refs}}
+    for m in metrics:
+        tests = [paired_wilcoxon(final[m], r.scores[m]) for r in refs]
+        for r, test, p_holm in zip(refs, tests, holm([t["p_value"] for t in tests])):
+            diff = final[m] - r.scores[m]
+            boot = diff[rng.integers(0, len(diff), (2000, len(diff)))].mean(1)
+            out["against"][r.name][m] = {**_interval(boot, "mean_difference"), "mean_difference": float(diff.mean()),
+                                         "p_value": test["p_value"], "p_holm": p_holm, "n": test["n"]}
+    return out
+
+
+def trials_curve(store: OOFStore, ids: list[str], costs: list[float], base: str | None, rule: str, metric: str, *,
+                 n_bootstrap: int, seed: int, ensemble_size: int = 20, guard_se: float = 1.0,
+                 points: int = 12) -> list[dict]:
+    """Best-so-far CV and the BBC-CV estimate of `rule` against the number of completed trials (the first t, in
+    the order they started), at up to `points` values of t."""
+    c = Candidates.of(store, ids, costs, base, metric, ensemble_size, guard_se)
+    means = c.scores[metric].mean(1)
+    sizes = sorted({int(round(t)) for t in np.geomspace(1, len(ids), min(points, len(ids)))} | {len(ids)})
+    return [{"trials": t, "naive_best_cv": float(means[:t].max()), "n_bootstrap": n_bootstrap,
+             **bbc_cv(c.head(t), rule, n_bootstrap, seed, (metric,))["estimate"][metric]} for t in sizes]
+
+
+@dataclass
+class TrialJudge:
+    """One search's selection settings applied to its trials: live after each finished trial, and at the end.
+
+    Trials are records with `trial_id`, `params`, `status` and `mean` (`emoma.watch.TrialRecord`)."""
+
+    store: OOFStore  # the search's windows; trials are added as they finish
+    configs: Callable[[dict], Config]  # a trial's parameters -> the configuration it stands for
+    base_point: dict
+    seed_point: dict
+    settings: SearchConfig
+    n_features: int  # the table's candidate features (what n_features 0 reads)
+    seed: int
+    costs: dict[str, int] = field(default_factory=dict)
+
+    def select(self, trials: list, best=None, *, curve: bool = False, live: bool = False) -> tuple[Selection, list]:
+        """The final choice among the completed trials with every window scored, its BBC-CV estimate (and with
+        `curve`, the estimate against the number of trials). `live`: the search's own rule only, on a fifth of
+        the resamples (a partial report refreshed after every trial)."""
+        s = self.settings
+        ids, costs, base, seed = self._candidates(trials)
+        usable = [t for t in trials if t.trial_id in ids]
+        best = best if best is not None and best.trial_id in ids else max(usable, key=lambda t: t.mean)
+        n_bootstrap = max(100, s.bbc_bootstrap // 5) if live else s.bbc_bootstrap
+        references = {k: v for k, v in (("base", base), ("seed", seed)) if v is not None}
+        selection = select(self.store, ids, costs, base, s.select, s.metric, n_bootstrap=n_bootstrap, seed=self.seed,
+                           ensemble_size=s.ensemble_size, guard_se=s.guard_se, references=references,
+                           naive_best=(best.trial_id, best.mean), compare_rules=not live)
+        points = trials_curve(self.store, ids, costs, base, s.select, s.metric,
+                              n_bootstrap=max(100, s.bbc_bootstrap // 5), seed=self.seed,
+                              ensemble_size=s.ensemble_size, guard_se=s.guard_se) if curve else []
+        return selection, points
+
+    def choice(self, trials: list, rule: str) -> dict[str, float]:
+        """What `rule` chooses from these trials (trial id -> weight), without estimating it."""
+        ids, costs, base, _ = self._candidates(trials)
+        c = Candidates.of(self.store, ids, costs, base, self.settings.metric, self.settings.ensemble_size,
+                          self.settings.guard_se)
+        return _named(ids, choose(c, rule))
+
+    def _candidates(self, trials: list) -> tuple[list[str], list[int], str | None, str | None]:
+        """Completed trials with every window scored (ids, costs), and the base and seed trials among them."""
+        usable = [t for t in trials if t.status == "completed" and self.store.complete(t.trial_id)]
+        if not usable:
+            raise ValueError("no completed trial has out-of-fold predictions for every window")
+        ids = [t.trial_id for t in usable]
+        base = next((t.trial_id for t in usable if same_params(t.params, self.base_point)), None)
+        seed = next((t.trial_id for t in usable if same_params(t.params, self.seed_point)), None)
+        return ids, [self.cost(t) for t in usable], base, seed
+
+    def cost(self, trial) -> int:
+        if trial.trial_id not in self.costs:
+            model = self.configs(trial.params).model
+            n_inputs = min(model.n_features or self.n_features, self.n_features)
+            self.costs[trial.trial_id] = prediction_cost(model, n_inputs, len(self.store.class_names))
+        return self.costs[trial.trial_id]
