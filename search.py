@@ -1,24 +1,25 @@
 """Search many CNN-LSTM configurations with Optuna on Ray Tune; every trial is a full cross-validation.
 
-python search.py --num-samples 50 [--config configs/default.yaml] [--space configs/search_space.yaml] [options]
+python search.py --num-samples 50 [--config configs/context.yaml] [--space configs/search_space.yaml] [options]
 """
 import argparse
 import secrets
 import time
 
-from emoma.config import METRICS, PRUNERS, SCHEMES, TASKS
+from emoma.config import FIDELITIES, METRICS, PRUNERS, SCHEMES, SELECTION_RULES, TASKS
 from emoma.errors import UserError, exit_on_user_error
 from emoma.experiment import search_settings
 
-DEFAULTS = {"config": "configs/default.yaml", "space": "configs/search_space.yaml", "seed_config": "configs/seed.yaml",
+DEFAULTS = {"config": "configs/context.yaml", "space": "configs/search_space.yaml", "seed_config": "configs/seed.yaml",
             "storage_path": "results/search"}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help=f"base config (default: {DEFAULTS['config']})")
+    p.add_argument("--config", help=f"base config: runs first, and sampled trials change it (default: "
+                                    f"{DEFAULTS['config']})")
     p.add_argument("--space", help=f"search space (default: {DEFAULTS['space']})")
-    p.add_argument("--seed-config", help=f"configuration evaluated first as the baseline (default: "
+    p.add_argument("--seed-config", help=f"configuration evaluated second, exactly, as a reference (default: "
                                          f"{DEFAULTS['seed_config']})")
     p.add_argument("--data", help="merged.csv to read (default: the embedded synthetic table)")
     p.add_argument("--task", choices=TASKS)
@@ -36,6 +37,14 @@ def parse_args(argv=None):
                    help="stop unpromising trials once they have run search.grace_folds folds (default 4; --no-prune runs every fold)")
     p.add_argument("--pruner", choices=PRUNERS, help="asha (default): ASHA over folds; wilcoxon: paired test "
                                                      "against the best trial on the same folds")
+    p.add_argument("--select", choices=SELECTION_RULES,
+                   help="the final choice among completed trials: best (best mean), one-se (cheapest within one SE "
+                        "of the best), guard (the best only if it beats the base configuration on the same "
+                        "subjects, else the base), ensemble (greedy ensemble selection); default "
+                        "search.select of the config")
+    p.add_argument("--fidelity", choices=FIDELITIES,
+                   help="what trials train: low (one model per fold, no refit; the final model is retrained at the "
+                        "config's own settings) or full (default: search.fidelity of the config)")
     p.add_argument("--holdout", type=int, help="subjects held out of the search for the final test (default 3)")
     p.add_argument("--holdout-subjects", help="comma-separated subject ids to hold out, e.g. 2,5,11")
     p.add_argument("--outer", choices=("loso",), help="nested CV: the whole search once per held-out subject")

@@ -21,6 +21,8 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 SUBJECT_NORMS = ("none", "subject", "causal")
 TRAINERS = ("batched", "sequential")
 PRUNERS = ("wilcoxon", "asha")
+SELECTION_RULES = ("best", "one-se", "guard", "ensemble")
+FIDELITIES = ("low", "full")
 LSTM_OVER = ("positions", "windows")
 
 
@@ -106,6 +108,11 @@ class SearchConfig:
     max_concurrent: int = 0  # trials at once; 0 = as many as the resources allow
     max_failures: int = 2  # retries of a failed trial
     time_budget_s: float = 0.0  # end the search after this many seconds (running trials stop); 0 = no limit
+    select: str = "guard"  # the final choice among completed trials: best | one-se | guard | ensemble (emoma.select)
+    fidelity: str = "low"  # trials train low (one model per fold, no refit) or full (the config's ensemble and refit)
+    bbc_bootstrap: int = 1000  # subject resamples of the BBC-CV estimate (the trials curve uses a fifth of them)
+    ensemble_size: int = 20  # ensemble: greedy selection steps (with replacement; the best prefix is kept)
+    guard_se: float = 1.0  # guard: a candidate replaces the base only when its paired gain exceeds this many SEs
 
 
 @dataclass
@@ -120,6 +127,14 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def at_fidelity(config: Config, fidelity: str) -> Config:
+    """What a trial trains: `low` is one model per fold without the refit; `full` the configuration itself."""
+    if fidelity == "full" or (config.model.ensemble == 1 and not config.train.refit):
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, ensemble=1),
+                               train=dataclasses.replace(config.train, refit=False))
 
 
 class _Loader(yaml.SafeLoader):
@@ -243,6 +258,11 @@ def validate(config: Config) -> None:
         ("search.max_concurrent", config.search.max_concurrent >= 0, "0 (no limit) or more"),
         ("search.max_failures", config.search.max_failures >= 0, "0 or more"),
         ("search.time_budget_s", config.search.time_budget_s >= 0, "0 (no limit) or more"),
+        ("search.select", config.search.select in SELECTION_RULES, f"one of {', '.join(SELECTION_RULES)}"),
+        ("search.fidelity", config.search.fidelity in FIDELITIES, f"one of {', '.join(FIDELITIES)}"),
+        ("search.bbc_bootstrap", config.search.bbc_bootstrap >= 100, "at least 100"),
+        ("search.ensemble_size", config.search.ensemble_size >= 1, "at least 1"),
+        ("search.guard_se", config.search.guard_se >= 0, "0 or more"),
     ]
     for key, ok, rule in rules:
         if not ok:

@@ -16,11 +16,13 @@ from emoma.files import write_atomic
 from emoma.manifest import MANIFEST_FILE, Manifest, check_resume, data_fingerprint
 from emoma.pipeline import check_folds_flag
 from emoma.predict import save_model
-from emoma.report import format_search_summary, markdown_table, write_nested_outputs, write_search_outputs
-from emoma.space import load_space, space_from_dict, space_to_dict
+from emoma.report import (estimate_line, format_search_summary, markdown_table, write_nested_outputs,
+                          write_search_outputs)
+from emoma.space import check_fidelity, load_space, space_from_dict, space_to_dict
 from emoma.storage import ExperimentStorage, is_uri
 
 say = functools.partial(print, flush=True)  # progress lines reach logs and pipes as they happen
+FINAL_MODEL = "final_model.pt"
 
 
 @dataclass
@@ -46,7 +48,8 @@ def search_settings(args, defaults: dict, name: str, storage_path: str) -> Searc
              "train.device": args.device, "search.cpus_per_trial": args.cpus_per_trial,
              "search.gpus_per_trial": args.gpus_per_trial, "search.max_concurrent": args.max_concurrent,
              "search.prune": args.prune, "search.pruner": args.pruner, "search.holdout": args.holdout,
-             "search.holdout_subjects": holdout_subjects, "search.time_budget_s": args.time_budget_s}
+             "search.holdout_subjects": holdout_subjects, "search.time_budget_s": args.time_budget_s,
+             "search.select": args.select, "search.fidelity": args.fidelity}
     manifest = None
     if args.resume:
         storage = ExperimentStorage(storage_path, name)
@@ -76,6 +79,7 @@ def search_settings(args, defaults: dict, name: str, storage_path: str) -> Searc
     else:
         seed_config = load_config(args.seed_config or defaults["seed_config"])
         space = load_space(args.space or defaults["space"], config)
+    check_fidelity(space, config)
     fixed = sorted(given & set(space))
     notes = [f"{key} fixed at {get_dotted(config, key)!r} by the command line: not searched" for key in fixed]
     space = {k: v for k, v in space.items() if k not in fixed}
@@ -118,7 +122,7 @@ def search(settings: SearchSettings, *, address=None, verbose=False, log=say):
                             storage_path=settings.storage_path, name=settings.name, address=address,
                             resume=settings.resume, verbose=verbose, log=log, tracking=tracking)
         write_search_outputs(result, settings.config)
-        save_best_model(result)
+        save_final_model(result)
         if tracking is not None:
             log_search_run(tracking, result)
         result.storage.upload_all()
@@ -158,18 +162,24 @@ def search_tracking(settings: SearchSettings):
 
 
 def log_search_run(tracking, result) -> None:
-    """The parent run's end: data hash, held-out metrics, the report, the confusion matrix and the best model."""
+    """The parent run's end: data hash, the final choice and its BBC-CV estimate, held-out metrics, the report,
+    the confusion matrix and the final model."""
     tracker, parent = tracking
     manifest = json.loads((result.folder / "manifest.json").read_text())
+    selection = result.selection.summary
     tracker.set_tags(parent, {"data.sha256": manifest["data"]["sha256"], "data.path": manifest["data"]["path"],
-                              "holdout_subjects": ",".join(map(str, result.holdout_subjects))})
-    best = result.held["best"].result
-    tracker.log_metrics(parent, {**{f"holdout_{m}": v for m, v in best.metrics.items()},
-                                 f"cv_best_{result.metric}": result.best.mean, "trials": len(result.trials),
-                                 "trials_completed": len(result.completed)})
-    tracker.log_artifacts(parent, [result.folder / f for f in ("report.md", "confusion_matrix.png",
-                                                                "best_config.yaml", "best_model.pt", "trials.csv",
-                                                                "holdout_metrics.json", "manifest.json")])
+                              "holdout_subjects": ",".join(map(str, result.holdout_subjects)),
+                              "selection.rule": selection["rule"],
+                              "selection.final": json.dumps(selection["final"]["weights"])})
+    estimates = {f"{key}_{part}": b[part] for key, b in selection.items() if key.startswith("bbc_cv")
+                 for part in ("estimate", "ci_low", "ci_high")}
+    tracker.log_metrics(parent, {**{f"holdout_{k}_{m}": v for k in ("final", "base", "seed")
+                                    for m, v in result.held[k].result.metrics.items()},
+                                 **estimates, f"naive_best_cv_{result.metric}": result.best.mean,
+                                 "trials": len(result.trials), "trials_completed": len(result.completed)})
+    tracker.log_artifacts(parent, [result.folder / f for f in (
+        "report.md", "confusion_matrix.png", "bbc_curve.png", "final_config.yaml", "final_model.pt", "trials.csv",
+        "search_metrics.json", "holdout_metrics.json", "manifest.json")])
     tracker.end(parent)
 
 
@@ -203,8 +213,8 @@ def nested_search(settings: SearchSettings, *, address=None, verbose=False, log=
     finished = []
     for subject in subjects:
         outer = ExperimentStorage(root.uri, f"outer-{subject}")
-        outer.download("holdout_predictions.csv", "holdout_metrics.json", "best_model.pt")
-        if all((outer.local / f).is_file() for f in ("holdout_predictions.csv", "best_model.pt")):
+        outer.download("holdout_predictions.csv", "holdout_metrics.json", "search_metrics.json", FINAL_MODEL)
+        if all((outer.local / f).is_file() for f in ("holdout_predictions.csv", FINAL_MODEL)):
             log(f"outer fold {subject}: finished earlier, kept")
             finished.append(outer.local)
             continue
@@ -216,7 +226,7 @@ def nested_search(settings: SearchSettings, *, address=None, verbose=False, log=
             outer_config, settings.space, settings.seed_config, storage_path=root.uri, name=f"outer-{subject}",
             address=address, resume=started, verbose=verbose, log=log), settings, "--outer loso ")
         write_search_outputs(result, outer_config)
-        save_best_model(result)
+        save_final_model(result)
         result.storage.upload_all()
         finished.append(outer.local)
     out = write_nested_outputs(finished, root.local)
@@ -228,7 +238,7 @@ def nested_search(settings: SearchSettings, *, address=None, verbose=False, log=
 def search_status(name: str, storage_path: str) -> str:
     """The trials table and best so far of a running or finished experiment, read without touching it."""
     storage = ExperimentStorage(storage_path, name, create=is_uri(storage_path))  # staging only for object storage
-    storage.download(MANIFEST_FILE, "trials.csv", "holdout_metrics.json")
+    storage.download(MANIFEST_FILE, "trials.csv", "holdout_metrics.json", "search_metrics.json")
     if not (storage.local / MANIFEST_FILE).is_file():
         raise UserError(f"no experiment {name!r} at {storage.uri}: check --name and --storage-path")
     manifest = json.loads((storage.local / MANIFEST_FILE).read_text())
@@ -246,6 +256,10 @@ def search_status(name: str, storage_path: str) -> str:
         best = completed.iloc[0]
         params = ", ".join(f"{k.removeprefix('param.')}={v}" for k, v in best.items() if k.startswith("param."))
         lines.append(f"best so far: {metric} {best['mean']:.4f} ± {best['std']:.4f} (trial {best['trial']}): {params}")
+    selection = storage.local / "search_metrics.json"
+    if selection.is_file():
+        summary = json.loads(selection.read_text())
+        lines.append(("so far, " if summary["partial"] else "") + estimate_line(summary))
     if len(trials):
         shown = trials.sort_values(["status", "mean"], ascending=[True, False])
         columns = ["trial", "status", "mean", "std", "folds_done", "stopped_by",
@@ -254,10 +268,11 @@ def search_status(name: str, storage_path: str) -> str:
     return "\n".join(lines)
 
 
-def save_best_model(result) -> None:
-    best = result.held["best"]
-    save_model(result.folder / "best_model.pt", best.result.model, result.best_config, best.fold,
-               result.feature_names, result.class_names, result.window_s)
+def save_final_model(result) -> None:
+    """final_model.pt: the final choice retrained (an ensemble's members with their weights)."""
+    members = [(result.held[f"final {t}"].result.model, result.final_configs[t], result.held[f"final {t}"].fold, w)
+               for t, w in result.selection.weights.items()]
+    save_model(result.folder / FINAL_MODEL, members, result.feature_names, result.class_names, result.window_s)
 
 
 def _interruptible(run, settings: SearchSettings, extra: str):

@@ -2,6 +2,7 @@
 configurations retrained on every search subject and scored once on the held-out subjects."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -11,6 +12,7 @@ from emoma.cv import FoldResult, run_fold, table_context
 from emoma.data import Table
 from emoma.errors import UserError
 from emoma.folds import Fold, fit_fold, smallest_top_k
+from emoma.metrics import score
 
 
 def choose_holdout(table: Table, cfg: SearchConfig, seed: int) -> list:
@@ -57,18 +59,24 @@ class HeldOut:
 
 
 def retrain_and_score(tables: dict[str, Table], holdout: list, configs: dict[str, Config], experiment: Config,
-                      *, baselines_for: str | None = None, keep_model_for: str | None = None,
+                      *, baselines_for: str | None = None, keep_models_for: tuple[str, ...] = (),
                       threads: int = 1) -> dict[str, HeldOut]:
     """Retrain each of `configs` (name -> config) on every search subject, early-stopped on held-out search
-    subjects, and score it once on the `holdout` subjects.
+    subjects, and score it once on the `holdout` subjects; names with the same configuration share one run.
 
     `tables` holds the table per subject normalisation; the split, scaler and RFE of the retraining use the
     experiment's cv settings and seed and are fitted once per normalisation.
     """
     folds: dict[str, Fold] = {}
+    runs: dict[str, HeldOut] = {}
     out = {}
     smallest_k = smallest_top_k([c.model.n_features for c in configs.values()])
+    kept = {_run_key(configs[n]) for n in keep_models_for}
     for name, config in configs.items():
+        key = _run_key(config)
+        if key in runs and (name != baselines_for or runs[key].result.baselines):
+            out[name] = runs[key]
+            continue
         norm = config.data.subject_norm
         table = tables[norm]
         is_held = np.isin(table.groups, holdout)
@@ -76,6 +84,24 @@ def retrain_and_score(tables: dict[str, Table], holdout: list, configs: dict[str
             folds[norm] = fit_fold(table.X, table.y, table.groups, np.flatnonzero(~is_held), np.flatnonzero(is_held),
                                    experiment.cv, experiment.seed, smallest_k)
         result = run_fold(table, folds[norm], 0, config, table_context(table, config),
-                          baselines=name == baselines_for, keep_model=name == keep_model_for, threads=threads)
-        out[name] = HeldOut(result, folds[norm], table.groups[result.test_rows], table.y[result.test_rows])
+                          baselines=name == baselines_for, keep_model=key in kept, threads=threads)
+        runs[key] = out[name] = HeldOut(result, folds[norm], table.groups[result.test_rows], table.y[result.test_rows])
     return out
+
+
+def _run_key(config: Config) -> str:
+    """What makes two retrainings the same: every setting but the label."""
+    return json.dumps({**config.to_dict(), "name": None}, sort_keys=True, default=str)
+
+
+def combine(members: list[HeldOut], weights: list[float], n_classes: int) -> HeldOut:
+    """The weighted average of several models' held-out probabilities (their windows in the same order), scored
+    as one model; a single member is returned as it is."""
+    if len(members) == 1:
+        return members[0]
+    first = members[0]
+    proba = sum(w * m.result.proba for w, m in zip(weights, members))
+    metrics, confusion = score(first.y, proba.argmax(1), n_classes)
+    result = replace(first.result, proba=proba, y_pred=proba.argmax(1), metrics=metrics, confusion=confusion,
+                     baselines={}, baseline_proba={}, model=None)
+    return HeldOut(result, first.fold, first.groups, first.y)

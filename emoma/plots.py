@@ -87,3 +87,19 @@ def plot_importances(importances: dict[str, float], path: Path) -> None:
     ax.set_xlabel("importance (fANOVA)")
     fig.tight_layout()
     save(fig, path, dpi=110)
+
+
+def plot_bbc_curve(curve: list[dict], metric: str, rule: str, path: Path) -> None:
+    """The naive best CV and the BBC-CV estimate (with its interval) against the number of completed trials."""
+    trials = [c["trials"] for c in curve]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(trials, [c["naive_best_cv"] for c in curve], marker="o", color="tab:gray", label="naive best CV")
+    ax.plot(trials, [c["estimate"] for c in curve], marker="o", color="tab:blue",
+            label=f"BBC-CV estimate of the final choice ({rule})")
+    ax.fill_between(trials, [c["ci_low"] for c in curve], [c["ci_high"] for c in curve], color="tab:blue", alpha=0.15,
+                    label="95 % interval")
+    ax.set_xlabel("completed trials")
+    ax.set_ylabel(f"{metric} on new subjects")
+    ax.legend()
+    fig.tight_layout()
+    save(fig, path, dpi=110)

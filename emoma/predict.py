@@ -1,6 +1,6 @@
 """A saved model and everything needed to use it; predictions for a new merged.csv.
 
-Usage: ``python -m emoma.predict --model best_model.pt --data new.csv --out predictions.csv``
+Usage: ``python -m emoma.predict --model final_model.pt --data new.csv --out predictions.csv``
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from emoma.model import build_predictor
 from emoma.train import EVAL_CHUNK
 
 
-def save_model(path: str | Path, model: torch.nn.Module, config: Config, fold: Fold, feature_names: list[str],
-               class_names: list[str], window_s: float | None = None) -> None:
+def model_bundle(model: torch.nn.Module, config: Config, fold: Fold, feature_names: list[str],
+                 class_names: list[str], window_s: float | None = None) -> dict:
     """Weights, config (with its subject normalisation and context), the selected feature names and their
     scaler statistics, class names, and the window length the time-gap rule used in training."""
     cols = fold.selected(config.model.n_features)
-    bundle = {
+    return {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": config.to_dict(),
         "features": [feature_names[j] for j in cols],
@@ -35,36 +35,67 @@ def save_model(path: str | Path, model: torch.nn.Module, config: Config, fold: F
         "class_names": list(class_names),
         "window_s": window_s,
     }
+
+
+def save_model(path: str | Path, members: list[tuple[torch.nn.Module, Config, Fold, float]], feature_names: list[str],
+               class_names: list[str], window_s: float | None = None) -> None:
+    """One model, or a weighted ensemble of models of different configurations (each member with its own inputs:
+    normalisation, context, features, scaler), as `(model, config, fold, weight)`."""
+    bundles = [model_bundle(m, c, f, feature_names, class_names, window_s) for m, c, f, _ in members]
+    bundle = bundles[0] if len(bundles) == 1 else {
+        "members": bundles, "weights": [float(w) for *_, w in members], "class_names": list(class_names)}
     with atomic_path(path) as tmp:
         torch.save(bundle, tmp)
 
 
-def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
+def load_model(path: str | Path) -> tuple[torch.nn.Module | list[torch.nn.Module], dict]:
+    """(model, bundle) of a saved model; for an ensemble, the model is the list of its members' models."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"model file {path} does not exist: give the best_model.pt of a search")
+        raise UserError(f"model file {path} does not exist: give the final_model.pt of a search")
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for files that are not its own
-        raise UserError(f"{path} is not an EmoMA model file ({type(err).__name__}): give a best_model.pt") from None
+        raise UserError(f"{path} is not an EmoMA model file ({type(err).__name__}): give a final_model.pt") from None
+    if "members" in bundle:
+        return [_build(member) for member in bundle["members"]], bundle
+    return _build(bundle), bundle
+
+
+def _build(bundle: dict) -> torch.nn.Module:
     config = from_dict(bundle["config"])
     model = build_predictor(config.model, len(bundle["features"]), len(bundle["class_names"]))
     model.load_state_dict(bundle["state_dict"])
-    return model.eval(), bundle
+    return model.eval()
+
+
+def predict_frame(model, bundle: dict, frame: pd.DataFrame) -> pd.DataFrame:
+    """Predicted class and per-class probabilities for each row of a merged.csv-layout frame.
+
+    Each model's subject normalisation, context windows and probability smoothing are rebuilt from the frame's
+    own subjects (and `time_s` when present), as in training; an ensemble averages its members' probabilities
+    with their weights.
+    """
+    members = list(zip(model, bundle["members"], bundle["weights"])) if "members" in bundle else [(model, bundle, 1.0)]
+    needed = list(dict.fromkeys(f for _, b, _ in members for f in b["features"]))
+    missing = [f for f in needed if f not in frame.columns]
+    if missing:
+        raise UserError(f"the table lacks features the model needs: {', '.join(missing)}")
+    proba = sum(w * _member_proba(m, b, frame) for m, b, w in members)
+    config = from_dict(members[0][1]["config"]).data
+    out = pd.DataFrame({c: frame[c].to_numpy() for c in (config.subject_column, config.label_column)
+                        if c in frame.columns})
+    out["predicted"] = np.array(bundle["class_names"])[proba.argmax(1)]
+    for c, name in enumerate(bundle["class_names"]):
+        out[f"p_{name}"] = proba[:, c]
+    return out
 
 
 @torch.no_grad()
-def predict_frame(model: torch.nn.Module, bundle: dict, frame: pd.DataFrame) -> pd.DataFrame:
-    """Predicted class and per-class probabilities for each row of a merged.csv-layout frame.
-
-    The model's subject normalisation, context windows and probability smoothing are rebuilt from the frame's
-    own subjects (and `time_s` when present), as in training.
-    """
+def _member_proba(model: torch.nn.Module, bundle: dict, frame: pd.DataFrame) -> np.ndarray:
+    """(n_rows, n_classes) probabilities of one saved model, rows in the frame's order."""
     config = from_dict(bundle["config"])
     data = config.data
-    missing = [f for f in bundle["features"] if f not in frame.columns]
-    if missing:
-        raise UserError(f"the table lacks features the model needs: {', '.join(missing)}")
     per_subject = data.subject_norm != "none" or config.model.context > 1 or config.model.smooth > 1
     if per_subject and data.subject_column not in frame.columns:
         raise UserError(f"the model normalises by subject or uses earlier windows (context or smoothing), but the "
@@ -91,18 +122,13 @@ def predict_frame(model: torch.nn.Module, bundle: dict, frame: pd.DataFrame) -> 
         in_time_order[rows.numpy()] = torch.softmax(model(X[index[rows]], None if m.all() else m), dim=1).numpy()
     proba = np.empty_like(in_time_order)
     proba[order] = smooth_probabilities(in_time_order, np.arange(len(frame)), starts, config.model.smooth)
-    out = pd.DataFrame({c: frame[c].to_numpy() for c in (data.subject_column, data.label_column)
-                        if c in frame.columns})
-    out["predicted"] = np.array(bundle["class_names"])[proba.argmax(1)]
-    for c, name in enumerate(bundle["class_names"]):
-        out[f"p_{name}"] = proba[:, c]
-    return out
+    return proba
 
 
 @exit_on_user_error
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Predict classes for a merged.csv with a saved EmoMA model.")
-    p.add_argument("--model", required=True, help="best_model.pt written by search.py")
+    p.add_argument("--model", required=True, help="final_model.pt written by search.py")
     p.add_argument("--data", required=True, help="merged.csv-layout table to predict")
     p.add_argument("--out", required=True, help="CSV to write: predicted class and per-class probabilities")
     args = p.parse_args(argv)

@@ -3,19 +3,21 @@ writes files only (figures in emoma.plots); every file is written to a temporary
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from emoma.config import Config, save_config
 from emoma.cv import METRICS, CVResult
 from emoma.data import Table
 from emoma.files import atomic_path, write_atomic
 from emoma.folds import FoldPlan
-from emoma.metrics import evaluate, paired_wilcoxon
-from emoma.plots import plot_confusion, plot_importances, plot_learning_curves, plot_search_history
+from emoma.metrics import MIN_TEST_SUBJECTS, evaluate, per_subject
+from emoma.plots import plot_bbc_curve, plot_confusion, plot_importances, plot_learning_curves, plot_search_history
 from emoma.space import describe
 
 if TYPE_CHECKING:
@@ -150,7 +152,11 @@ REFIT = ("; then each model trained again from its seed on the training and vali
          "count (refit), the baselines fitted on the same rows")
 
 
-def _search_refit(result, config: Config) -> str:
+def _trial_fidelity(result, config: Config) -> str:
+    """How trials trained, against the models retrained at the end."""
+    if result.fidelity == "low":
+        return ("; trials at low fidelity: one model per fold, no refit (`search.fidelity: low`); the final model and "
+                "the base and seed configurations are retrained at their own settings")
     if "train.refit" in result.space:
         return "; whether each model is refit on training + validation rows is searched (train.refit)"
     if not config.train.refit:
@@ -158,13 +164,6 @@ def _search_refit(result, config: Config) -> str:
     seed = "" if result.seed_config.train.refit else " (not the seed trial: it trains as the seed configuration)"
     return ("; each sampled trial's models refit on their fold's training + validation rows for their best epoch "
             f"count{seed}")
-
-
-def _seed_refit(result) -> str:
-    refit = result.seed_config.train.refit
-    if refit == result.best_config.train.refit:
-        return ""
-    return f" (the seed configuration {'with' if refit else 'without'} the refit)"
 
 
 def format_summary(result: CVResult) -> str:
@@ -244,16 +243,17 @@ def evaluation_sections(evaluation: dict, class_names: list[str], heading: str =
     head = "| model | " + " | ".join(f"{m} (95 % CI)" for m in METRICS) + " | " + " | ".join(auc_keys) + " |"
     rows = [head, "|---|" + "---|" * (len(METRICS) + len(auc_keys))]
     for name, model in models.items():
-        cis = [f"{c['mean']:.3f} ({c['ci_low']:.3f}-{c['ci_high']:.3f})" for c in (model["ci"][m] for m in METRICS)]
+        cis = [f"{c['mean']:.3f}" + ("" if math.isnan(c["ci_low"]) else f" ({c['ci_low']:.3f}-{c['ci_high']:.3f})")
+               for c in (model["ci"][m] for m in METRICS)]
         rows.append(f"| {name} | " + " | ".join(cis) + " | " + " | ".join(f"{model['auc'][k]:.3f}" for k in auc_keys)
                     + " |")
     reference = evaluation["wilcoxon"]["reference"]
-    tests = ["| against | metric | median difference | W | p | subjects (non-zero differences) |",
-             "|---|---|---|---|---|---|"]
+    tests = ["| against | metric | median difference | W | p | p (Holm) | subjects (non-zero differences) |",
+             "|---|---|---|---|---|---|---|"]
     for name, by_metric in evaluation["wilcoxon"]["against"].items():
         for m, t in by_metric.items():
-            tests.append(f"| {name} | {m} | {t['median_diff']:+.3f} | {t['statistic']:.1f} | {t['p_value']:.4f} | "
-                         f"{t['n']} ({t['n_nonzero']}) |")
+            tests.append(f"| {name} | {m} | {t['median_diff']:+.3f} | {t['statistic']:.1f} | {_p(t['p_value'])} | "
+                         f"{_p(t['p_holm'])}{' *' if t['p_holm'] < 0.05 else ''} | {t['n']} ({t['n_nonzero']}) |")
     per_class_rows = ["| model | " + " | ".join(f"{c} F1 / recall" for c in class_names) + " |",
                       "|---|" + "---|" * len(class_names)]
     for name, model in models.items():
@@ -265,8 +265,24 @@ def evaluation_sections(evaluation: dict, class_names: list[str], heading: str =
     for s in subjects:
         per_subject_rows.append(f"| {s} | " + " | ".join(
             f"{m['subjects'][s]['accuracy']:.3f} / {m['subjects'][s]['macro_f1']:.3f}" for m in models.values()) + " |")
+    if evaluation.get("tests", True):
+        test_lines = [
+            f"{heading} Paired Wilcoxon signed-rank tests over subjects: {reference} against each other model",
+            "",
+            "Two-sided, subjects with equal scores dropped (scipy's zero_method='wilcox'); a positive difference "
+            f"means {reference} scored higher. p (Holm): corrected for the several models compared, per metric; a "
+            "difference is a tie unless its corrected p < 0.05 (marked *).",
+            "",
+            *tests,
+            "",
+        ]
+        over = f"{heading} Over subjects ({n}): mean with bootstrap 95 % CI; pooled AUCs"
+    else:
+        test_lines = [f"Scores only: {n} subjects are too few for intervals and paired tests (a two-sided Wilcoxon "
+                      f"signed-rank test needs {MIN_TEST_SUBJECTS} to reach p < 0.05).", ""]
+        over = f"{heading} Over subjects ({n}): mean; pooled AUCs"
     return [
-        f"{heading} Over subjects ({n}): mean with bootstrap 95 % CI; pooled AUCs",
+        over,
         "",
         "A subject's score is computed over its own test windows (macro-F1 over the classes that subject shows or is "
         "predicted); the CI is scipy's BCa bootstrap of the mean over subjects; ROC-AUC and PR-AUC pool every test "
@@ -275,13 +291,7 @@ def evaluation_sections(evaluation: dict, class_names: list[str], heading: str =
         "",
         *rows,
         "",
-        f"{heading} Paired Wilcoxon signed-rank tests over subjects: {reference} against each other model",
-        "",
-        "Two-sided, subjects with equal scores dropped (scipy's zero_method='wilcox'); a positive difference means "
-        f"{reference} scored higher. No correction for the several comparisons: read each p-value on its own.",
-        "",
-        *tests,
-        "",
+        *test_lines,
         f"{heading} Per class (pooled test windows)",
         "",
         *per_class_rows,
@@ -323,90 +333,148 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def write_search_outputs(result: SearchResult, config: Config) -> Path:
-    """Write best_config.yaml, trials.csv, holdout_metrics.json, holdout_predictions.csv, confusion_matrix.png,
-    search_history.png, param_importance.png and report.md into the experiment's local folder; returns it.
-    (The caller saves the model.)"""
+    """Write best_config.yaml, final_config.yaml, trials.csv, search_metrics.json, holdout_metrics.json,
+    holdout_predictions.csv, confusion_matrix.png, search_history.png, bbc_curve.png, param_importance.png and
+    report.md into the experiment's local folder; returns it. (The caller saves the model.)"""
     out = result.folder
     save_config(result.best_config, out / "best_config.yaml")
+    write_atomic(out / "final_config.yaml", final_config_yaml(result))
     trials = trials_frame(result)
     write_csv(trials, out / "trials.csv")
-    best, seed = result.held["best"], result.held["seed"]
-    evaluation = holdout_evaluation([holdout_predictions(result)], result.class_names)
-    write_atomic(out / "holdout_metrics.json", json.dumps({
-        "subjects": [str(s) for s in result.holdout_subjects], "windows": best.result.n_test,
-        "metrics": best.result.metrics, "confusion_matrix": best.result.confusion.tolist(),
-        "class_names": result.class_names, "baselines": best.result.baselines, "seed_config": seed.result.metrics,
-        "features": best.result.features, "epochs_run": best.result.epochs_run,
-        "best_epoch": best.result.best_epoch, "cv_best": result.best.mean, "best_params": result.best.params,
-        "evaluation": evaluation, "best_vs_seed_cv": best_vs_seed_cv(result)}, indent=2, default=str))
-    write_csv(holdout_predictions(result), out / "holdout_predictions.csv")
-    plot_confusion(best.result.confusion, result.class_names, out / "confusion_matrix.png",
-                   title=f"best configuration on held-out subjects {', '.join(map(str, result.holdout_subjects))}")
+    metrics = search_metrics(result)
+    write_atomic(out / "search_metrics.json", json.dumps(metrics, indent=2, default=str))
+    predictions = holdout_predictions(result)
+    held = holdout_metrics(result, predictions)
+    write_atomic(out / "holdout_metrics.json", json.dumps(held, indent=2, default=str))
+    write_csv(predictions, out / "holdout_predictions.csv")
+    plot_confusion(result.held["final"].result.confusion, result.class_names, out / "confusion_matrix.png",
+                   title=f"final model on held-out subjects {', '.join(map(str, result.holdout_subjects))}")
     plot_search_history(trials, result.metric, out / "search_history.png")
+    plot_bbc_curve(result.curve, result.metric, result.selection.rule, out / "bbc_curve.png")
     if result.importances:
         plot_importances(result.importances, out / "param_importance.png")
-    write_atomic(out / "report.md", search_markdown(result, config, trials, evaluation))
+    write_atomic(out / "report.md", search_markdown(result, config, trials, metrics, held))
     return out
 
 
-BEST, SEED = "CNN-LSTM (best)", "CNN-LSTM (seed config)"
+FINAL, BASE, SEED = "CNN-LSTM (final)", "CNN-LSTM (base config)", "CNN-LSTM (seed config)"
+HELD_NAMES = {"final": FINAL, "base": BASE, "seed": SEED}
+
+
+def final_config_yaml(result: SearchResult) -> str:
+    """The final model's configuration: one complete config (run it with cv.py --config), or for an ensemble
+    each member's weight, trial and complete config."""
+    if len(result.final_configs) == 1:
+        return yaml.safe_dump(next(iter(result.final_configs.values())).to_dict(), sort_keys=False)
+    members = [{"trial": t, "weight": result.selection.weights[t], "config": c.to_dict()}
+               for t, c in result.final_configs.items()]
+    return yaml.safe_dump({"ensemble": members}, sort_keys=False)
+
+
+def search_metrics(result: SearchResult) -> dict:
+    """search_metrics.json: the selection (rule, members, naive best CV, BBC-CV estimates, gains, the other
+    rules' choices), the estimate against the number of trials, the trials' fidelity, parameter importances."""
+    return {"name": result.name, "partial": False, **result.selection.summary, "curve": result.curve,
+            "fidelity": result.fidelity, "importances": result.importances}
 
 
 def holdout_predictions(result: SearchResult) -> pd.DataFrame:
     """One row per held-out window: subject, true class index, and each model's class probabilities."""
-    best, seed = result.held["best"], result.held["seed"]
-    frame = pd.DataFrame({"subject": [str(s) for s in best.groups], "true": best.y})
-    probas = {BEST: best.result.proba, SEED: seed.result.proba, **best.result.baseline_proba}
+    final = result.held["final"]
+    frame = pd.DataFrame({"subject": [str(s) for s in final.groups], "true": final.y})
+    probas = {HELD_NAMES[k]: result.held[k].result.proba for k in HELD_NAMES}
+    probas.update(result.held["base"].result.baseline_proba)
     for name, proba in probas.items():
         for c, cls in enumerate(result.class_names):
             frame[f"{name}|{cls}"] = proba[:, c]
     return frame
 
 
+def holdout_metrics(result: SearchResult, predictions: pd.DataFrame) -> dict:
+    """holdout_metrics.json: every model scored on the same held-out subjects (final, base, seed, baselines),
+    the final model's members, the final-minus-base difference per subject and its noise, the evaluation."""
+    final = result.held["final"].result
+    models = {k: result.held[k].result.metrics for k in HELD_NAMES} | result.held["base"].result.baselines
+    evaluation = holdout_evaluation([predictions], result.class_names)
+    members = [{"trial": t, "weight": w, "params": next(r.params for r in result.trials if r.trial_id == t),
+                "epochs_run": result.held[f"final {t}"].result.epochs_run,
+                "best_epoch": result.held[f"final {t}"].result.best_epoch,
+                "features": result.held[f"final {t}"].result.features}
+               for t, w in result.selection.weights.items()]
+    return {"subjects": [str(s) for s in result.holdout_subjects], "windows": final.n_test,
+            "class_names": result.class_names, "models": models,
+            "final": {"rule": result.selection.rule, "members": members},
+            "confusion_matrix": final.confusion.tolist(),
+            "final_vs_base": paired_noise(evaluation["models"][FINAL]["subjects"],
+                                          evaluation["models"][BASE]["subjects"]),
+            "naive_best": {"trial": result.best.trial_id, "cv": result.best.mean, "params": result.best.params},
+            "bbc_cv": result.selection.summary["bbc_cv"], "evaluation": evaluation}
+
+
+def paired_noise(a: dict, b: dict) -> dict:
+    """{metric: {mean_difference, standard_error, n, per_subject}} of per-subject scores a - b: the standard
+    error over subjects is the noise a hold-out of that many subjects carries (NaN with one subject)."""
+    out = {}
+    for m in METRICS:
+        diff = {s: a[s][m] - b[s][m] for s in a}
+        values = np.array(list(diff.values()))
+        se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else math.nan
+        out[m] = {"mean_difference": float(values.mean()), "standard_error": se, "n": len(values),
+                  "per_subject": diff}
+    return out
+
+
 def holdout_evaluation(frames: list[pd.DataFrame], class_names: list[str]) -> dict:
     """`emoma.metrics.evaluate` of held-out predictions (one frame per search, e.g. per outer fold of a nested
-    search): the retrained best, the retrained seed configuration and the baselines, tested against the best."""
+    search): the final model, the base and seed configurations and the baselines, tested against the final."""
     frame = pd.concat(frames, ignore_index=True)
     models = list(dict.fromkeys(c.split("|")[0] for c in frame.columns if "|" in c))
     probas = {m: frame[[f"{m}|{c}" for c in class_names]].to_numpy() for m in models}
-    return evaluate(frame["subject"].to_numpy(), frame["true"].to_numpy(), probas, class_names, reference=BEST)
-
-
-def best_vs_seed_cv(result: SearchResult) -> dict | None:
-    """Paired Wilcoxon test of the best against the seed configuration on the search's own CV folds
-    (optimistic for the best: it was chosen on these folds)."""
-    seed = result.seed_trial
-    if seed is None or seed.status != "completed" or seed is result.best:
-        return None
-    folds = sorted(result.best.fold_scores)
-    return paired_wilcoxon([result.best.fold_scores[f] for f in folds], [seed.fold_scores[f] for f in folds])
+    return evaluate(frame["subject"].to_numpy(), frame["true"].to_numpy(), probas, class_names, reference=FINAL)
 
 
 def trials_frame(result: SearchResult) -> pd.DataFrame:
-    seed = result.seed_trial.trial_id if result.seed_trial else None
-    return trials_table(result.trials, len(result.plan.folds), seed)
+    ids = [t.trial_id if t else None for t in (result.base_trial, result.seed_trial)]
+    return trials_table(result.trials, len(result.plan.folds), *ids)
 
 
-def trials_table(trials: list, n_folds: int, seed_trial: str | None) -> pd.DataFrame:
+def trials_table(trials: list, n_folds: int, base_trial: str | None, seed_trial: str | None) -> pd.DataFrame:
     """One row per trial (TrialRecord): status, the rule that stopped it, mean ± std, parameters, fold scores."""
     rows = []
     for t in trials:
         row = {"trial": t.trial_id, "status": t.status, "stopped_by": t.stopped_by,
-               "seed_config": t.trial_id == seed_trial, "mean": t.mean, "std": t.std,
-               "folds_done": len(t.fold_scores), "seconds": round(t.seconds, 2), "node": t.node,
+               "base_config": t.trial_id == base_trial, "seed_config": t.trial_id == seed_trial, "mean": t.mean,
+               "std": t.std, "folds_done": len(t.fold_scores), "seconds": round(t.seconds, 2), "node": t.node,
                **{f"param.{k}": v for k, v in sorted(t.params.items())}}
         row.update({f"fold_{i + 1}": t.fold_scores.get(i) for i in range(n_folds)})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def live_report(name: str, metric: str, trials: pd.DataFrame, num_samples: int) -> str:
-    """The report while a search runs: trials so far, best so far, the history plot."""
+def top_trials(trials: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The n completed trials with the best mean, their parameters without the `param.` prefix."""
     completed = trials[trials["status"] == "completed"].sort_values("mean", ascending=False)
     params = [c for c in trials.columns if c.startswith("param.")]
-    top = completed[["trial", "mean", "std", *params]].head(10).rename(columns=lambda c: c.removeprefix("param."))
+    return completed[["trial", "mean", "std", *params]].head(n).rename(columns=lambda c: c.removeprefix("param."))
+
+
+def estimate_line(selection: dict) -> str:
+    """The BBC-CV estimate of the final choice beside the naive best CV, in one line."""
+    b = selection["bbc_cv"]
+    members = selection["final"]["weights"]
+    choice = ", ".join(f"trial {t}" + (f" x {w:.2f}" if len(members) > 1 else "") for t, w in members.items())
+    return (f"final choice ({selection['rule']}): {choice}; BBC-CV estimate of {b['metric']} on new subjects "
+            f"{b['estimate']:.4f} (95 % interval {b['ci_low']:.4f}-{b['ci_high']:.4f}, {b['n_bootstrap']} subject "
+            f"resamples, {selection['trials_completed']} completed trials); naive best CV {b['naive_best_cv']:.4f} "
+            "(optimistic: the best of many noisy scores)")
+
+
+def live_report(name: str, metric: str, trials: pd.DataFrame, num_samples: int, selection: dict | None = None) -> str:
+    """The report while a search runs: trials so far, best so far, the selection so far, the history plot."""
+    completed = trials[trials["status"] == "completed"].sort_values("mean", ascending=False)
     best = (f"{completed['mean'].iloc[0]:.4f} ± {completed['std'].iloc[0]:.4f} (trial {completed['trial'].iloc[0]})"
             if len(completed) else "none yet (no trial has run every fold)")
+    top = top_trials(trials)
     return "\n".join([
         f"# Search report: {name} (in progress)",
         "",
@@ -416,6 +484,8 @@ def live_report(name: str, metric: str, trials: pd.DataFrame, num_samples: int) 
         "",
         f"Best so far (mean {metric} over every fold): {best}",
         "",
+        f"So far, {estimate_line(selection)}." if selection else "",
+        "",
         markdown_table(top) if len(top) else "",
         "",
         "![search history](search_history.png)",
@@ -424,127 +494,231 @@ def live_report(name: str, metric: str, trials: pd.DataFrame, num_samples: int) 
 
 
 def format_search_summary(result: SearchResult) -> str:
-    best, seed = result.held["best"].result, result.held["seed"].result
-    completed = result.completed
+    s = result.selection.summary
+    subjects = ", ".join(map(str, result.holdout_subjects))
+    noise = paired_noise(*(per_subject(result.held[k].groups, result.held[k].y, result.held[k].result.y_pred,
+                                       len(result.class_names)) for k in ("final", "base")))[result.metric]
     lines = [
-        f"{len(result.trials)} trials ({len(completed)} completed, "
+        f"{len(result.trials)} trials ({len(result.completed)} completed, "
         f"{sum(t.status == 'pruned' for t in result.trials)} pruned, "
         f"{sum(t.status == 'error' for t in result.trials)} errored) in {result.seconds:.0f} s",
-        f"best CV {result.metric}: {result.best.mean:.4f} ± {result.best.std:.4f} (trial {result.best.trial_id})",
+        f"naive best CV {result.metric}: {result.best.mean:.4f} ± {result.best.std:.4f} (trial "
+        f"{result.best.trial_id}; optimistic)",
+        estimate_line(s),
     ]
-    if result.seed_trial is not None and result.seed_trial.status == "completed":
-        lines.append(f"seed configuration CV {result.metric}: {result.seed_trial.mean:.4f} ± {result.seed_trial.std:.4f}")
-    subjects = ", ".join(map(str, result.holdout_subjects))
-    lines.append(f"held-out subjects {subjects}, best: " + "  ".join(f"{m} {v:.4f}" for m, v in best.metrics.items()))
-    lines.append(f"held-out subjects {subjects}, seed configuration: "
-                 + "  ".join(f"{m} {v:.4f}" for m, v in seed.metrics.items()))
+    for key, trial in (("base", result.base_trial), ("seed", result.seed_trial)):
+        if trial is not None and trial.status == "completed":
+            lines.append(f"{key} configuration CV {result.metric}: {trial.mean:.4f} ± {trial.std:.4f}")
+    for key in HELD_NAMES:
+        lines.append(f"held-out subjects {subjects}, {key}: "
+                     + "  ".join(f"{m} {v:.4f}" for m, v in result.held[key].result.metrics.items()))
+    lines.append(f"held-out final - base {result.metric}: {noise['mean_difference']:+.4f} per subject, standard error "
+                 f"{noise['standard_error']:.4f} over {noise['n']} subjects (the hold-out's noise)")
     return "\n".join(lines + [f"WARNING: {n}" for n in result.notes if "kfold" in n])
 
 
-def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, evaluation: dict) -> str:
-    best, seed_held = result.held["best"].result, result.held["seed"].result
-    completed = trials[trials["status"] == "completed"].sort_values("mean", ascending=False)
-    params = [c for c in trials.columns if c.startswith("param.")]
-    top = completed[["trial", "mean", "std", *params]].head(10).rename(columns=lambda c: c.removeprefix("param."))
-    seed = result.seed_trial
+def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, metrics: dict, held: dict) -> str:
+    final = result.held["final"].result
     space = "\n".join(f"- `{k}`: {describe(d)}" for k, d in result.space.items())
     importances = "\n".join(f"| {k} | {v:.3f} |" for k, v in result.importances.items())
     pruning = {"wilcoxon": f"trials stopped early by a one-sided Wilcoxon signed-rank test against the best "
                            f"complete trial on the same folds (p < {config.search.wilcoxon_p}, after "
                            f"{config.search.grace_folds} folds); ",
                "asha": f"ASHA over folds (grace {config.search.grace_folds} folds); ", "none": ""}[result.pruner]
+    first = ", ".join(f"{k} configuration {t.mean:.4f} ± {t.std:.4f} ({t.status}, trial {t.trial_id})"
+                      for k, t in (("base", result.base_trial), ("seed", result.seed_trial)) if t is not None)
+    noise = held["final_vs_base"][result.metric]
     lines = [
         f"# Search report: {result.name}",
         "",
         "## Data and protocol",
         f"- source: `{config.data.path or 'synthetic'}`; "
         f"task {config.data.task}; classes {', '.join(result.class_names)}",
-        f"- held out of the whole search (never seen by any trial): subjects "
+        f"- held out of the whole search (never seen by any trial or by the final choice): subjects "
         f"{', '.join(map(str, result.holdout_subjects))}",
         f"- search subjects: {', '.join(map(str, result.search_subjects))}",
         f"- each trial: {PROTOCOLS[result.plan.scheme]}, {len(result.plan.folds)} folds over the search subjects; "
         "scaler and RFE fitted on each fold's training rows; one fold plan per subject normalisation shared by "
-        f"every trial; folds in one order for every trial{_search_refit(result, config)}",
-        f"- objective: mean {result.metric} over folds (also the early-stopping metric); {pruning}the best is "
-        "chosen among trials that completed every fold",
+        f"every trial; folds in one order for every trial{_trial_fidelity(result, config)}",
+        f"- objective: mean {result.metric} over folds (also the early-stopping metric); {pruning}the base "
+        "configuration runs first and the seed configuration second, neither is ever stopped; the final model is "
+        f"chosen among trials that completed every fold by the rule `{result.selection.rule}` ({RULE_TEXT[result.selection.rule]})",
         *[f"- note: {n}" for n in result.notes],
         "",
         "## Search space",
         space,
         "",
+        *selection_sections(result, metrics),
         "## Trials",
-        f"{len(result.trials)} trials: {len(completed)} completed, {int((trials['status'] == 'pruned').sum())} "
-        f"pruned, {int((trials['status'] == 'error').sum())} errored; {result.seconds:.0f} s in all. "
-        "Every trial is in `trials.csv` (`stopped_by` says which rule stopped a pruned trial).",
+        f"{len(result.trials)} trials: {len(result.completed)} completed, "
+        f"{int((trials['status'] == 'pruned').sum())} pruned, {int((trials['status'] == 'error').sum())} errored; "
+        f"{result.seconds:.0f} s in all. Every trial is in `trials.csv` (`stopped_by` says which rule stopped a "
+        "pruned trial) and its out-of-fold probabilities in `oof/`.",
         "",
-        "- seed configuration: " + (f"{seed.mean:.4f} ± {seed.std:.4f} ({seed.status})" if seed else "not run"),
-        f"- best: {result.best.mean:.4f} ± {result.best.std:.4f} (trial {result.best.trial_id})",
+        f"- {first}" if first else "- base and seed configurations: not run",
+        f"- naive best: {result.best.mean:.4f} ± {result.best.std:.4f} (trial {result.best.trial_id}; optimistic)",
         "",
         "### Top 10 completed trials",
         "",
-        markdown_table(top),
+        markdown_table(top_trials(trials)),
         "",
         "![search history](search_history.png)",
         "",
-        "### Parameter importance (Optuna's default evaluator)",
+        "### Parameter importance (Optuna's fANOVA over the completed trials)",
         "",
-        ("| parameter | importance |\n|---|---|\n" + importances) if importances else "too few completed trials",
+        ("| parameter | importance |\n|---|---|\n" + importances + "\n\n![parameter importance](param_importance.png)")
+        if importances else "too few completed trials",
         "",
-        "## Best and seed configurations, retrained on all search subjects, scored once on the held-out subjects",
+        "## Final model, base and seed configurations: retrained on all search subjects, scored once on the "
+        "held-out subjects",
         "",
-        f"Early stopping on held-out search subjects; the best ran {best.epochs_run} epochs, best epoch "
-        f"{best.best_epoch}{REFIT if result.best_config.train.refit else ''}"
-        f"{_seed_refit(result)}. Configuration: `best_config.yaml`; model: `best_model.pt` "
-        "(`python -m emoma.predict --model best_model.pt --data new.csv --out predictions.csv`); every held-out "
-        "window's probabilities: `holdout_predictions.csv`.",
+        f"Early stopping on held-out search subjects{REFIT if config.train.refit else ''}. The final model: "
+        f"{_members_text(result, held)}. Configuration: `final_config.yaml`; model: `final_model.pt` "
+        "(`python -m emoma.predict --model final_model.pt --data new.csv --out predictions.csv`); every held-out "
+        "window's probabilities: `holdout_predictions.csv`. The baselines get the base configuration's inputs.",
         "",
-        metrics_table({BEST: best.metrics, SEED: seed_held.metrics, **best.baselines}),
+        metrics_table({HELD_NAMES[k]: v for k, v in held["models"].items() if k in HELD_NAMES}
+                      | {k: v for k, v in held["models"].items() if k not in HELD_NAMES}),
         "",
-        confusion_table(result.class_names, best.confusion),
+        f"Final minus base on these {noise['n']} subjects ({result.metric}, mean of per-subject differences): "
+        f"{noise['mean_difference']:+.3f}, standard error {noise['standard_error']:.3f}: the noise of a hold-out "
+        "this small; the BBC-CV gain above is the steadier answer.",
+        "",
+        confusion_table(result.class_names, final.confusion),
         "",
         "![confusion matrix](confusion_matrix.png)",
         "",
-        *evaluation_sections(evaluation, result.class_names, heading="###"),
-        *_best_vs_seed_lines(result),
+        *evaluation_sections(held["evaluation"], result.class_names, heading="###"),
     ]
     return "\n".join(lines)
 
 
-def _best_vs_seed_lines(result: SearchResult) -> list[str]:
-    test = best_vs_seed_cv(result)
-    if test is None:
-        return []
-    return ["### Best against the seed configuration on the search's CV folds", "",
-            f"Paired Wilcoxon signed-rank over the {test['n']} folds of {result.metric}: median difference "
-            f"{test['median_diff']:+.3f}, W = {test['statistic']:.1f}, p = {test['p_value']:.4f}. Optimistic for the "
-            "best, which was chosen on these folds; the held-out comparison above is the honest one.", ""]
+def _p(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4f}"
 
 
+RULE_TEXT = {
+    "best": "the trial with the best mean",
+    "one-se": "the cheapest trial within one standard error of the best mean, cheapest = fewest weights x context "
+              "windows per prediction",
+    "guard": "the best trial only where its mean paired gain over the base configuration on the same subjects "
+             "exceeds search.guard_se standard errors, else the base configuration",
+    "ensemble": "ensemble selection (Caruana et al. 2004): greedy forward selection with replacement over the "
+                "trials' out-of-fold probabilities, the best prefix kept; its members retrained and averaged",
+}
+
+
+def _members_text(result: SearchResult, held: dict) -> str:
+    parts = []
+    for member in held["final"]["members"]:
+        cfg = result.final_configs[member["trial"]]
+        weight = f"weight {member['weight']:.2f}, " if len(held["final"]["members"]) > 1 else ""
+        parts.append(f"trial {member['trial']} ({weight}{cfg.model.ensemble} model(s), refit "
+                     f"{'yes' if cfg.train.refit else 'no'}, ran {member['epochs_run']} epochs, best epoch "
+                     f"{member['best_epoch']})")
+    return "; ".join(parts)
+
+
+def selection_sections(result: SearchResult, metrics: dict) -> list[str]:
+    """The final choice, its BBC-CV estimate, the other rules, and whether the search helped."""
+    m = result.metric
+    b, acc = metrics["bbc_cv"], metrics.get("bbc_cv_accuracy")
+    rules = ["| rule | choice | BBC-CV " + m + " (95 % interval) |", "|---|---|---|"]
+    for rule, r in metrics["rules"].items():
+        choice = ", ".join(f"{t}" + (f" x {w:.2f}" if len(r["weights"]) > 1 else "") for t, w in r["weights"].items())
+        e = r["bbc_cv"][m]
+        rules.append(f"| {rule}{' (this search)' if rule == result.selection.rule else ''} | {choice} | "
+                     f"{e['estimate']:.3f} ({e['ci_low']:.3f}-{e['ci_high']:.3f}) |")
+    gains = ["| against | BBC-CV gain (95 % interval) | out-of-fold mean difference (95 % CI) | p | p (Holm) |",
+             "|---|---|---|---|---|"]
+    oof = metrics["out_of_fold"]["against"]
+    for name, g in metrics["gain_bbc_cv"].items():
+        o = oof[name][m]
+        verdict = " *" if o["p_holm"] < 0.05 else ""
+        gains.append(f"| {HELD_NAMES.get(name, name)} | {g[m]['mean']:+.3f} ({g[m]['ci_low']:+.3f} to "
+                     f"{g[m]['ci_high']:+.3f}) | {o['mean_difference']:+.3f} ({o['ci_low']:+.3f} to "
+                     f"{o['ci_high']:+.3f}) | {_p(o['p_value'])} | {_p(o['p_holm'])}{verdict} |")
+    per_subject = metrics["out_of_fold"]["per_subject"]
+    names = list(per_subject)
+    subjects = ["| subject | " + " | ".join(HELD_NAMES.get(n, n) for n in names) + " |", "|---|" + "---|" * len(names)]
+    subjects += [f"| {s} | " + " | ".join(f"{per_subject[n][m][s]:.3f}" for n in names) + " |"
+                 for s in per_subject["final"][m]]
+    curve = ["| completed trials | naive best CV | BBC-CV estimate (95 % interval) |", "|---|---|---|"]
+    curve += [f"| {c['trials']} | {c['naive_best_cv']:.3f} | {c['estimate']:.3f} ({c['ci_low']:.3f}-{c['ci_high']:.3f}) |"
+              for c in result.curve]
+    accuracy = (f" Accuracy of the same choice: {acc['estimate']:.3f} ({acc['ci_low']:.3f}-{acc['ci_high']:.3f}), "
+                f"naive {acc['naive_best_cv']:.3f}." if acc else "")
+    return [
+        "## Final choice and an honest estimate of it",
+        "",
+        f"**BBC-CV estimate of the final model's {m} on new subjects: {b['estimate']:.3f} (95 % interval "
+        f"{b['ci_low']:.3f}-{b['ci_high']:.3f})**, against the naive best CV {b['naive_best_cv']:.3f}, which is "
+        f"optimistic (the best of {metrics['trials_completed']} noisy means).{accuracy} BBC-CV (Tsamardinos et al. "
+        f"2018) at the subject level: {b['n_bootstrap']} resamples of the {metrics['subjects']} search subjects; in "
+        "each, the rule chooses on the drawn subjects' out-of-fold predictions and the choice is scored on the "
+        "subjects not drawn. "
+        + ("It scores the choice at the trials' fidelity (one model per fold, no refit); the final model, retrained "
+           "at its own settings (below), may score differently." if result.fidelity == "low" else
+           "It scores the choice at the trials' fidelity, the configuration's own settings."),
+        "",
+        "What each rule would have chosen from the same trials:",
+        "",
+        *rules,
+        "",
+        "### Did the search help?",
+        "",
+        "The final choice against the base and seed configurations and the same-input baselines on the search "
+        "subjects. BBC-CV gain: the out-of-bag difference on the subjects the choice did not see (honest). Out-of-fold "
+        "difference and paired Wilcoxon tests over subjects: on every search subject, optimistic for the final "
+        "choice, which was made on them; p-values Holm-corrected over the comparisons; a difference is a tie "
+        "unless its corrected p < 0.05 (marked *).",
+        "",
+        *gains,
+        "",
+        f"Per search subject ({m}, out of fold; the final choice's scores are optimistic):",
+        "",
+        *subjects,
+        "",
+        "### The estimate against the number of trials",
+        "",
+        f"The first t completed trials (in the order they started), the same rule; {result.curve[-1]['n_bootstrap']} "
+        "resamples per point. Where the BBC-CV estimate stops rising, more trials stop paying.",
+        "",
+        *curve,
+        "",
+        "![BBC-CV against trials](bbc_curve.png)",
+        "",
+    ]
 def write_nested_outputs(outer_folders: list[Path], out_dir: str | Path) -> Path:
     """nested_metrics.json, confusion_matrix.png and report.md over the outer folds of a nested search, read from
-    each outer fold's holdout_metrics.json and holdout_predictions.csv."""
+    each outer fold's holdout_metrics.json, search_metrics.json and holdout_predictions.csv."""
     out = Path(out_dir)
     held = [json.loads((f / "holdout_metrics.json").read_text()) for f in outer_folders]
-    class_names = held[0]["class_names"]
-    rows = [{"subject": h["subjects"][0], "cv_best": h["cv_best"], **h["metrics"],
-             **{f"seed_{m}": h["seed_config"][m] for m in METRICS}} for h in held]
+    searched = [json.loads((f / "search_metrics.json").read_text()) for f in outer_folders]
+    class_names, metric = held[0]["class_names"], searched[0]["metric"]
+    rows = [{"subject": h["subjects"][0], **h["models"]["final"], **{f"base_{m}": h["models"]["base"][m] for m in METRICS},
+             **{f"seed_{m}": h["models"]["seed"][m] for m in METRICS}, "naive_best_cv": s["bbc_cv"]["naive_best_cv"],
+             "bbc_cv": s["bbc_cv"]["estimate"]} for h, s in zip(held, searched)]
     frame = pd.DataFrame(rows)
     confusion = np.sum([h["confusion_matrix"] for h in held], axis=0)
     summary = {m: {"mean": float(frame[m].mean()), "std": float(frame[m].std(ddof=0))} for m in METRICS}
     evaluation = holdout_evaluation([pd.read_csv(f / "holdout_predictions.csv", dtype={"subject": str})
                                      for f in outer_folders], class_names)
-    chosen = pd.DataFrame([{"subject": h["subjects"][0], **h["best_params"]} for h in held])
+    chosen = pd.DataFrame([{"subject": h["subjects"][0], "rule": h["final"]["rule"],
+                            "members": len(h["final"]["members"]),
+                            **max(h["final"]["members"], key=lambda m: m["weight"])["params"]} for h in held])
+    calibration = bbc_vs_outer(frame, metric)
     write_atomic(out / "nested_metrics.json", json.dumps(
-        {"outer_folds": rows, "summary": summary, "confusion_matrix": confusion.tolist(), "class_names": class_names,
+        {"outer_folds": rows, "summary": summary, "metric": metric, "bbc_vs_outer": calibration,
+         "confusion_matrix": confusion.tolist(), "class_names": class_names,
          "chosen": chosen.to_dict(orient="records"), "evaluation": evaluation}, indent=2, default=str))
     plot_confusion(confusion, class_names, out / "confusion_matrix.png",
                    title=f"nested LOSO: pooled over {len(held)} held-out subjects")
     write_atomic(out / "report.md", "\n".join([
         "# Nested cross-validation report",
         "",
-        "Each outer fold holds one subject out of the whole search (search, selection, retraining) and scores "
-        "the retrained best configuration on it once: the mean below estimates how the whole procedure "
-        "generalises to a new person.",
+        "Each outer fold holds one subject out of the whole search (search, final choice, retraining) and scores "
+        "the final model on it once: the mean below estimates how the whole procedure generalises to a new person.",
         "",
         "| metric | mean ± std over outer folds |",
         "|---|---|",
@@ -554,13 +728,31 @@ def write_nested_outputs(outer_folders: list[Path], out_dir: str | Path) -> Path
         "",
         "![confusion matrix](confusion_matrix.png)",
         "",
-        "The configuration each outer fold chose:",
+        "## How far the cheap estimate is from the honest one",
+        "",
+        f"Each outer fold's own BBC-CV estimate of its final model ({metric}, from its inner search alone) against "
+        f"that model's score on the outer subject: mean difference (estimate - outer) "
+        f"{calibration['mean_difference']:+.3f}, mean absolute difference {calibration['mean_abs_difference']:.3f} "
+        f"over {len(held)} outer folds. The mean difference says whether the estimate is biased; the absolute one "
+        "mostly measures how much a single subject's score varies.",
+        "",
+        "The final model each outer fold chose (the parameters of its largest member):",
         "",
         markdown_table(chosen),
         "",
-        "The seed configuration and the baselines below were retrained on the same search subjects of each outer "
-        "fold (baselines on the best configuration's inputs) and scored on the same held-out subject.",
+        "The base and seed configurations and the baselines below were retrained on the same search subjects of each "
+        "outer fold (baselines on the base configuration's inputs) and scored on the same held-out subject.",
         "",
         *evaluation_sections(evaluation, class_names),
     ]))
     return out
+
+
+def bbc_vs_outer(frame: pd.DataFrame, metric: str) -> dict:
+    """Each outer fold's BBC-CV estimate against its outer score: {mean_difference, mean_abs_difference,
+    per_subject: {subject: {bbc_cv, outer, difference}}}."""
+    difference = frame["bbc_cv"] - frame[metric]
+    return {"metric": metric, "mean_difference": float(difference.mean()),
+            "mean_abs_difference": float(difference.abs().mean()),
+            "per_subject": {str(r.subject): {"bbc_cv": float(r.bbc_cv), "outer": float(getattr(r, metric)),
+                                             "difference": float(d)} for r, d in zip(frame.itertuples(), difference)}}

@@ -2,14 +2,13 @@
 
 Trials share one fold order, so after each fold a trial can be compared with the best trial on exactly the
 same folds. `WilcoxonFoldPruner` does that with a one-sided Wilcoxon signed-rank test (the idea of Optuna's
-WilcoxonPruner); `BaselineKeepingASHA` is Tune's ASHA over folds done. Neither ever stops the seed
-configuration, and winners are chosen among trials that completed every fold.
+WilcoxonPruner); `BaselineKeepingASHA` is Tune's ASHA over folds done. Neither ever stops the base or the
+seed configuration, and winners are chosen among trials that completed every fold.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 from pathlib import Path
@@ -22,12 +21,14 @@ from ray.tune.search.optuna import OptunaSearch
 from scipy import stats
 
 from emoma.files import write_atomic
+from emoma.space import same_params
 
 logger = logging.getLogger(__name__)
 
 
-def same_params(a: dict, b: dict) -> bool:
-    return all(k in a and (a[k] == b[k] or (isinstance(b[k], float) and math.isclose(a[k], b[k]))) for k in b)
+def protected(config: dict, points: list[dict]) -> bool:
+    """Whether a trial runs one of the configurations no pruner may stop (the base and the seed)."""
+    return any(same_params(config, point) for point in points)
 
 
 class TruthfulOptunaSearch(OptunaSearch):
@@ -98,18 +99,18 @@ def read_stop_reasons(path) -> dict:
 
 
 class BaselineKeepingASHA(ASHAScheduler):
-    """ASHA over folds done that never stops the baseline (seed) configuration: its score still sets the bar
-    for the other trials, and the report can always compare the best against its full CV."""
+    """ASHA over folds done that never stops the base and seed configurations: their scores still set the bar
+    for the other trials, and selection and the report can always compare with their full CV."""
 
-    def __init__(self, baseline: dict, reasons: StopReasons, **kwargs):
+    def __init__(self, keep: list[dict], reasons: StopReasons, **kwargs):
         super().__init__(**kwargs)
-        self.baseline, self.reasons = baseline, reasons
+        self.keep, self.reasons = keep, reasons
 
     def on_trial_result(self, tune_controller, trial, result):
         if not result.get("decide", True):  # the trial's next folds are already trained: stopping saves nothing
             return TrialScheduler.CONTINUE
         action = super().on_trial_result(tune_controller, trial, result)
-        if same_params(trial.config, self.baseline):
+        if protected(trial.config, self.keep):
             return TrialScheduler.CONTINUE
         if action == TrialScheduler.STOP and result.get("folds_done", 0) < result.get("folds_total", 0):
             self.reasons.record(trial.trial_id, f"asha: below the rung cutoff after {result['folds_done']} folds")
@@ -121,10 +122,10 @@ class WilcoxonFoldPruner(FIFOScheduler):
     one-sided Wilcoxon signed-rank test (zero differences split, as Optuna's WilcoxonPruner), p < `p_threshold`,
     after at least `min_folds` folds. A trial whose mean is above the best's on those folds is never stopped."""
 
-    def __init__(self, baseline: dict, reasons: StopReasons, *, min_folds: int, p_threshold: float,
+    def __init__(self, keep: list[dict], reasons: StopReasons, *, min_folds: int, p_threshold: float,
                  folds_total: int, earlier: dict[str, dict[int, float]] | None = None):
         super().__init__()
-        self.baseline, self.reasons = baseline, reasons
+        self.keep, self.reasons = keep, reasons
         self.min_folds, self.p_threshold, self.folds_total = min_folds, p_threshold, folds_total
         self.scores: dict[str, dict[int, float]] = {}  # trial id -> fold -> score
         self.complete: set[str] = set()
@@ -145,7 +146,7 @@ class WilcoxonFoldPruner(FIFOScheduler):
         if len(mine) == self.folds_total:
             self.complete.add(trial.trial_id)
             return TrialScheduler.CONTINUE
-        if len(mine) < self.min_folds or not result.get("decide", True) or same_params(trial.config, self.baseline):
+        if len(mine) < self.min_folds or not result.get("decide", True) or protected(trial.config, self.keep):
             return TrialScheduler.CONTINUE
         best = self.best_complete()
         if best is None or best == trial.trial_id:

@@ -31,18 +31,19 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 from ray.util.joblib import register_ray
 
-from emoma.config import Config, apply_overrides
+from emoma.config import Config, apply_overrides, at_fidelity
 from emoma.context import check_context, normalise_subjects, order_notes, window_length
 from emoma.cv import run_folds_batched, table_context
 from emoma.data import Table, load_table
 from emoma.errors import Interrupted, UserError
 from emoma.folds import FoldPlan, make_plan, outer_splits, plan_key, smallest_top_k
-from emoma.holdout import HeldOut, choose_holdout, retrain_and_score, subset
+from emoma.holdout import HeldOut, choose_holdout, combine, retrain_and_score, subset
 from emoma.manifest import MANIFEST_FILE, Manifest, data_fingerprint
 from emoma.schedulers import (BaselineKeepingASHA, StopOnUserError, StopReasons, TruthfulOptunaSearch,
-                              WilcoxonFoldPruner, read_stop_reasons, same_params)
-from emoma.space import (candidate_values, params_to_overrides, seed_trial_config, space_max_context, space_norms,
-                         space_point, space_to_dict)
+                              WilcoxonFoldPruner, read_stop_reasons)
+from emoma.select import OOFStore, Selection, TrialJudge, checkpoint_oof, read_trial_oof, write_trial_oof
+from emoma.space import (TrialConfigs, candidate_values, params_to_overrides, same_params, seed_trial_config,
+                         space_max_context, space_norms, space_point, space_to_dict)
 from emoma.storage import ExperimentStorage
 from emoma.watch import UNFINISHED, LiveResults, MlflowTrials, ProgressLine, TrialRecord, finished_status, read_trials
 
@@ -53,23 +54,28 @@ _NO_DIST = optuna.distributions.CategoricalDistribution([0])  # "n_features not 
 
 # ---------------------------------------------------------------- one trial
 
-def run_trial(params: dict, *, tables: dict[str, Table], plans: dict[str, FoldPlan], base: Config,
-              seed_run: Config, seed_point: dict, fold_order: list[int]) -> None:
+def run_trial(params: dict, *, tables: dict[str, Table], plans: dict[str, FoldPlan], configs: TrialConfigs,
+              base_point: dict, fold_order: list[int]) -> None:
     """One configuration's CV, reported to Tune after every fold (step = folds done).
 
-    Folds run in `fold_order` as batched models (`emoma.batched`, see `fold_groups`); per-fold metrics are
-    checkpointed, so a restored trial resumes mid-CV. `tables` and `plans` are keyed by
-    `data.subject_norm`. The seed point runs `seed_run`, the seed configuration exactly. A user error (a bad
-    sampled value, a missing device) is reported as such and stops the whole search.
+    Folds run in `fold_order` as batched models (`emoma.batched`, see `fold_groups`) at the search's fidelity
+    (`config.at_fidelity`); per-fold metrics and every scored window's class probabilities are checkpointed,
+    so a restored trial resumes mid-CV and keeps its out-of-fold predictions. `tables` and `plans` are keyed
+    by `data.subject_norm`; `configs` says what configuration a point runs; the base point also scores the
+    same-input baselines on its folds. A user error (a bad sampled value, a missing device)
+    is reported as such and stops the whole search.
     """
     done: dict[int, dict] = {}
+    oof: dict[str, list[np.ndarray]] = {}
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             done = {int(k): v for k, v in json.loads((Path(folder) / "folds.json").read_text()).items()}
+            oof = {k: [v] for k, v in read_trial_oof(Path(folder)).items()}
     progress = {"folds_done": len(done), "folds_total": len(fold_order)}
     try:
-        config = seed_run if same_params(params, seed_point) else apply_overrides(base, params_to_overrides(params))
+        base = configs.base
+        config = at_fidelity(configs(params), base.search.fidelity)
         table, plan = tables[config.data.subject_norm], plans[config.data.subject_norm]
         context = table_context(table, config)
     except UserError as err:
@@ -77,21 +83,26 @@ def run_trial(params: dict, *, tables: dict[str, Table], plans: dict[str, FoldPl
         return
     metric = base.search.metric
     threads = max(1, int(base.search.cpus_per_trial))
+    baselines = same_params(params, base_point)
     node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
     for group in fold_groups(fold_order, done, base.search):
         try:
             results = run_folds_batched(table, [plan.folds[i] for i in group], group, config, context,
-                                        threads=threads)
+                                        baselines=baselines, threads=threads)
         except UserError as err:
             tune.report({"score": math.nan, "user_error": str(err), **progress})
             return
         for i, result in zip(group, results):
             done[i] = {**result.metrics, "epochs_run": result.epochs_run, "seconds": result.seconds}
+            for key, values in {"rows": result.test_rows, "proba": result.proba,
+                                **{f"baseline_{k}": v for k, v in result.baseline_proba.items()}}.items():
+                oof.setdefault(key, []).append(values)
             # a pruner may stop the trial only where that saves work: after a group, before the next one
             decide = i == group[-1] and len(done) < len(fold_order)
             scores = [done[j][metric] for j in fold_order if j in done]
             with tempfile.TemporaryDirectory() as folder:
                 (Path(folder) / "folds.json").write_text(json.dumps(done))
+                write_trial_oof(Path(folder), {k: np.concatenate(v) for k, v in oof.items()})
                 # every fold score so far rides along: a report lost with a killed worker loses nothing
                 all_scores = json.dumps({j: done[j][metric] for j in fold_order if j in done})
                 tune.report({"score": float(np.mean(scores)), "fold": i, "fold_score": result.metrics[metric],
@@ -127,17 +138,23 @@ class SearchResult:
     search_subjects: list
     plan: FoldPlan
     trials: list[TrialRecord]
+    base_trial: TrialRecord | None  # the base configuration's trial
     seed_trial: TrialRecord | None  # the seed configuration's trial
-    best: TrialRecord
+    best: TrialRecord  # the completed trial with the best mean (the naive choice)
     best_config: Config
+    base_config: Config  # the base configuration (what the final retraining of "base" runs)
     seed_config: Config  # what the seed trial ran
-    held: dict[str, HeldOut]  # "best" (model kept, baselines) and "seed", retrained and scored on held-out subjects
+    selection: Selection  # the final choice (rule, trials and weights) and its BBC-CV estimate
+    final_configs: dict[str, Config]  # trial id -> configuration of each member of the final model
+    curve: list[dict]  # best-so-far CV and BBC-CV estimate against the number of completed trials
+    held: dict[str, HeldOut]  # "final", "base" (with baselines), "seed" and "final TRIAL" per member, on held-out subjects
     feature_names: list[str]
     class_names: list[str]
     space: dict
-    importances: dict[str, float]  # Optuna's parameter importances ({} with too few completed trials)
+    importances: dict[str, float]  # Optuna's fANOVA parameter importances ({} with too few completed trials)
     seconds: float
     pruner: str
+    fidelity: str  # what trials trained: low (one model per fold, no refit) or full
     notes: list[str] = field(default_factory=list)
     window_s: float | None = None  # the window length of the time-gap rule (None: no time column)
 
@@ -200,14 +217,25 @@ class Experiment:
     search_tables: dict[str, Table]  # the same without the held-out subjects
     smallest_k: int  # the smallest top-k any trial takes (the plans' RFE stops there)
     seed_run: Config  # what the seed trial runs
-    seed_point: dict  # the seed trial's point of the space
+    base_point: dict  # the base configuration's point of the space (it runs first)
+    seed_point: dict  # the seed trial's point of the space (it runs second)
     notes: list[str]
+
+    @property
+    def first_points(self) -> list[dict]:
+        """The points every search evaluates first, never pruned: the base, then the seed (once if they agree)."""
+        return [self.base_point] + ([self.seed_point] if self.seed_point != self.base_point else [])
+
+    def trial_configs(self, base: Config) -> TrialConfigs:
+        return TrialConfigs(base, self.seed_run, self.seed_point)
 
 
 def run_search(config: Config, space: dict, seed_config: Config, *, storage_path: str | Path, name: str,
                address: str | None = None, resume: bool = False, verbose: bool = False, log=print,
                tracking: tuple | None = None) -> SearchResult:
-    """Search `space` around `config` on Ray Tune; retrain the best and score it on held-out subjects.
+    """Search `space` around `config` on Ray Tune; choose the final model from the trials' out-of-fold
+    predictions (`search.select`), estimate it with BBC-CV, retrain it with the base and seed configurations
+    and score them on the held-out subjects.
 
     With `resume`, the experiment's manifest decides everything that defines it (the caller has checked that
     the command line does not contradict it); `config.search.num_samples` above the manifest's extends it.
@@ -221,10 +249,14 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
     check_resources(config.search)
     plans = fold_plans(exp, config, log)
     plan = next(iter(plans.values()))
-    trainable = tune.with_parameters(run_trial, tables=exp.search_tables, plans=plans, base=config,
-                                     seed_run=exp.seed_run, seed_point=exp.seed_point,
+    table = next(iter(exp.search_tables.values()))
+    store = OOFStore.for_plan(table.groups, table.y, [f.test for f in plan.folds], table.class_names)
+    trainable = tune.with_parameters(run_trial, tables=exp.search_tables, plans=plans,
+                                     configs=exp.trial_configs(config), base_point=exp.base_point,
                                      fold_order=exp.manifest.fold_order)
-    grids = _run_tune(exp.storage, exp.manifest, config, space, exp.seed_point, trainable, verbose, log, tracking)
+    judge = TrialJudge(store, exp.trial_configs(config), exp.base_point, exp.seed_point, config.search,
+                       len(table.feature_names), config.seed)
+    grids = _run_tune(exp, config, space, trainable, judge, verbose, log, tracking)
     reasons = read_stop_reasons(exp.storage.local / STOP_REASONS_FILE)
     trials = [t for grid in grids for t in _records(grid, config.search.metric, reasons)]
     completed = [t for t in trials if t.status == "completed"]
@@ -233,24 +265,45 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
         raise UserError(f"no trial of search {name} completed every fold"
                         f"{' (first error: ' + errors[0] + ')' if errors else ''}: see trial_*/error.txt in "
                         f"{exp.storage.uri}")
+    for grid in grids:
+        for r in grid:
+            store.add_trial(_trial_id(r), checkpoint_oof(r.checkpoint))
+    exp.storage.upload(*store.save(exp.storage.local))
     best = max(completed, key=lambda t: t.mean)
-    seed_trial = next((t for t in trials if same_params(t.params, exp.seed_point)), None)
-    best_config = exp.seed_run if best is seed_trial else apply_overrides(config, params_to_overrides(best.params))
-    log(f"best of {len(completed)} completed trials: {config.search.metric} {best.mean:.4f} ± {best.std:.4f}; "
-        "retraining the best and the seed configuration on all search subjects")
-    held = retrain_and_score(exp.tables, exp.holdout, {"best": best_config, "seed": exp.seed_run}, config,
-                             baselines_for="best", keep_model_for="best",
+    selection, curve = judge.select(trials, best, curve=True)
+    configs = exp.trial_configs(config)
+    final_configs = {t: configs(next(r.params for r in trials if r.trial_id == t)) for t in selection.weights}
+    estimate = selection.summary["bbc_cv"]
+    log(f"best of {len(completed)} completed trials: {config.search.metric} {best.mean:.4f} ± {best.std:.4f} "
+        f"(naive, optimistic); final choice by rule {selection.rule}: {_members(selection)}; BBC-CV estimate "
+        f"{estimate['estimate']:.4f} [{estimate['ci_low']:.4f}, {estimate['ci_high']:.4f}]; retraining it with the "
+        "base and seed configurations on all search subjects")
+    retrain = {"base": config, "seed": exp.seed_run, **{f"final {t}": c for t, c in final_configs.items()}}
+    held = retrain_and_score(exp.tables, exp.holdout, retrain, config, baselines_for="base",
+                             keep_models_for=tuple(f"final {t}" for t in final_configs),
                              threads=max(1, int(config.search.cpus_per_trial)))
-    table = exp.tables[best_config.data.subject_norm]
+    held["final"] = combine([held[f"final {t}"] for t in final_configs], list(selection.weights.values()),
+                            len(table.class_names))
     return SearchResult(
         name=name, storage=exp.storage, metric=config.search.metric, holdout_subjects=exp.holdout,
         search_subjects=[s for s in exp.raw.subjects if s not in exp.holdout], plan=plan, trials=trials,
-        seed_trial=seed_trial, best=best, best_config=best_config, seed_config=exp.seed_run, held=held,
-        feature_names=table.feature_names, class_names=table.class_names, space=space,
-        importances=param_importances(exp.storage.local, name), seconds=time.perf_counter() - start,
+        base_trial=_find(trials, exp.base_point), seed_trial=_find(trials, exp.seed_point), best=best,
+        best_config=configs(best.params), base_config=config, seed_config=exp.seed_run, selection=selection,
+        final_configs=final_configs, curve=curve, held=held, feature_names=table.feature_names,
+        class_names=table.class_names, space=space, importances=param_importances(exp.storage.local, name, config.seed),
+        seconds=time.perf_counter() - start,
         pruner=config.search.pruner if pruning(config.search, len(exp.manifest.fold_order)) else "none",
-        notes=list(plan.notes) + exp.notes,
+        fidelity=config.search.fidelity, notes=list(plan.notes) + exp.notes,
         window_s=window_length(exp.raw, config.data.window_s))
+
+
+def _find(trials: list[TrialRecord], point: dict) -> TrialRecord | None:
+    return next((t for t in trials if same_params(t.params, point)), None)
+
+
+def _members(selection: Selection) -> str:
+    return ", ".join(f"trial {t}" + (f" x {w:.2f}" if len(selection.weights) > 1 else "")
+                     for t, w in selection.weights.items())
 
 
 def prepare_experiment(config: Config, space: dict, seed_config: Config, storage_path, name: str, resume: bool,
@@ -273,6 +326,7 @@ def prepare_experiment(config: Config, space: dict, seed_config: Config, storage
     notes += order_notes(raw, space_max_context(config, space), "causal" if "causal" in space_norms(config, space)
                          else "none")
     seed_point = space_point(seed_run, space)
+    base_point = space_point(config, space, what="base config (--config)")
     holdout = choose_holdout(raw, config.search, config.seed) if manifest is None else \
         [s for s in raw.subjects if str(s) in manifest.holdout_subjects]
     is_held = np.isin(raw.groups, holdout)
@@ -302,7 +356,8 @@ def prepare_experiment(config: Config, space: dict, seed_config: Config, storage
                      f"search.grace_folds ({config.search.grace_folds}), so stopping a trial would save nothing")
     for note in notes:
         log(f"note: {note}")
-    return Experiment(storage, manifest, raw, holdout, tables, search_tables, smallest_k, seed_run, seed_point, notes)
+    return Experiment(storage, manifest, raw, holdout, tables, search_tables, smallest_k, seed_run, base_point,
+                      seed_point, notes)
 
 
 def fold_plans(exp: Experiment, config: Config, log) -> dict[str, FoldPlan]:
@@ -325,9 +380,10 @@ def fold_plans(exp: Experiment, config: Config, log) -> dict[str, FoldPlan]:
     return plans
 
 
-def _run_tune(storage: ExperimentStorage, manifest: Manifest, config: Config, space: dict, seed_point: dict,
-              trainable, verbose: bool, log, tracking) -> list:
+def _run_tune(exp: Experiment, config: Config, space: dict, trainable, judge: TrialJudge, verbose: bool, log,
+              tracking) -> list:
     """Fit (or restore and finish) every Tune run of the experiment; add a run when --num-samples grew."""
+    storage, manifest = exp.storage, exp.manifest
     planned = sum(run["num_samples"] for run in manifest.runs)
     if config.search.num_samples > planned:
         extra = config.search.num_samples - planned
@@ -339,7 +395,7 @@ def _run_tune(storage: ExperimentStorage, manifest: Manifest, config: Config, sp
     storage.download(STUDY_FILE, STOP_REASONS_FILE, "trials.csv")
     session = time.time()
     watchers = [LiveResults(storage, manifest.name, config.search.metric, len(manifest.fold_order),
-                            manifest.num_samples, seed_point, str(storage.local / STOP_REASONS_FILE),
+                            manifest.num_samples, judge, str(storage.local / STOP_REASONS_FILE),
                             also_upload=(STUDY_FILE, STOP_REASONS_FILE)), StopOnUserError()]
     if tracking is not None:
         watchers.append(MlflowTrials(*tracking, config.search.metric))
@@ -354,7 +410,7 @@ def _run_tune(storage: ExperimentStorage, manifest: Manifest, config: Config, sp
             tuner._local_tuner.get_run_config().callbacks = _callbacks(verbose, run["num_samples"], watchers)
             _refresh_scheduler(tuner._local_tuner._tune_config.scheduler, storage)
         else:
-            tuner = _new_tuner(storage, config, space, seed_point if i == 0 else None, trainable, resources, run,
+            tuner = _new_tuner(storage, config, space, exp.first_points, i == 0, trainable, resources, run,
                                len(manifest.fold_order), verbose, watchers, seed=config.seed + i)
         try:
             with _own_signal_handlers():
@@ -398,24 +454,25 @@ def _callbacks(verbose: bool, num_samples: int, watchers: list) -> list:
     return ([] if verbose else [ProgressLine(num_samples)]) + watchers
 
 
-def _new_tuner(storage: ExperimentStorage, config: Config, space: dict, seed_point: dict | None, trainable,
-               resources: dict, run: dict, n_folds: int, verbose: bool, watchers: list, seed: int):
+def _new_tuner(storage: ExperimentStorage, config: Config, space: dict, first_points: list[dict], first_run: bool,
+               trainable, resources: dict, run: dict, n_folds: int, verbose: bool, watchers: list, seed: int):
+    """A Tuner for one run of the experiment: the first run evaluates `first_points` first; no pruner ever
+    stops those points."""
     s = config.search
     searcher = TruthfulOptunaSearch(space=space, metric="score", mode="max",
-                                    points_to_evaluate=[seed_point] if seed_point else None,
+                                    points_to_evaluate=first_points if first_run else None,
                                     sampler=optuna.samplers.TPESampler(seed=seed),
                                     study_name=storage.name, storage=study_storage(storage.local))
     # Tune lets a custom searcher have one pending trial unless it is wrapped in a ConcurrencyLimiter
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent or trial_slots(s))
     reasons = StopReasons(storage.local / STOP_REASONS_FILE)
-    baseline = seed_point or {"__none__": None}
     scheduler = None
     if pruning(s, n_folds) and s.pruner == "asha":
-        scheduler = BaselineKeepingASHA(baseline, reasons, time_attr="folds_done", max_t=n_folds,
+        scheduler = BaselineKeepingASHA(first_points, reasons, time_attr="folds_done", max_t=n_folds,
                                         grace_period=s.grace_folds, reduction_factor=s.reduction_factor)
     elif pruning(s, n_folds):
         earlier = {t.trial_id: t.fold_scores for t in read_trials(storage.local / "trials.csv").values()}
-        scheduler = WilcoxonFoldPruner(baseline, reasons, min_folds=s.grace_folds, p_threshold=s.wilcoxon_p,
+        scheduler = WilcoxonFoldPruner(first_points, reasons, min_folds=s.grace_folds, p_threshold=s.wilcoxon_p,
                                        folds_total=n_folds, earlier=earlier)
     tune_path = (storage.parent, storage.name) if run["path"] == "." else (storage.uri, run["path"])
     return tune.Tuner(
@@ -444,13 +501,17 @@ def trial_slots(s) -> int:
     return max(1, int(slots))
 
 
+def _trial_id(result) -> str:
+    return str((result.metrics or {}).get("trial_id", os.path.basename(result.path)))
+
+
 def _records(grid, metric: str, reasons: dict) -> list[TrialRecord]:
     records = []
     for result in grid:
         last = result.metrics or {}
         fold_scores = {int(f): float(s) for f, s in json.loads(last.get("fold_scores") or "{}").items()}
         status = finished_status(last, error=result.error is not None)
-        trial_id = str(last.get("trial_id", os.path.basename(result.path)))
+        trial_id = _trial_id(result)
         records.append(TrialRecord(
             trial_id=trial_id, params=dict(result.config), fold_scores=fold_scores, status=status,
             seconds=float(last.get("time_total_s", math.nan)), node=str(last.get("node", "")),
@@ -482,8 +543,8 @@ def load_study(folder: Path, name: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=name or folder.name, storage=study_storage(folder))
 
 
-def param_importances(folder: Path, name: str) -> dict[str, float]:
-    """Optuna's parameter importances (its default evaluator) over the completed trials ({} when too few)."""
+def param_importances(folder: Path, name: str, seed: int = 0) -> dict[str, float]:
+    """Optuna's fANOVA parameter importances (seeded) over the completed trials ({} when too few)."""
     study = load_study(folder, name)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(done) < 3:
@@ -491,7 +552,8 @@ def param_importances(folder: Path, name: str) -> dict[str, float]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "importances will be equal" on tiny studies
-            return optuna.importance.get_param_importances(study)
+            return optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
     except (RuntimeError, ValueError):
         return {}
 

@@ -6,6 +6,8 @@ and rules, so a bad value stops the search with one line instead of failing insi
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -83,6 +85,15 @@ def _distribution(key: str, spec) -> optuna.distributions.BaseDistribution:
     return optuna.distributions.IntDistribution(int(bounds[0]), int(bounds[1]), log=log)
 
 
+def check_fidelity(space: dict, config: Config) -> None:
+    """Low-fidelity trials train one model per fold without the refit: searching either would be ignored."""
+    if config.search.fidelity == "low":
+        for key in ("model.ensemble", "train.refit"):
+            if key in space:
+                raise UserError(f"search space entry {key}: trials at search.fidelity=low train one model per fold "
+                                "without the refit, so it cannot be searched: use --fidelity full, or drop it")
+
+
 def candidate_values(dist) -> list:
     """The values to validate: every choice, or both bounds."""
     return list(dist.choices) if hasattr(dist, "choices") else [dist.low, dist.high]
@@ -97,19 +108,39 @@ def params_to_overrides(params: dict) -> dict:
     return overrides
 
 
-def space_point(config: Config, space: dict) -> dict:
+def same_params(a: dict, b: dict) -> bool:
+    """Whether the sampled parameters `a` hold every value of the point `b`."""
+    return all(k in a and (a[k] == b[k] or (isinstance(b[k], float) and math.isclose(a[k], b[k]))) for k in b)
+
+
+@dataclass
+class TrialConfigs:
+    """The configuration a point of the space runs: the seed point the seed configuration exactly (keys outside
+    the space included), any other point the base configuration with the point's values."""
+
+    base: Config
+    seed_run: Config
+    seed_point: dict
+
+    def __call__(self, params: dict) -> Config:
+        if same_params(params, self.seed_point):
+            return self.seed_run
+        return apply_overrides(self.base, params_to_overrides(params))
+
+
+def space_point(config: Config, space: dict, what: str = "seed config") -> dict:
     """The values of `config` for every key of `space` (to evaluate a known configuration first)."""
     channels = config.model.conv_channels
     derived = {CONV_KEYS[0]: len(channels), CONV_KEYS[1]: channels[0] if channels else 8}
     point = {key: derived[key] if key in derived else get_dotted(config, key) for key in space}
     if CONV_KEYS[0] in space and params_to_overrides(point)["model.conv_channels"] != channels:
-        raise UserError(f"seed config conv_channels={channels} is not of the form width * 2**block: "
+        raise UserError(f"{what} conv_channels={channels} is not of the form width * 2**block: "
                         "the search space cannot express it")
     for key, value in point.items():
         dist = space[key]
         inside = value in dist.choices if hasattr(dist, "choices") else dist.low <= value <= dist.high
         if not inside:
-            raise UserError(f"seed config {key}={value!r} lies outside the search space: widen the space")
+            raise UserError(f"{what} {key}={value!r} lies outside the search space: widen the space")
     return point
 
 

@@ -85,19 +85,25 @@ class ProgressLine(tune.Callback):
 
 
 class LiveResults(tune.Callback):
-    """trials.csv, a partial report.md and the search-history plot, rewritten (atomically, then uploaded for
-    object storage) after every finished or pruned trial."""
+    """trials.csv, each trial's out-of-fold predictions, the selection so far (search_metrics.json), a partial
+    report.md and the search-history plot, rewritten (atomically, then uploaded for object storage) after every
+    finished or pruned trial."""
 
-    def __init__(self, storage, name: str, metric: str, n_folds: int, num_samples: int, seed_point: dict | None,
-                 reasons_file: str, also_upload: tuple = ()):
+    def __init__(self, storage, name: str, metric: str, n_folds: int, num_samples: int, judge, reasons_file: str,
+                 also_upload: tuple = ()):
         self.storage, self.name, self.metric = storage, name, metric
-        self.n_folds, self.num_samples, self.seed_point, self.reasons_file = n_folds, num_samples, seed_point, reasons_file
+        self.n_folds, self.num_samples, self.judge, self.reasons_file = n_folds, num_samples, judge, reasons_file
         self.also_upload = also_upload  # the Optuna journal and stop reasons, to object storage after each trial
         self.records: dict[str, TrialRecord] = {}
-        self.seed_trial: str | None = None
 
     def setup(self, **info):
+        from emoma.select import OOFStore
+
         self.records.update(read_trials(self.storage.local / "trials.csv"))  # earlier runs and interrupted ones
+        saved = OOFStore.load(self.storage.local)
+        if saved is not None:
+            self.judge.store.trials.update(saved.trials)
+            self.judge.store.baselines.update(saved.baselines)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         record = self._record(trial)
@@ -112,29 +118,50 @@ class LiveResults(tune.Callback):
         self._finish(trial, "error")
 
     def _record(self, trial) -> TrialRecord:
-        from emoma.schedulers import same_params
-
         if trial.trial_id not in self.records:
             self.records[trial.trial_id] = TrialRecord(trial.trial_id, dict(trial.config))
-            if self.seed_point and self.seed_trial is None and same_params(trial.config, self.seed_point):
-                self.seed_trial = trial.trial_id
         return self.records[trial.trial_id]
 
     def _finish(self, trial, status: str) -> None:
         from emoma.plots import plot_search_history
         from emoma.report import live_report, trials_table, write_csv
         from emoma.schedulers import read_stop_reasons
+        from emoma.select import checkpoint_oof
 
         record = self._record(trial)
         record.status = status
         if status == "pruned":
             record.stopped_by = read_stop_reasons(self.reasons_file).get(trial.trial_id, UNFINISHED)
+        store = self.judge.store
+        store.add_trial(trial.trial_id, checkpoint_oof(trial.checkpoint))
+        written = store.save(self.storage.local, [t for t in [trial.trial_id] if t in store.trials])
+        selection = self._selection()
         finished = [r for r in self.records.values() if r.status != "running"]
-        table = trials_table(finished, self.n_folds, self.seed_trial)
+        table = trials_table(finished, self.n_folds, *self._first_trials())
         plot_search_history(table, self.metric, self.storage.local / "search_history.png")
-        write_atomic(self.storage.local / "report.md", live_report(self.name, self.metric, table, self.num_samples))
+        write_atomic(self.storage.local / "report.md",
+                     live_report(self.name, self.metric, table, self.num_samples, selection))
         write_csv(table, self.storage.local / "trials.csv")  # last: the report exists once trials.csv does
-        self.storage.upload("search_history.png", "report.md", "trials.csv", *self.also_upload)
+        self.storage.upload("search_history.png", "report.md", "search_metrics.json", "trials.csv", *written,
+                            *self.also_upload)
+
+    def _first_trials(self) -> tuple[str | None, str | None]:
+        """The base and seed configurations' trial ids (None until they started)."""
+        from emoma.space import same_params
+
+        return tuple(next((t for t, r in self.records.items() if same_params(r.params, point)), None)
+                     for point in (self.judge.base_point, self.judge.seed_point))
+
+    def _selection(self) -> dict | None:
+        """The selection rule applied to the trials completed so far (None before the first), written to
+        search_metrics.json as a partial result."""
+        records = list(self.records.values())
+        if not any(r.status == "completed" and self.judge.store.complete(r.trial_id) for r in records):
+            return None
+        selection, _ = self.judge.select(records, live=True)
+        summary = {"partial": True, **selection.summary}
+        write_atomic(self.storage.local / "search_metrics.json", json.dumps(summary, indent=2))
+        return summary
 
 
 def read_trials(path) -> dict[str, TrialRecord]:

@@ -257,7 +257,7 @@ def test_predict_rebuilds_normalisation_and_context(small_frame, smoke_config, t
     plan = make_plan(table, config.cv, config.seed)
     fold = plan.folds[0]
     result = run_fold(table, fold, 0, config, table_context(table, config), keep_model=True)
-    save_model(tmp_path / "m.pt", result.model, config, fold, table.feature_names, table.class_names)
+    save_model(tmp_path / "m.pt", [(result.model, config, fold, 1.0)], table.feature_names, table.class_names)
     from emoma.predict import load_model
 
     model, bundle = load_model(tmp_path / "m.pt")
@@ -268,3 +268,34 @@ def test_predict_rebuilds_normalisation_and_context(small_frame, smoke_config, t
                                result.proba, atol=1e-5)
     with pytest.raises(UserError, match="has no 'subject' column"):
         predict_frame(model, bundle, small_frame.drop(columns="subject"))
+
+
+def test_an_ensemble_of_configurations_predicts_with_each_members_own_inputs(small_frame, smoke_config, tmp_path):
+    """The final model of ensemble selection: members of different normalisation, context and features, saved
+    with their weights; predict averages each member's own predictions."""
+    from emoma.predict import load_model, save_model
+
+    configs = [apply_overrides(smoke_config, {"train.epochs": 2, "model.n_features": 4}),
+               apply_overrides(smoke_config, {"train.epochs": 2, "model.n_features": 6, "model.context": 2,
+                                              "data.subject_norm": "subject"})]
+    members, alone = [], []
+    for i, config in enumerate(configs):
+        table = normalise_subjects(table_from_frame(small_frame, config.data, "t"), config.data)
+        fold = make_plan(table, config.cv, config.seed).folds[0]
+        result = run_fold(table, fold, 0, config, table_context(table, config), keep_model=True)
+        members.append((result.model, config, fold, [0.75, 0.25][i]))
+        save_model(tmp_path / f"alone{i}.pt", [(result.model, config, fold, 1.0)], table.feature_names,
+                   table.class_names)
+        alone.append(predict_frame(*load_model(tmp_path / f"alone{i}.pt"), small_frame))
+    save_model(tmp_path / "ensemble.pt", members, table.feature_names, table.class_names)
+    model, bundle = load_model(tmp_path / "ensemble.pt")
+    assert len(model) == 2 and bundle["weights"] == [0.75, 0.25]
+    assert [len(m["features"]) for m in bundle["members"]] == [4, 6]
+    predicted = predict_frame(model, bundle, small_frame)
+    columns = ["p_non-stress", "p_stress"]
+    np.testing.assert_allclose(predicted[columns].to_numpy(),
+                               0.75 * alone[0][columns].to_numpy() + 0.25 * alone[1][columns].to_numpy(), atol=1e-6)
+    assert (predicted["predicted"] == np.array(bundle["class_names"])[predicted[columns].to_numpy().argmax(1)]).all()
+    needed = bundle["members"][1]["features"][-1]
+    with pytest.raises(UserError, match=f"lacks features the model needs: {needed}"):
+        predict_frame(model, bundle, small_frame.drop(columns=needed))

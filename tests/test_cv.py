@@ -70,7 +70,8 @@ def test_an_ensemble_averages_members_trained_from_their_own_seeds(small_frame, 
     np.testing.assert_allclose(ensemble.proba, np.mean(members, axis=0), atol=1e-6)
     batched = run_folds_batched(table, [fold], [0], ensemble_config, context)[0]  # members as rows of one batch
     np.testing.assert_allclose(batched.proba, ensemble.proba, atol=2e-3)
-    save_model(tmp_path / "m.pt", ensemble.model, ensemble_config, fold, table.feature_names, table.class_names)
+    save_model(tmp_path / "m.pt", [(ensemble.model, ensemble_config, fold, 1.0)], table.feature_names,
+               table.class_names)
     model, bundle = load_model(tmp_path / "m.pt")
     predicted = predict_frame(model, bundle, small_frame)
     np.testing.assert_allclose(predicted[["p_non-stress", "p_stress"]].to_numpy()[table.row_ids[fold.test]],

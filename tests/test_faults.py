@@ -101,7 +101,7 @@ def test_ctrl_c_during_the_plan_and_the_retraining_loses_nothing(tmp_path):
     done = subprocess.run(resume, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr
     assert {t: len(v) for t, v in result_lines(tmp_path / "c").items()} == before  # no trial ran again
-    assert (tmp_path / "c" / "best_model.pt").is_file() and (tmp_path / "c" / "report.md").is_file()
+    assert (tmp_path / "c" / "final_model.pt").is_file() and (tmp_path / "c" / "report.md").is_file()
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -212,8 +212,8 @@ def test_an_experiment_on_object_storage(tmp_path, s3):
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="lab", Prefix="experiments/o/")["Contents"]}
-    for name in ("manifest.json", "optuna_study.log", "trials.csv", "report.md", "best_model.pt",
-                 "holdout_metrics.json", "tuner.pkl"):
+    for name in ("manifest.json", "optuna_study.log", "trials.csv", "report.md", "final_model.pt",
+                 "search_metrics.json", "holdout_metrics.json", "tuner.pkl", "oof/windows.csv"):
         assert f"experiments/o/{name}" in keys, sorted(keys)
     assert any("/checkpoint_" in k for k in keys)  # Tune's trial checkpoints
     trials = client.get_object(Bucket="lab", Key="experiments/o/trials.csv")["Body"].read().decode()

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -16,9 +17,10 @@ import yaml
 from emoma.config import load_config
 from emoma.errors import UserError
 from emoma.predict import load_model, predict_frame
-from emoma.experiment import save_best_model
+from emoma.experiment import save_final_model
 from emoma.report import write_search_outputs
 from emoma.search import load_study, run_search
+from emoma.select import OOFStore
 from emoma.space import load_space, params_to_overrides, space_point
 from emoma.synthetic import make_frame
 
@@ -42,14 +44,14 @@ def test_local_search_outputs_are_consistent(local_ray, tmp_path):
     space = load_space(SMOKE_SPACE)
     result = run_search(config, space, config, storage_path=tmp_path / "exp", name="s", log=lambda *a: None)
     out = write_search_outputs(result, config)
-    save_best_model(result)
-    expected = {"best_config.yaml", "trials.csv", "holdout_metrics.json", "confusion_matrix.png",
-                "search_history.png", "report.md", "best_model.pt", "optuna_study.log", "manifest.json",
-                "holdout_predictions.csv"}
+    save_final_model(result)
+    expected = {"best_config.yaml", "final_config.yaml", "trials.csv", "search_metrics.json", "holdout_metrics.json",
+                "confusion_matrix.png", "search_history.png", "bbc_curve.png", "report.md", "final_model.pt",
+                "optuna_study.log", "manifest.json", "holdout_predictions.csv", "oof"}
     assert expected <= {p.name for p in out.iterdir()}
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 3 and (trials["status"] == "completed").all()
-    assert trials["seed_config"].sum() == 1  # the seed configuration ran, first
+    assert trials["seed_config"].sum() == 1 and trials["base_config"].sum() == 1  # both ran (one trial here)
     best = trials.loc[trials["mean"].idxmax()]
     assert best["trial"] == result.best.trial_id
     best_config = yaml.safe_load((out / "best_config.yaml").read_text())
@@ -59,9 +61,18 @@ def test_local_search_outputs_are_consistent(local_ray, tmp_path):
     held = json.loads((out / "holdout_metrics.json").read_text())
     assert len(held["subjects"]) == 3 and not set(held["subjects"]) & {str(s) for s in result.search_subjects}
     assert sum(map(sum, held["confusion_matrix"])) == held["windows"]
+    assert set(held["models"]) == {"final", "base", "seed", "LDA", "LogisticRegression", "RandomForest"}
+    assert all({"accuracy", "macro_f1"} <= set(m) for m in held["models"].values())
+    metrics = json.loads((out / "search_metrics.json").read_text())
+    assert set(metrics["bbc_cv"]) == {"metric", "estimate", "ci_low", "ci_high", "naive_best_cv", "n_bootstrap"}
+    assert metrics["bbc_cv"]["naive_best_cv"] == pytest.approx(result.best.mean) and not metrics["partial"]
+    assert metrics["bbc_cv_accuracy"]["metric"] == "accuracy" and metrics["fidelity"] == "low"
+    store = OOFStore.load(out)
+    assert {t.trial_id for t in result.completed} <= {t for t in store.trials if store.complete(t)}
+    assert set(store.baselines) == {"LDA", "LogisticRegression", "RandomForest"}
 
     # the saved model predicts a new table; a missing feature is named
-    model, bundle = load_model(out / "best_model.pt")
+    model, bundle = load_model(out / "final_model.pt")
     frame = make_frame(seed=5, subjects=(2, 3))
     predictions = predict_frame(model, bundle, frame)
     assert len(predictions) == len(frame)
@@ -71,7 +82,7 @@ def test_local_search_outputs_are_consistent(local_ray, tmp_path):
 
     # the same through the CLI
     frame.to_csv(tmp_path / "new.csv")
-    cli = [sys.executable, "-m", "emoma.predict", "--model", str(out / "best_model.pt"), "--data"]
+    cli = [sys.executable, "-m", "emoma.predict", "--model", str(out / "final_model.pt"), "--data"]
     proc = subprocess.run(cli + [str(tmp_path / "new.csv"), "--out", str(tmp_path / "p.csv")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -80,6 +91,21 @@ def test_local_search_outputs_are_consistent(local_ray, tmp_path):
     proc = subprocess.run(cli + [str(tmp_path / "bad.csv"), "--out", str(tmp_path / "q.csv")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error: the table lacks features")
+
+
+def test_a_search_of_a_table_with_no_signal_is_estimated_at_chance(local_ray, tmp_path):
+    frame = make_frame(seed=2, windows_scale=0.5)
+    frame["label"] = np.random.default_rng(0).permutation(frame["label"].to_numpy())  # labels carry no signal
+    csv = tmp_path / "noise.csv"
+    frame.to_csv(csv)
+    config = smoke(tmp_path, f"data.path={csv}", "cv.folds=3", "search.num_samples=20", "search.max_concurrent=1",
+                   "search.metric=balanced_accuracy", "train.metric=balanced_accuracy", "train.class_weights=true",
+                   "train.epochs=6", "search.bbc_bootstrap=500")
+    result = run_search(config, load_space(SMOKE_SPACE), config, storage_path=tmp_path / "exp", name="noise",
+                        log=lambda *a: None)
+    estimate = result.selection.summary["bbc_cv"]  # balanced accuracy: chance is 0.5 whatever a model predicts
+    assert len(result.completed) == 20 and estimate["naive_best_cv"] > 0.53
+    assert abs(estimate["estimate"] - 0.5) < 0.03 and estimate["ci_low"] < 0.5 < estimate["ci_high"]
 
 
 def test_searched_normalisation_gets_one_plan_each_and_held_out_statistics(local_ray, tmp_path, monkeypatch):
@@ -102,16 +128,19 @@ def test_searched_normalisation_gets_one_plan_each_and_held_out_statistics(local
     assert {t.params["data.subject_norm"] for t in result.trials} > {"none"}
     assert result.best_config.data.subject_norm == result.best.params["data.subject_norm"]
     out = write_search_outputs(result, config)
-    save_best_model(result)
+    save_final_model(result)
     held = json.loads((out / "holdout_metrics.json").read_text())
     models = held["evaluation"]["models"]
-    assert set(models) == {"CNN-LSTM (best)", "CNN-LSTM (seed config)", "LDA", "LogisticRegression", "RandomForest"}
-    assert set(models["CNN-LSTM (best)"]["subjects"]) == {str(s) for s in result.holdout_subjects}
-    assert set(held["evaluation"]["wilcoxon"]["against"]) == set(models) - {"CNN-LSTM (best)"}
+    assert set(models) == {"CNN-LSTM (final)", "CNN-LSTM (base config)", "CNN-LSTM (seed config)", "LDA",
+                           "LogisticRegression", "RandomForest"}
+    assert set(models["CNN-LSTM (final)"]["subjects"]) == {str(s) for s in result.holdout_subjects}
+    assert not held["evaluation"]["tests"]  # 3 held-out subjects: scores only
     report = (out / "report.md").read_text()
-    assert "Paired Wilcoxon signed-rank tests over subjects" in report and "roc_auc" in report
-    model, bundle = load_model(out / "best_model.pt")
-    assert bundle["config"]["data"]["subject_norm"] == result.best_config.data.subject_norm
+    assert "Scores only: 3 subjects are too few" in report and "roc_auc" in report
+    assert "BBC-CV estimate of the final model's macro_f1 on new subjects" in report
+    model, bundle = load_model(out / "final_model.pt")
+    final = result.final_configs[next(iter(result.selection.weights))]
+    assert bundle["config"]["data"]["subject_norm"] == final.data.subject_norm
     assert len(predict_frame(model, bundle, make_frame(seed=5, subjects=(2, 3)))) > 0
 
 
@@ -220,7 +249,9 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
         assert set(after[trial][len(reports):]) <= {reports[-1]}
     trials = pd.read_csv(tmp_path / "r" / "trials.csv")
     assert len(trials) == 4 and (trials["status"] == "completed").all()
-    assert (tmp_path / "r" / "best_model.pt").is_file()
+    assert (tmp_path / "r" / "final_model.pt").is_file()
+    store = OOFStore.load(tmp_path / "r")  # every trial's predictions, the interrupted ones' included
+    assert sorted(t for t in store.trials if store.complete(t)) == sorted(trials["trial"])
 
 
 def test_nested_search_holds_out_each_subject_once(local_ray, tmp_path):
@@ -241,23 +272,30 @@ def test_nested_search_holds_out_each_subject_once(local_ray, tmp_path):
     windows = sum(json.loads((tmp_path / "n" / f"outer-{s}" / "holdout_metrics.json").read_text())["windows"]
                   for s in "23456")
     assert sum(map(sum, nested["confusion_matrix"])) == windows
-    assert set(nested["evaluation"]["models"]["CNN-LSTM (best)"]["subjects"]) == set("23456")
+    assert set(nested["evaluation"]["models"]["CNN-LSTM (final)"]["subjects"]) == set("23456")
+    calibration = nested["bbc_vs_outer"]
+    assert set(calibration["per_subject"]) == set("23456") and calibration["metric"] == "macro_f1"
+    differences = [v["bbc_cv"] - v["outer"] for v in calibration["per_subject"].values()]
+    assert calibration["mean_difference"] == pytest.approx(np.mean(differences))
+    assert calibration["mean_abs_difference"] == pytest.approx(np.mean(np.abs(differences)))
 
 
-def test_asha_never_stops_the_seed_configuration(tmp_path):
+def test_asha_never_stops_the_base_or_the_seed_configuration(tmp_path):
     from types import SimpleNamespace
 
     from emoma.schedulers import BaselineKeepingASHA, StopReasons
 
-    scheduler = BaselineKeepingASHA({"train.lr": 1e-7}, StopReasons(tmp_path / "r.json"), time_attr="folds_done",
-                                    max_t=8, grace_period=1, reduction_factor=2)
+    scheduler = BaselineKeepingASHA([{"train.lr": 0.5}, {"train.lr": 1e-7}], StopReasons(tmp_path / "r.json"),
+                                    time_attr="folds_done", max_t=8, grace_period=1, reduction_factor=2)
     scheduler.set_search_properties(metric="score", mode="max")
     good = SimpleNamespace(trial_id="good", config={"train.lr": 0.01})
+    base = SimpleNamespace(trial_id="base", config={"train.lr": 0.5})
     seed = SimpleNamespace(trial_id="seed", config={"train.lr": 1e-7})
     other = SimpleNamespace(trial_id="other", config={"train.lr": 1e-3})
-    for trial in (good, seed, other):
+    for trial in (good, base, seed, other):
         scheduler.on_trial_add(None, trial)
     assert scheduler.on_trial_result(None, good, {"folds_done": 1, "score": 0.9}) == "CONTINUE"
+    assert scheduler.on_trial_result(None, base, {"folds_done": 1, "score": 0.3}) == "CONTINUE"
     assert scheduler.on_trial_result(None, seed, {"folds_done": 1, "score": 0.3}) == "CONTINUE"
     # another configuration that scores as badly is stopped at the same rung
     assert scheduler.on_trial_result(None, other, {"folds_done": 1, "score": 0.3, "decide": False}) == "CONTINUE"
@@ -270,7 +308,7 @@ def test_wilcoxon_pruner_compares_like_with_like(tmp_path):
     from emoma.schedulers import StopReasons, WilcoxonFoldPruner
 
     reasons = StopReasons(tmp_path / "reasons.json")
-    pruner = WilcoxonFoldPruner({"train.lr": 1e-7}, reasons, min_folds=4, p_threshold=0.1, folds_total=8)
+    pruner = WilcoxonFoldPruner([{"train.lr": 1e-7}], reasons, min_folds=4, p_threshold=0.1, folds_total=8)
     def feed(trial, scores):  # one report per fold, each with every fold score so far
         return [pruner.on_trial_result(None, trial, {"fold_scores": json.dumps(dict(enumerate(scores[:n + 1])))})
                 for n in range(len(scores))]
@@ -329,16 +367,20 @@ def test_a_rerun_of_a_trial_optuna_had_finished_keeps_optunas_end_and_learns_its
     assert [t.value for t in trials[1:]] == ([] if told == optuna.trial.TrialState.COMPLETE else [0.7])
 
 
-def test_search_report_says_which_trials_refit():
+def test_search_report_says_how_trials_trained():
     from types import SimpleNamespace
 
     from emoma.config import apply_overrides
-    from emoma.report import _search_refit
+    from emoma.report import _trial_fidelity
 
     base = load_config(ROOT / "configs" / "context.yaml", [])
     seed = load_config(ROOT / "configs" / "seed.yaml", [])
-    result = SimpleNamespace(space={"train.lr": {}}, seed_config=seed)
-    assert "refit" in _search_refit(result, base) and "not the seed trial" in _search_refit(result, base)
-    assert "not the seed trial" not in _search_refit(SimpleNamespace(space={}, seed_config=base), base)
-    assert _search_refit(result, apply_overrides(base, {"train.refit": False})) == ""
-    assert "is searched" in _search_refit(SimpleNamespace(space={"train.refit": {}}, seed_config=seed), base)
+    result = SimpleNamespace(space={"train.lr": {}}, seed_config=seed, fidelity="full")
+    assert "refit" in _trial_fidelity(result, base) and "not the seed trial" in _trial_fidelity(result, base)
+    assert "not the seed trial" not in _trial_fidelity(SimpleNamespace(space={}, seed_config=base, fidelity="full"),
+                                                       base)
+    assert _trial_fidelity(result, apply_overrides(base, {"train.refit": False})) == ""
+    assert "is searched" in _trial_fidelity(SimpleNamespace(space={"train.refit": {}}, seed_config=seed,
+                                                            fidelity="full"), base)
+    low = _trial_fidelity(SimpleNamespace(space={}, seed_config=seed, fidelity="low"), base)
+    assert "one model per fold, no refit" in low

@@ -15,6 +15,8 @@ def test_the_shipped_space_and_the_seed_point():
     point = space_point(seed, space)
     assert params_to_overrides(point)["model.conv_channels"] == seed.model.conv_channels
     assert point["model.context"] == 1 and point["data.subject_norm"] == "none"
+    preset = space_point(load_config(ROOT / "configs" / "context.yaml"), space)  # the search's default base
+    assert (preset["model.lstm_over"], preset["model.n_features"], preset["model.context"]) == ("windows", 0, 4)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -68,3 +70,12 @@ def test_the_seed_trial_runs_the_seed_configuration_exactly():
     assert run.train.lr == seed.train.lr and run.train.batch_size == seed.train.batch_size
     assert run.cv == base.cv  # the protocol is the experiment's
     assert len(notes) == 1 and "cv.scheme='loso' (seed config: 'group-kfold')" in notes[0]
+
+
+def test_low_fidelity_trials_refuse_to_search_what_they_ignore():
+    from emoma.space import check_fidelity
+
+    space = space_from_dict({"model.ensemble": {"choice": [1, 3]}}, load_config(None))
+    with pytest.raises(UserError, match="model.ensemble: trials at search.fidelity=low train one model per fold"):
+        check_fidelity(space, load_config(None))
+    check_fidelity(space, load_config(None, ["search.fidelity=full"]))

@@ -1,4 +1,5 @@
 """Watching a search: the live trials.csv and report, --status, MLflow runs, the Optuna journal."""
+import json
 import os
 import subprocess
 import sys
@@ -43,6 +44,10 @@ def test_a_running_search_can_be_watched_and_is_tracked(tmp_path):
                                          "--storage-path", str(tmp_path)], capture_output=True, text=True, timeout=60)
                 assert status.returncode == 0 and "not finished" in status.stdout, status.stderr
                 assert "of 4 trials finished" in status.stdout and rows["trial"].iloc[0] in status.stdout
+                if (rows["status"] == "completed").any():  # the selection so far, in the report and --status
+                    assert "so far, final choice (guard)" in status.stdout
+                    assert "BBC-CV estimate" in (tmp_path / "w" / "report.md").read_text()
+                    assert json.loads((tmp_path / "w" / "search_metrics.json").read_text())["partial"]
                 watched = True
         time.sleep(0.2)
     out, err = proc.communicate(timeout=300)
@@ -55,10 +60,12 @@ def test_a_running_search_can_be_watched_and_is_tracked(tmp_path):
     parents = [r for r in runs if r.data.tags.get("emoma.kind") == "search"]
     assert len(parents) == 1
     parent = parents[0]
-    assert "holdout_macro_f1" in parent.data.metrics and parent.data.params["train.epochs"] == "12"
+    assert "holdout_final_macro_f1" in parent.data.metrics and parent.data.params["train.epochs"] == "12"
+    assert {"bbc_cv_estimate", "bbc_cv_ci_low", "bbc_cv_accuracy_estimate"} <= set(parent.data.metrics)
+    assert parent.data.tags["selection.rule"] == "guard" and json.loads(parent.data.tags["selection.final"])
     assert len(parent.data.tags["data.sha256"]) == 64
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"report.md", "confusion_matrix.png", "best_model.pt", "trials.csv"} <= artifacts
+    assert {"report.md", "confusion_matrix.png", "final_model.pt", "trials.csv", "search_metrics.json"} <= artifacts
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.data.tags["trial_id"] for r in children) == sorted(trials["trial"])
     for child in children:

@@ -1,0 +1,42 @@
+"""The search's final retraining without Ray: configurations retrained once each, models kept where asked,
+an ensemble of configurations scored as one model; the final configuration's file for an ensemble."""
+from types import SimpleNamespace
+
+import numpy as np
+import yaml
+
+from emoma.config import apply_overrides
+from emoma.context import normalise_subjects
+from emoma.holdout import combine, retrain_and_score
+from emoma.metrics import score
+
+
+def test_retraining_shares_runs_keeps_models_and_combines_members(small_table, smoke_config):
+    config = apply_overrides(smoke_config, {"train.epochs": 2})
+    other = apply_overrides(config, {"model.n_features": 4, "data.subject_norm": "subject"})
+    tables = {"none": small_table, "subject": normalise_subjects(small_table, other.data)}
+    configs = {"base": config, "seed": other, "final a": apply_overrides(config, {"name": "renamed"}),
+               "final b": other}
+    held = retrain_and_score(tables, [2, 3], configs, config, baselines_for="base",
+                             keep_models_for=("final a", "final b"))
+    assert held["final a"] is held["base"] and held["final b"] is held["seed"]  # one run per configuration
+    assert held["base"].result.baselines and held["base"].result.model is not None
+    assert held["seed"].result.model is not None and set(np.unique(held["seed"].groups)) == {2, 3}
+    final = combine([held["final a"], held["final b"]], [0.25, 0.75], len(small_table.class_names))
+    expected = 0.25 * held["base"].result.proba + 0.75 * held["seed"].result.proba
+    np.testing.assert_allclose(final.result.proba, expected)
+    assert final.result.metrics == score(final.y, expected.argmax(1), 2)[0] and not final.result.baselines
+    assert combine([held["seed"]], [1.0], 2) is held["seed"]
+
+
+def test_the_final_configuration_of_an_ensemble_names_each_member(smoke_config):
+    from emoma.report import final_config_yaml
+
+    other = apply_overrides(smoke_config, {"model.context": 2})
+    result = SimpleNamespace(final_configs={"a": smoke_config, "b": other},
+                             selection=SimpleNamespace(weights={"a": 0.6, "b": 0.4}))
+    members = yaml.safe_load(final_config_yaml(result))["ensemble"]
+    assert [(m["trial"], m["weight"], m["config"]["model"]["context"]) for m in members] == [("a", 0.6, 1),
+                                                                                               ("b", 0.4, 2)]
+    single = SimpleNamespace(final_configs={"a": smoke_config}, selection=SimpleNamespace(weights={"a": 1.0}))
+    assert yaml.safe_load(final_config_yaml(single)) == smoke_config.to_dict()
