@@ -25,7 +25,7 @@ def main():
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more search.py options")
     args = p.parse_args()
     runs = [["--pruner", "wilcoxon"], ["--pruner", "asha"]] + ([["--no-prune"]] if args.also_none else [])
-    print("| pruning | wall | trials completed / pruned | best CV macro-F1 | held-out macro-F1 (best) |")
+    print("| pruning | wall | trials completed / pruned | best CV macro-F1 | held-out macro-F1 (final) |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for i, flags in enumerate(runs):
@@ -40,7 +40,7 @@ def main():
             held = json.loads((Path(tmp) / name / "holdout_metrics.json").read_text())
             done = trials[trials["status"] == "completed"]
             print(f"| {' '.join(flags)} | {wall / 60:.1f} min | {len(done)} / {int((trials['status'] == 'pruned').sum())}"
-                  f" | {done['mean'].max():.4f} | {held['metrics']['macro_f1']:.4f} |", flush=True)
+                  f" | {done['mean'].max():.4f} | {held['models']['final']['macro_f1']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":
