@@ -40,11 +40,12 @@ def parse_args(argv=None):
     p.add_argument("--select", choices=SELECTION_RULES,
                    help="the final choice among completed trials: best (best mean), one-se (cheapest within one SE "
                         "of the best), guard (the best only if it beats the base configuration on the same "
-                        "subjects, else the base), ensemble (greedy ensemble selection); default "
-                        "search.select of the config")
+                        "subjects, else the base), ensemble (greedy ensemble selection); default search.select "
+                        "of the config, guard")
     p.add_argument("--fidelity", choices=FIDELITIES,
                    help="what trials train: low (one model per fold, no refit; the final model is retrained at the "
-                        "config's own settings) or full (default: search.fidelity of the config)")
+                        "config's own settings) or full (the config's ensemble and refit); default search.fidelity "
+                        "of the config, low")
     p.add_argument("--holdout", type=int, help="subjects held out of the search for the final test (default 3)")
     p.add_argument("--holdout-subjects", help="comma-separated subject ids to hold out, e.g. 2,5,11")
     p.add_argument("--outer", choices=("loso",), help="nested CV: the whole search once per held-out subject")

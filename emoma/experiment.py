@@ -13,7 +13,7 @@ from emoma.config import Config, apply_overrides, flatten, get_dotted, load_conf
 from emoma.data import load_table
 from emoma.errors import Interrupted, UserError
 from emoma.files import write_atomic
-from emoma.manifest import MANIFEST_FILE, Manifest, check_resume, data_fingerprint
+from emoma.manifest import MANIFEST_FILE, SELECTION_KEYS, Manifest, check_resume, data_fingerprint
 from emoma.pipeline import check_folds_flag
 from emoma.predict import save_model
 from emoma.report import (estimate_line, format_search_summary, markdown_table, write_nested_outputs,
@@ -94,6 +94,9 @@ def search_settings(args, defaults: dict, name: str, storage_path: str) -> Searc
     if manifest:
         check_resume(manifest, config, seed_config if args.seed_config else None,
                      space_to_dict(space) if args.space else None, None)
+        started = flatten(manifest.base_config().to_dict())
+        notes += [f"{key}={get_dotted(config, key)!r} for the final choice (the experiment started with "
+                  f"{started[key]!r})" for key in SELECTION_KEYS if started[key] != get_dotted(config, key)]
     mlflow = getattr(args, "mlflow", None)
     if mlflow and args.outer:
         raise UserError("--mlflow is not supported with --outer yet: track a single search, or drop --mlflow")
@@ -164,18 +167,15 @@ def search_tracking(settings: SearchSettings):
 def log_search_run(tracking, result) -> None:
     """The parent run's end: data hash, the final choice and its BBC-CV estimate, held-out metrics, the report,
     the confusion matrix and the final model."""
+    from emoma.tracking import log_selection
+
     tracker, parent = tracking
     manifest = json.loads((result.folder / "manifest.json").read_text())
-    selection = result.selection.summary
     tracker.set_tags(parent, {"data.sha256": manifest["data"]["sha256"], "data.path": manifest["data"]["path"],
-                              "holdout_subjects": ",".join(map(str, result.holdout_subjects)),
-                              "selection.rule": selection["rule"],
-                              "selection.final": json.dumps(selection["final"]["weights"])})
-    estimates = {f"{key}_{part}": b[part] for key, b in selection.items() if key.startswith("bbc_cv")
-                 for part in ("estimate", "ci_low", "ci_high")}
+                              "holdout_subjects": ",".join(map(str, result.holdout_subjects))})
+    log_selection(tracker, parent, result.selection.summary)
     tracker.log_metrics(parent, {**{f"holdout_{k}_{m}": v for k in ("final", "base", "seed")
                                     for m, v in result.held[k].result.metrics.items()},
-                                 **estimates, f"naive_best_cv_{result.metric}": result.best.mean,
                                  "trials": len(result.trials), "trials_completed": len(result.completed)})
     tracker.log_artifacts(parent, [result.folder / f for f in (
         "report.md", "confusion_matrix.png", "bbc_curve.png", "final_config.yaml", "final_model.pt", "trials.csv",

@@ -21,11 +21,13 @@ from emoma.data import Table
 from emoma.errors import UserError
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: trials keep their out-of-fold predictions; the base configuration runs first
 PACKAGES = ("emoma", "torch", "ray", "optuna", "numpy", "pandas", "scikit-learn", "scipy")
 # What may change when an experiment is resumed, and takes effect: where trials train and how the plan is
 # computed. (Tune keeps a restored run's resources, concurrency, time budget and retries as they started.)
 RUNTIME_KEYS = ("train.device", "cv.jobs", "cv.cache_dir")
+# How the final choice is made from the trials' saved predictions: a resume may change it (it takes effect at the end).
+SELECTION_KEYS = ("search.select", "search.bbc_bootstrap", "search.ensemble_size", "search.guard_se")
 
 
 @dataclass
@@ -54,9 +56,13 @@ class Manifest:
     def from_json(cls, text: str, where: str) -> Manifest:
         try:
             raw = json.loads(text)
-            return cls(**raw)
+            manifest = cls(**raw)
         except (ValueError, TypeError) as err:
             raise UserError(f"{where} is not an EmoMA manifest ({type(err).__name__}): it cannot be resumed") from None
+        if manifest.version < MANIFEST_VERSION:
+            raise UserError(f"{where} was written by an earlier EmoMA (manifest version {manifest.version}), whose "
+                            "trials kept no out-of-fold predictions: it cannot be resumed; start a new experiment")
+        return manifest
 
     def base_config(self) -> Config:
         return from_dict(self.config)
@@ -108,7 +114,7 @@ def check_resume(manifest: Manifest, config: Config, seed_config: Config | None,
     """
     recorded = flatten(from_dict(manifest.config).to_dict())  # keys added since it was written take their defaults
     given = flatten(config.to_dict())
-    diff = first_difference(recorded, given, ignore=RUNTIME_KEYS + ("search.num_samples",))
+    diff = first_difference(recorded, given, ignore=RUNTIME_KEYS + SELECTION_KEYS + ("search.num_samples",))
     if diff:
         key, a, b = diff
         raise UserError(f"--resume: {key} was {a!r} when experiment {manifest.name} started, the command line gives "

@@ -18,6 +18,7 @@ from emoma.files import atomic_path, write_atomic
 from emoma.folds import FoldPlan
 from emoma.metrics import MIN_TEST_SUBJECTS, evaluate, per_subject
 from emoma.plots import plot_bbc_curve, plot_confusion, plot_importances, plot_learning_curves, plot_search_history
+from emoma.select import describe_choice
 from emoma.space import describe
 
 if TYPE_CHECKING:
@@ -461,9 +462,7 @@ def top_trials(trials: pd.DataFrame, n: int = 10) -> pd.DataFrame:
 def estimate_line(selection: dict) -> str:
     """The BBC-CV estimate of the final choice beside the naive best CV, in one line."""
     b = selection["bbc_cv"]
-    members = selection["final"]["weights"]
-    choice = ", ".join(f"trial {t}" + (f" x {w:.2f}" if len(members) > 1 else "") for t, w in members.items())
-    return (f"final choice ({selection['rule']}): {choice}; BBC-CV estimate of {b['metric']} on new subjects "
+    return (f"final choice ({selection['rule']}): {describe_choice(selection['final']['weights'])}; BBC-CV estimate of {b['metric']} on new subjects "
             f"{b['estimate']:.4f} (95 % interval {b['ci_low']:.4f}-{b['ci_high']:.4f}, {b['n_bootstrap']} subject "
             f"resamples, {selection['trials_completed']} completed trials); naive best CV {b['naive_best_cv']:.4f} "
             "(optimistic: the best of many noisy scores)")
@@ -625,7 +624,7 @@ def selection_sections(result: SearchResult, metrics: dict) -> list[str]:
     b, acc = metrics["bbc_cv"], metrics.get("bbc_cv_accuracy")
     rules = ["| rule | choice | BBC-CV " + m + " (95 % interval) |", "|---|---|---|"]
     for rule, r in metrics["rules"].items():
-        choice = ", ".join(f"{t}" + (f" x {w:.2f}" if len(r["weights"]) > 1 else "") for t, w in r["weights"].items())
+        choice = describe_choice(r["weights"])
         e = r["bbc_cv"][m]
         rules.append(f"| {rule}{' (this search)' if rule == result.selection.rule else ''} | {choice} | "
                      f"{e['estimate']:.3f} ({e['ci_low']:.3f}-{e['ci_high']:.3f}) |")
@@ -658,8 +657,13 @@ def selection_sections(result: SearchResult, metrics: dict) -> list[str]:
         "each, the rule chooses on the drawn subjects' out-of-fold predictions and the choice is scored on the "
         "subjects not drawn. "
         + ("It scores the choice at the trials' fidelity (one model per fold, no refit); the final model, retrained "
-           "at its own settings (below), may score differently." if result.fidelity == "low" else
-           "It scores the choice at the trials' fidelity, the configuration's own settings."),
+           "at its own settings (below), may score differently. " if result.fidelity == "low" else
+           "It scores the choice at the trials' fidelity, the configuration's own settings. ")
+        + "It corrects for the choice among the trials, not for how they came to be: the sampler proposed and the "
+          "pruner removed configurations having seen every search subject, so the estimate may still lean "
+          "optimistic; a nested search (`--outer loso`) measures how far (its report's BBC-CV against outer scores).",
+        *([f"**Note: the base configuration's trial did not complete, so `{result.selection.rule}` had no base to "
+           "keep and took the best mean.**"] if metrics["base"] is None and result.selection.rule == "guard" else []),
         "",
         "What each rule would have chosen from the same trials:",
         "",
@@ -734,7 +738,9 @@ def write_nested_outputs(outer_folders: list[Path], out_dir: str | Path) -> Path
         f"that model's score on the outer subject: mean difference (estimate - outer) "
         f"{calibration['mean_difference']:+.3f}, mean absolute difference {calibration['mean_abs_difference']:.3f} "
         f"over {len(held)} outer folds. The mean difference says whether the estimate is biased; the absolute one "
-        "mostly measures how much a single subject's score varies.",
+        "mostly measures how much a single subject's score varies. The estimate scores the inner trials as they "
+        f"trained (fidelity {searched[0]['fidelity']}, inner folds); the outer score, the final model retrained at "
+        "its own settings on every search subject: part of any difference is that gap.",
         "",
         "The final model each outer fold chose (the parameters of its largest member):",
         "",

@@ -31,7 +31,7 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 from ray.util.joblib import register_ray
 
-from emoma.config import Config, apply_overrides, at_fidelity
+from emoma.config import Config, apply_overrides, at_fidelity, flatten
 from emoma.context import check_context, normalise_subjects, order_notes, window_length
 from emoma.cv import run_folds_batched, table_context
 from emoma.data import Table, load_table
@@ -41,11 +41,13 @@ from emoma.holdout import HeldOut, choose_holdout, combine, retrain_and_score, s
 from emoma.manifest import MANIFEST_FILE, Manifest, data_fingerprint
 from emoma.schedulers import (BaselineKeepingASHA, StopOnUserError, StopReasons, TruthfulOptunaSearch,
                               WilcoxonFoldPruner, read_stop_reasons)
-from emoma.select import OOFStore, Selection, TrialJudge, checkpoint_oof, read_trial_oof, write_trial_oof
+from emoma.select import (OOF_DIR, OOFStore, Selection, TrialJudge, describe_choice, read_trial_oof,
+                          write_trial_oof)
 from emoma.space import (TrialConfigs, candidate_values, params_to_overrides, same_params, seed_trial_config,
                          space_max_context, space_norms, space_point, space_to_dict)
 from emoma.storage import ExperimentStorage
-from emoma.watch import UNFINISHED, LiveResults, MlflowTrials, ProgressLine, TrialRecord, finished_status, read_trials
+from emoma.watch import (UNFINISHED, LiveResults, MlflowTrials, ProgressLine, TrialRecord, checkpoint_oof,
+                         finished_status, read_trials)
 
 STUDY_FILE = "optuna_study.log"
 STOP_REASONS_FILE = "stop_reasons.json"
@@ -224,7 +226,7 @@ class Experiment:
     @property
     def first_points(self) -> list[dict]:
         """The points every search evaluates first, never pruned: the base, then the seed (once if they agree)."""
-        return [self.base_point] + ([self.seed_point] if self.seed_point != self.base_point else [])
+        return [self.base_point] + ([] if same_params(self.seed_point, self.base_point) else [self.seed_point])
 
     def trial_configs(self, base: Config) -> TrialConfigs:
         return TrialConfigs(base, self.seed_run, self.seed_point)
@@ -265,17 +267,24 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
         raise UserError(f"no trial of search {name} completed every fold"
                         f"{' (first error: ' + errors[0] + ')' if errors else ''}: see trial_*/error.txt in "
                         f"{exp.storage.uri}")
+    base_trial, seed_trial = _find(trials, exp.base_point), _find(trials, exp.seed_point)
     for grid in grids:
         for r in grid:
-            store.add_trial(_trial_id(r), checkpoint_oof(r.checkpoint))
+            trial_id = _trial_id(r)
+            store.add_trial(trial_id, checkpoint_oof(r.checkpoint), baselines=base_trial is not None and
+                            trial_id == base_trial.trial_id)
     exp.storage.upload(*store.save(exp.storage.local))
-    best = max(completed, key=lambda t: t.mean)
-    selection, curve = judge.select(trials, best, curve=True)
+    lost = [t.trial_id for t in completed if not store.complete(t.trial_id)]
+    if lost:
+        log(f"note: completed trials {', '.join(lost)} lack out-of-fold predictions for some windows (checkpoints "
+            "lost?): the final choice is made without them")
+    selection, curve = judge.select(trials, curve=True)
+    best = next(t for t in trials if t.trial_id == selection.summary["naive_best"]["trial"])
     configs = exp.trial_configs(config)
     final_configs = {t: configs(next(r.params for r in trials if r.trial_id == t)) for t in selection.weights}
     estimate = selection.summary["bbc_cv"]
     log(f"best of {len(completed)} completed trials: {config.search.metric} {best.mean:.4f} ± {best.std:.4f} "
-        f"(naive, optimistic); final choice by rule {selection.rule}: {_members(selection)}; BBC-CV estimate "
+        f"(naive, optimistic); final choice by rule {selection.rule}: {describe_choice(selection.weights)}; BBC-CV estimate "
         f"{estimate['estimate']:.4f} [{estimate['ci_low']:.4f}, {estimate['ci_high']:.4f}]; retraining it with the "
         "base and seed configurations on all search subjects")
     retrain = {"base": config, "seed": exp.seed_run, **{f"final {t}": c for t, c in final_configs.items()}}
@@ -287,7 +296,7 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
     return SearchResult(
         name=name, storage=exp.storage, metric=config.search.metric, holdout_subjects=exp.holdout,
         search_subjects=[s for s in exp.raw.subjects if s not in exp.holdout], plan=plan, trials=trials,
-        base_trial=_find(trials, exp.base_point), seed_trial=_find(trials, exp.seed_point), best=best,
+        base_trial=base_trial, seed_trial=seed_trial, best=best,
         best_config=configs(best.params), base_config=config, seed_config=exp.seed_run, selection=selection,
         final_configs=final_configs, curve=curve, held=held, feature_names=table.feature_names,
         class_names=table.class_names, space=space, importances=param_importances(exp.storage.local, name, config.seed),
@@ -299,11 +308,6 @@ def run_search(config: Config, space: dict, seed_config: Config, *, storage_path
 
 def _find(trials: list[TrialRecord], point: dict) -> TrialRecord | None:
     return next((t for t in trials if same_params(t.params, point)), None)
-
-
-def _members(selection: Selection) -> str:
-    return ", ".join(f"trial {t}" + (f" x {w:.2f}" if len(selection.weights) > 1 else "")
-                     for t, w in selection.weights.items())
 
 
 def prepare_experiment(config: Config, space: dict, seed_config: Config, storage_path, name: str, resume: bool,
@@ -327,6 +331,7 @@ def prepare_experiment(config: Config, space: dict, seed_config: Config, storage
                          else "none")
     seed_point = space_point(seed_run, space)
     base_point = space_point(config, space, what="base config (--config)")
+    check_first_points(config, seed_run, base_point, seed_point)
     holdout = choose_holdout(raw, config.search, config.seed) if manifest is None else \
         [s for s in raw.subjects if str(s) in manifest.holdout_subjects]
     is_held = np.isin(raw.groups, holdout)
@@ -358,6 +363,19 @@ def prepare_experiment(config: Config, space: dict, seed_config: Config, storage
         log(f"note: {note}")
     return Experiment(storage, manifest, raw, holdout, tables, search_tables, smallest_k, seed_run, base_point,
                       seed_point, notes)
+
+
+def check_first_points(base: Config, seed_run: Config, base_point: dict, seed_point: dict) -> None:
+    """The base and seed trials are told apart by their points of the space: where the points agree, the two
+    configurations must too (one trial then stands for both)."""
+    if not same_params(seed_point, base_point):
+        return
+    ours, theirs = flatten(base.to_dict()), flatten(seed_run.to_dict())
+    differ = [k for k in ours if k.startswith(("model.", "train.")) and ours[k] != theirs[k]]
+    if differ:
+        raise UserError(f"the base and seed configurations share every searched value but differ in {differ[0]} "
+                        f"({ours[differ[0]]!r} and {theirs[differ[0]]!r}): their trials could not be told apart; "
+                        "search that key, or make the two agree")
 
 
 def fold_plans(exp: Experiment, config: Config, log) -> dict[str, FoldPlan]:
@@ -393,12 +411,13 @@ def _run_tune(exp: Experiment, config: Config, space: dict, trainable, judge: Tr
         log(f"extending the search from {planned} to {config.search.num_samples} trials ({extra} more, Tune "
             f"experiment {manifest.runs[-1]['path']}); Optuna continues the same study")
     storage.download(STUDY_FILE, STOP_REASONS_FILE, "trials.csv")
+    storage.download_folder(OOF_DIR)  # earlier sessions' trials, for the selection while this one runs
     session = time.time()
     watchers = [LiveResults(storage, manifest.name, config.search.metric, len(manifest.fold_order),
                             manifest.num_samples, judge, str(storage.local / STOP_REASONS_FILE),
                             also_upload=(STUDY_FILE, STOP_REASONS_FILE)), StopOnUserError()]
     if tracking is not None:
-        watchers.append(MlflowTrials(*tracking, config.search.metric))
+        watchers.append(MlflowTrials(*tracking, config.search.metric, storage.local))
     resources = {"cpu": config.search.cpus_per_trial, "gpu": config.search.gpus_per_trial}
     grids = []
     for i, run in enumerate(manifest.runs):

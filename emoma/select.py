@@ -27,16 +27,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emoma.config import Config, SearchConfig
+from emoma.config import SELECTION_RULES, Config, SearchConfig
+from emoma.errors import UserError
 from emoma.files import atomic_path
-from emoma.metrics import holm, metrics_from_confusion, paired_wilcoxon
+from emoma.metrics import CONFIDENCE, holm, metrics_from_confusion, paired_wilcoxon
 from emoma.model import prediction_cost
 from emoma.space import same_params
 
-RULES = ("best", "one-se", "guard", "ensemble")
 OOF_DIR = "oof"  # in the experiment folder
 OOF_FILE = "oof.npz"  # in a trial's checkpoint
-CONFIDENCE = 0.95
 
 
 # ---------------------------------------------------------------- the out-of-fold store
@@ -65,21 +64,26 @@ class OOFStore:
 
     def place(self, rows: np.ndarray, proba: np.ndarray) -> np.ndarray:
         """(n, C) with `proba` (m, C) at the windows of table rows `rows` (m,), NaN elsewhere."""
-        out = np.full((len(self.rows), len(self.class_names)), np.nan)
-        position = np.full(int(self.rows.max()) + 1, -1)
+        rows = np.asarray(rows, dtype=int)
+        position = np.full(max(int(self.rows.max()), int(rows.max(initial=0))) + 1, -1)
         position[self.rows] = np.arange(len(self.rows))
-        out[position[np.asarray(rows, dtype=int)]] = proba
+        if (position[rows] < 0).any():
+            raise ValueError(f"rows {rows[position[rows] < 0][:5].tolist()} are not windows of this store")
+        out = np.full((len(self.rows), len(self.class_names)), np.nan)
+        out[position[rows]] = proba
         return out
 
-    def add_trial(self, trial_id: str, arrays: dict[str, np.ndarray]) -> None:
-        """A trial's out-of-fold arrays as its checkpoint keeps them: `rows` (m,), `proba` (m, C) and, for the
-        trial that scored them, `baseline_NAME` (m, C). A trial with no finished fold adds nothing."""
+    def add_trial(self, trial_id: str, arrays: dict[str, np.ndarray], baselines: bool = False) -> None:
+        """A trial's out-of-fold arrays as its checkpoint keeps them: `rows` (m,), `proba` (m, C) and `baseline_NAME`
+        (m, C) where it scored the baselines, kept with `baselines` (the base trial's, when it scored every window).
+        A trial with no finished fold adds nothing."""
         if "rows" not in arrays:
             return
         self.trials[trial_id] = self.place(arrays["rows"], arrays["proba"])
-        for key, proba in arrays.items():
-            if key.startswith("baseline_"):
-                self.baselines[key.removeprefix("baseline_")] = self.place(arrays["rows"], proba)
+        if baselines and self.complete(trial_id):
+            for key, proba in arrays.items():
+                if key.startswith("baseline_"):
+                    self.baselines[key.removeprefix("baseline_")] = self.place(arrays["rows"], proba)
 
     def complete(self, trial_id: str) -> bool:
         return trial_id in self.trials and not np.isnan(self.trials[trial_id]).any()
@@ -130,14 +134,6 @@ def read_trial_oof(folder: Path) -> dict[str, np.ndarray]:
         return {}
     with np.load(path) as saved:
         return {k: saved[k] for k in saved.files}
-
-
-def checkpoint_oof(checkpoint) -> dict[str, np.ndarray]:
-    """The out-of-fold predictions in a trial's (latest) Tune checkpoint ({} when it has none)."""
-    if checkpoint is None:
-        return {}
-    with checkpoint.as_directory() as folder:
-        return read_trial_oof(Path(folder))
 
 
 # ---------------------------------------------------------------- per-subject scores
@@ -271,7 +267,7 @@ class Reference:
 
 
 def bbc_cv(c: Candidates, rule: str, n_bootstrap: int, seed: int, metrics: tuple[str, ...],
-           references: list[Reference] = ()) -> dict:
+           references: tuple[Reference, ...] = ()) -> dict:
     """Bootstrap bias-corrected CV of `rule`'s choice at the subject level.
 
     Returns {"estimate": {metric: {estimate, ci_low, ci_high}}, "gain": {reference: {metric: {mean, ci_low,
@@ -321,51 +317,55 @@ class Selection:
 
     rule: str
     weights: dict[str, float]  # trial id -> weight of the final model (one entry unless ensemble)
-    metric: str
     summary: dict  # the search metrics JSON's selection part (see `select`)
 
 
 def select(store: OOFStore, ids: list[str], costs: list[float], base: str | None, rule: str, metric: str, *,
            n_bootstrap: int, seed: int, ensemble_size: int = 20, guard_se: float = 1.0,
-           references: dict[str, str] | None = None, naive_best: tuple[str, float] | None = None,
+           references: dict[str, str] | None = None, means: list[float] | None = None,
            compare_rules: bool = True) -> Selection:
     """Apply `rule` to the completed trials `ids` (in the order they started) and estimate its choice.
 
-    `costs` ranks the trials for one-se (lower is cheaper); `base` is the base configuration's trial.
-    `references` names trials to compare the choice with ({"base": id, "seed": id}); the store's baselines are
-    compared too. `naive_best` is (trial id, mean over folds) of the best completed trial as the search ranked
-    it (default: the best mean over subjects). With `compare_rules`, every rule's choice and BBC-CV estimate is
-    reported, so a search shows what the other rules would have chosen from the same trials.
+    `costs` ranks the trials for one-se (lower is cheaper); `base` is the base configuration's trial (None when
+    it did not complete: guard then takes the best). `references` names trials to compare the choice with
+    ({"base": id, "seed": id}); the store's baselines are compared too. `means` are the trials' CV means as the
+    search ranked them (over folds; default: over subjects): the naive best is the highest. With
+    `compare_rules`, every rule's choice and BBC-CV estimate is reported, so a search shows what the other
+    rules would have chosen from the same trials.
     """
     c = Candidates.of(store, ids, costs, base, metric, ensemble_size, guard_se)
     metrics = tuple(c.scores)
     refs = [Reference(name, {m: c.scores[m][ids.index(t)] for m in metrics})
             for name, t in (references or {}).items() if t in ids]
     refs += [Reference(name, c.subjects.scores(p, metrics)) for name, p in store.baselines.items()]
-    if naive_best is None:
-        means = c.scores[metric].mean(1)
-        naive_best = (ids[int(np.argmax(means))], float(means.max()))
+    means = np.asarray(c.scores[metric].mean(1) if means is None else means, dtype=float)
+    best = int(np.argmax(means))
     per_rule = {}
-    for r in RULES if compare_rules else (rule,):
-        bbc = bbc_cv(c, r, n_bootstrap, seed, metrics, refs if r == rule else [])
-        per_rule[r] = {"weights": _named(ids, choose(c, r)), "bbc_cv": bbc["estimate"], "gain": bbc["gain"]}
-    weights = choose(c, rule)
-    final_scores = c.subjects.scores(np.tensordot(weights, c.proba, axes=1), metrics)
-    best = ids.index(naive_best[0])
+    for r in SELECTION_RULES if compare_rules else (rule,):
+        bbc = bbc_cv(c, r, n_bootstrap, seed, metrics, tuple(refs) if r == rule else ())
+        per_rule[r] = {"weights": _named(ids, choose(c, r)), "bbc_cv": bbc["estimate"], "gain": bbc["gain"],
+                       "n_bootstrap": bbc["n_bootstrap"]}
+    final_scores = c.subjects.scores(np.tensordot(choose(c, rule), c.proba, axes=1), metrics)
     summary = {
-        "rule": rule, "metric": metric, "trials_completed": len(ids), "subjects": len(c.subjects),
+        "rule": rule, "metric": metric, "trials_completed": len(ids), "subjects": len(c.subjects), "base": base,
         "final": {"weights": per_rule[rule]["weights"], "cv": {m: float(final_scores[m].mean()) for m in metrics}},
-        "naive_best": {"trial": naive_best[0], "cv": naive_best[1]},
+        "naive_best": {"trial": ids[best], "cv": float(means[best])},
+        # the naive best of the search metric as the search ranked it; of accuracy, the same trial's
         **{("bbc_cv" if m == metric else f"bbc_cv_{m}"): {
             "metric": m, **per_rule[rule]["bbc_cv"][m],
-            "naive_best_cv": naive_best[1] if m == metric else float(c.scores[m][best].mean()),
-            "n_bootstrap": n_bootstrap} for m in metrics},
+            "naive_best_cv": float(means[best]) if m == metric else float(c.scores[m][best].mean()),
+            "n_bootstrap": per_rule[rule]["n_bootstrap"]} for m in metrics},
         "gain_bbc_cv": per_rule[rule]["gain"],
         "out_of_fold": out_of_fold_comparison(c.subjects, final_scores, refs, metrics),
         **({"rules": {r: {"weights": v["weights"], "bbc_cv": v["bbc_cv"]} for r, v in per_rule.items()}}
            if compare_rules else {}),
     }
-    return Selection(rule, per_rule[rule]["weights"], metric, summary)
+    return Selection(rule, per_rule[rule]["weights"], summary)
+
+
+def describe_choice(weights: dict[str, float]) -> str:
+    """"trial a" for one trial; "trial a x 0.50, trial b x 0.50" for an ensemble."""
+    return ", ".join(f"trial {t}" + (f" x {w:.2f}" if len(weights) > 1 else "") for t, w in weights.items())
 
 
 def _named(ids: list[str], weights: np.ndarray) -> dict[str, float]:
@@ -394,11 +394,11 @@ def out_of_fold_comparison(subjects: Subjects, final: dict[str, np.ndarray], ref
 
 def trials_curve(store: OOFStore, ids: list[str], costs: list[float], base: str | None, rule: str, metric: str, *,
                  n_bootstrap: int, seed: int, ensemble_size: int = 20, guard_se: float = 1.0,
-                 points: int = 12) -> list[dict]:
-    """Best-so-far CV and the BBC-CV estimate of `rule` against the number of completed trials (the first t, in
-    the order they started), at up to `points` values of t."""
+                 means: list[float] | None = None, points: int = 12) -> list[dict]:
+    """Best-so-far CV (`means` as in `select`) and the BBC-CV estimate of `rule` against the number of completed
+    trials (the first t, in the order they started), at up to `points` values of t."""
     c = Candidates.of(store, ids, costs, base, metric, ensemble_size, guard_se)
-    means = c.scores[metric].mean(1)
+    means = np.asarray(c.scores[metric].mean(1) if means is None else means, dtype=float)
     sizes = sorted({int(round(t)) for t in np.geomspace(1, len(ids), min(points, len(ids)))} | {len(ids)})
     return [{"trials": t, "naive_best_cv": float(means[:t].max()), "n_bootstrap": n_bootstrap,
              **bbc_cv(c.head(t), rule, n_bootstrap, seed, (metric,))["estimate"][metric]} for t in sizes]
@@ -419,22 +419,21 @@ class TrialJudge:
     seed: int
     costs: dict[str, int] = field(default_factory=dict)
 
-    def select(self, trials: list, best=None, *, curve: bool = False, live: bool = False) -> tuple[Selection, list]:
+    def select(self, trials: list, *, curve: bool = False, live: bool = False) -> tuple[Selection, list]:
         """The final choice among the completed trials with every window scored, its BBC-CV estimate (and with
         `curve`, the estimate against the number of trials). `live`: the search's own rule only, on a fifth of
         the resamples (a partial report refreshed after every trial)."""
         s = self.settings
         ids, costs, base, seed = self._candidates(trials)
-        usable = [t for t in trials if t.trial_id in ids]
-        best = best if best is not None and best.trial_id in ids else max(usable, key=lambda t: t.mean)
+        means = [next(t.mean for t in trials if t.trial_id == i) for i in ids]
         n_bootstrap = max(100, s.bbc_bootstrap // 5) if live else s.bbc_bootstrap
         references = {k: v for k, v in (("base", base), ("seed", seed)) if v is not None}
         selection = select(self.store, ids, costs, base, s.select, s.metric, n_bootstrap=n_bootstrap, seed=self.seed,
-                           ensemble_size=s.ensemble_size, guard_se=s.guard_se, references=references,
-                           naive_best=(best.trial_id, best.mean), compare_rules=not live)
+                           ensemble_size=s.ensemble_size, guard_se=s.guard_se, references=references, means=means,
+                           compare_rules=not live)
         points = trials_curve(self.store, ids, costs, base, s.select, s.metric,
                               n_bootstrap=max(100, s.bbc_bootstrap // 5), seed=self.seed,
-                              ensemble_size=s.ensemble_size, guard_se=s.guard_se) if curve else []
+                              ensemble_size=s.ensemble_size, guard_se=s.guard_se, means=means) if curve else []
         return selection, points
 
     def choice(self, trials: list, rule: str) -> dict[str, float]:
@@ -448,7 +447,8 @@ class TrialJudge:
         """Completed trials with every window scored (ids, costs), and the base and seed trials among them."""
         usable = [t for t in trials if t.status == "completed" and self.store.complete(t.trial_id)]
         if not usable:
-            raise ValueError("no completed trial has out-of-fold predictions for every window")
+            raise UserError("no completed trial has out-of-fold predictions for every window (were its checkpoints "
+                            "lost?): start a new experiment")
         ids = [t.trial_id for t in usable]
         base = next((t.trial_id for t in usable if same_params(t.params, self.base_point)), None)
         seed = next((t.trial_id for t in usable if same_params(t.params, self.seed_point)), None)
@@ -458,5 +458,5 @@ class TrialJudge:
         if trial.trial_id not in self.costs:
             model = self.configs(trial.params).model
             n_inputs = min(model.n_features or self.n_features, self.n_features)
-            self.costs[trial.trial_id] = prediction_cost(model, n_inputs, len(self.store.class_names))
+            self.costs[trial.trial_id] = prediction_cost(model, n_inputs, len(self.store.class_names)) * model.ensemble
         return self.costs[trial.trial_id]

@@ -100,6 +100,17 @@ class ExperimentStorage:
             with self.fs.open_input_stream(f"{self.remote}/{relative}") as f, atomic_path(target) as tmp:
                 tmp.write_bytes(f.read())
 
+    def download_folder(self, relative: str) -> None:
+        """Fetch every file below the folder `relative` of the experiment's home (nothing when there is none)."""
+        if not self.remote_storage:
+            return
+        import pyarrow.fs
+
+        selector = pyarrow.fs.FileSelector(f"{self.remote}/{relative}", allow_not_found=True, recursive=True)
+        infos = self.fs.get_file_info(selector)
+        prefix = f"{self.remote}/"
+        self.download(*(i.path.removeprefix(prefix) for i in infos if i.type == pyarrow.fs.FileType.File))
+
     def check_writable(self) -> None:
         """Fail before any work when the experiment's home cannot be written."""
         if not self.remote_storage:

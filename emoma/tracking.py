@@ -3,6 +3,7 @@ with one child run per trial. A tracking URI that cannot be reached stops the co
 line); a failure later is reported once and tracking stops, never the run itself."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -111,6 +112,17 @@ class Tracker:
     def end(self, run_id: str | None, status: str = "FINISHED") -> None:
         if run_id:
             self._safe(self.client.set_terminated, run_id, status)
+
+
+def log_selection(tracker, run: str | None, summary: dict) -> None:
+    """The selection's estimates (BBC-CV, its interval, the naive best) on a run, at the step of the number of
+    completed trials it chose from, and the choice as tags."""
+    metrics = {f"{key}_{part}": value for key, b in summary.items() if key.startswith("bbc_cv")
+               for part, value in b.items() if part in ("estimate", "ci_low", "ci_high", "naive_best_cv")}
+    metrics |= {f"gain_bbc_cv_{name}_{m}": g["mean"] for name, by in summary.get("gain_bbc_cv", {}).items()
+                for m, g in by.items()}
+    tracker.log_metrics(run, metrics, step=summary["trials_completed"])
+    tracker.set_tags(run, {"selection.rule": summary["rule"], "selection.final": json.dumps(summary["final"]["weights"])})
 
 
 @contextmanager

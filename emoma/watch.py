@@ -126,14 +126,14 @@ class LiveResults(tune.Callback):
         from emoma.plots import plot_search_history
         from emoma.report import live_report, trials_table, write_csv
         from emoma.schedulers import read_stop_reasons
-        from emoma.select import checkpoint_oof
 
         record = self._record(trial)
         record.status = status
         if status == "pruned":
             record.stopped_by = read_stop_reasons(self.reasons_file).get(trial.trial_id, UNFINISHED)
         store = self.judge.store
-        store.add_trial(trial.trial_id, checkpoint_oof(trial.checkpoint))
+        base, _ = self._first_trials()
+        store.add_trial(trial.trial_id, checkpoint_oof(trial.checkpoint), baselines=trial.trial_id == base)
         written = store.save(self.storage.local, [t for t in [trial.trial_id] if t in store.trials])
         selection = self._selection()
         finished = [r for r in self.records.values() if r.status != "running"]
@@ -164,6 +164,18 @@ class LiveResults(tune.Callback):
         return summary
 
 
+def checkpoint_oof(checkpoint) -> dict:
+    """The out-of-fold predictions in a trial's (latest) Tune checkpoint ({} when it has none)."""
+    from pathlib import Path
+
+    from emoma.select import read_trial_oof
+
+    if checkpoint is None:
+        return {}
+    with checkpoint.as_directory() as folder:
+        return read_trial_oof(Path(folder))
+
+
 def read_trials(path) -> dict[str, TrialRecord]:
     """TrialRecords back from a trials.csv (to go on after a resume)."""
     import pandas as pd
@@ -186,10 +198,11 @@ def read_trials(path) -> dict[str, TrialRecord]:
 
 class MlflowTrials(tune.Callback):
     """One MLflow child run per trial under the search's parent run: its parameters, its per-fold scores as a
-    step series, its mean and its status (completed / pruned / error)."""
+    step series, its mean and its status (completed / pruned / error); on the parent run, the selection so far
+    (`search_metrics.json` as LiveResults wrote it) with the completed trials as the step."""
 
-    def __init__(self, tracker, parent_run: str | None, metric: str):
-        self.tracker, self.parent_run, self.metric = tracker, parent_run, metric
+    def __init__(self, tracker, parent_run: str | None, metric: str, folder):
+        self.tracker, self.parent_run, self.metric, self.folder = tracker, parent_run, metric, folder
         self.runs: dict[str, str | None] = {}
 
     def _run(self, trial) -> str | None:
@@ -220,3 +233,11 @@ class MlflowTrials(tune.Callback):
                                            "folds_done": last.get("folds_done", 0)})
         self.tracker.set_tags(run, {"status": status})
         self.tracker.end(run, "FAILED" if status == "error" else "FINISHED")
+        try:
+            summary = json.loads((self.folder / "search_metrics.json").read_text())
+        except (OSError, ValueError):
+            return
+        from emoma.tracking import log_selection
+
+        log_selection(self.tracker, self.parent_run, summary)
+

@@ -1,4 +1,6 @@
 """The manifest decides what a resumed experiment is; the command line may not contradict it."""
+import json
+
 import pytest
 
 from emoma.config import load_config
@@ -68,3 +70,9 @@ def test_a_manifest_written_before_a_setting_existed_resumes_with_its_default(ma
     check_resume(manifest, resumed(manifest), resumed(manifest), None, None)
     with pytest.raises(UserError, match="model.lstm_over was 'positions' when experiment m started"):
         check_resume(manifest, resumed(manifest, ["model.lstm_over=windows"]), None, None, None)
+
+
+def test_an_experiment_of_an_earlier_version_is_refused_with_one_line(manifest):
+    old = json.loads(manifest.to_json()) | {"version": 1}
+    with pytest.raises(UserError, match="earlier EmoMA \\(manifest version 1\\).*start a new experiment"):
+        Manifest.from_json(json.dumps(old), "old/manifest.json")

@@ -105,6 +105,14 @@ def test_resume_extends_explicitly_and_never_loops(cli, finished):
     assert resume(cli, finished, "e").returncode == 0  # and it resumes again without repeating --num-samples
 
 
+def test_a_resume_may_change_how_the_final_choice_is_made(cli, finished):
+    again = resume(cli, finished, "e", "--select", "ensemble")
+    assert again.returncode == 0, again.stderr
+    assert "search.select='ensemble' for the final choice (the experiment started with 'guard')" in again.stdout
+    assert json.loads((finished / "e" / "search_metrics.json").read_text())["rule"] == "ensemble"
+    assert "final choice (ensemble)" in again.stdout
+
+
 def test_epochs_and_set_fix_a_searched_key(cli, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("train.epochs: {choice: [20, 30]}\ntrain.lr: {float: [1e-3, 1e-2], log: true}\n"

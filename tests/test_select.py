@@ -33,16 +33,20 @@ def test_the_store_places_saves_and_loads_every_window(tmp_path):
     store, rng = empty_store()
     half = store.rows[: len(store.rows) // 2]
     proba = rng.random((len(half), 2))
-    store.add_trial("t1", {"rows": half[::-1], "proba": proba[::-1], "baseline_LDA": proba[::-1]})
+    store.add_trial("t1", {"rows": half[::-1], "proba": proba[::-1], "baseline_LDA": proba[::-1]}, baselines=True)
     assert np.allclose(store.trials["t1"][: len(half)], proba) and np.isnan(store.trials["t1"][len(half):]).all()
-    assert not store.complete("t1") and np.allclose(store.baselines["LDA"][: len(half)], proba)
-    store.add_trial("t2", {"rows": store.rows, "proba": rng.random((len(store.rows), 2))})
+    assert not store.complete("t1") and not store.baselines  # baselines only from a base trial that ran every fold
+    whole = rng.random((len(store.rows), 2))
+    store.add_trial("t2", {"rows": store.rows, "proba": whole, "baseline_LDA": whole}, baselines=True)
+    store.add_trial("t3", {"rows": store.rows, "proba": whole, "baseline_LDA": 1 - whole})  # not the base trial
     store.add_trial("never-ran", {})
-    assert store.complete("t2") and "never-ran" not in store.trials
+    assert store.complete("t2") and "never-ran" not in store.trials and np.allclose(store.baselines["LDA"], whole)
+    with pytest.raises(ValueError, match="not windows of this store"):
+        store.place(np.array([10_000]), whole[:1])
     store.save(tmp_path)
     back = OOFStore.load(tmp_path)
     assert back.class_names == store.class_names and (back.subjects == store.subjects).all()
-    assert set(back.trials) == {"t1", "t2"} and np.array_equal(back.trials["t1"], store.trials["t1"], equal_nan=True)
+    assert set(back.trials) == {"t1", "t2", "t3"} and np.array_equal(back.trials["t1"], store.trials["t1"], equal_nan=True)
     assert set(back.baselines) == {"LDA"}
     assert OOFStore.load(tmp_path / "nothing-here") is None
 

@@ -62,6 +62,8 @@ def test_a_running_search_can_be_watched_and_is_tracked(tmp_path):
     parent = parents[0]
     assert "holdout_final_macro_f1" in parent.data.metrics and parent.data.params["train.epochs"] == "12"
     assert {"bbc_cv_estimate", "bbc_cv_ci_low", "bbc_cv_accuracy_estimate"} <= set(parent.data.metrics)
+    live = client.get_metric_history(parent.info.run_id, "bbc_cv_estimate")  # logged after every finished trial
+    assert len({m.step for m in live}) >= 2 and max(m.step for m in live) == 4
     assert parent.data.tags["selection.rule"] == "guard" and json.loads(parent.data.tags["selection.final"])
     assert len(parent.data.tags["data.sha256"]) == 64
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
