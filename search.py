@@ -43,9 +43,9 @@ def parse_args(argv=None):
                         "subjects, else the base), ensemble (greedy ensemble selection); default search.select "
                         "of the config, guard")
     p.add_argument("--fidelity", choices=FIDELITIES,
-                   help="what trials train: low (one model per fold, no refit; the final model is retrained at the "
-                        "config's own settings) or full (the config's ensemble and refit); default search.fidelity "
-                        "of the config, low")
+                   help="what trials train: full (the config's ensemble and refit) or low (one model per fold, no "
+                        "refit: cheaper; the final model is still retrained at the config's own settings); default "
+                        "search.fidelity of the config, full")
     p.add_argument("--holdout", type=int, help="subjects held out of the search for the final test (default 3)")
     p.add_argument("--holdout-subjects", help="comma-separated subject ids to hold out, e.g. 2,5,11")
     p.add_argument("--outer", choices=("loso",), help="nested CV: the whole search once per held-out subject")

@@ -34,10 +34,10 @@ def chosen_trials(trials: list, points: list[dict], n: int) -> list:
     """The base and seed trials, the best three, and the rest of `n` spread evenly over the ranking."""
     ranked = sorted((t for t in trials if t.status == "completed"), key=lambda t: -t.mean)
     first = [t for t in ranked if any(same_params(t.params, p) for p in points)]
-    picked = list(dict.fromkeys(first + ranked[:3]))
-    rest = [t for t in ranked if t not in picked]
-    spread = [rest[int(i)] for i in np.linspace(0, len(rest) - 1, max(0, n - len(picked)))] if rest else []
-    return list(dict.fromkeys(picked + spread))
+    picked = {t.trial_id: t for t in first + ranked[:3]}
+    rest = [t for t in ranked if t.trial_id not in picked]
+    spread = [rest[int(round(i))] for i in np.linspace(0, len(rest) - 1, max(0, n - len(picked)))] if rest else []
+    return list({t.trial_id: t for t in [*picked.values(), *spread]}.values())
 
 
 def main():

@@ -109,8 +109,8 @@ class SearchConfig:
     max_failures: int = 2  # retries of a failed trial
     time_budget_s: float = 0.0  # end the search after this many seconds (running trials stop); 0 = no limit
     select: str = "guard"  # the final choice among completed trials: best | one-se | guard | ensemble (emoma.select)
-    fidelity: str = "low"  # trials train low (one model per fold, no refit) or full (the config's ensemble and refit)
-    bbc_bootstrap: int = 1000  # subject resamples of the BBC-CV estimate (the trials curve uses a fifth of them)
+    fidelity: str = "full"  # trials train full (the config's ensemble and refit) or low (one model per fold, no refit)
+    bbc_bootstrap: int = 1000  # subject resamples of the BBC-CV estimate (the trials curve and live ones: a fifth)
     ensemble_size: int = 20  # ensemble: greedy selection steps (with replacement; the best prefix is kept)
     guard_se: float = 1.0  # guard: a candidate replaces the base only when its paired gain exceeds this many SEs
 

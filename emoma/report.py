@@ -702,7 +702,8 @@ def write_nested_outputs(outer_folders: list[Path], out_dir: str | Path) -> Path
     class_names, metric = held[0]["class_names"], searched[0]["metric"]
     rows = [{"subject": h["subjects"][0], **h["models"]["final"], **{f"base_{m}": h["models"]["base"][m] for m in METRICS},
              **{f"seed_{m}": h["models"]["seed"][m] for m in METRICS}, "naive_best_cv": s["bbc_cv"]["naive_best_cv"],
-             "bbc_cv": s["bbc_cv"]["estimate"]} for h, s in zip(held, searched)]
+             "bbc_cv": s["bbc_cv"]["estimate"], "base_cv": math.nan if s.get("base_cv") is None else s["base_cv"]}
+            for h, s in zip(held, searched)]
     frame = pd.DataFrame(rows)
     confusion = np.sum([h["confusion_matrix"] for h in held], axis=0)
     summary = {m: {"mean": float(frame[m].mean()), "std": float(frame[m].std(ddof=0))} for m in METRICS}
@@ -740,7 +741,10 @@ def write_nested_outputs(outer_folders: list[Path], out_dir: str | Path) -> Path
         f"over {len(held)} outer folds. The mean difference says whether the estimate is biased; the absolute one "
         "mostly measures how much a single subject's score varies. The estimate scores the inner trials as they "
         f"trained (fidelity {searched[0]['fidelity']}, inner folds); the outer score, the final model retrained at "
-        "its own settings on every search subject: part of any difference is that gap.",
+        "its own settings on every search subject: part of any difference is that gap."
+        + (f" The base configuration, which no choice touched, shows that part alone: its inner CV minus its outer "
+           f"score, {calibration['base_mean_difference']:+.3f} on average." if calibration["base_mean_difference"]
+           is not None else ""),
         "",
         "The final model each outer fold chose (the parameters of its largest member):",
         "",
@@ -756,9 +760,12 @@ def write_nested_outputs(outer_folders: list[Path], out_dir: str | Path) -> Path
 
 def bbc_vs_outer(frame: pd.DataFrame, metric: str) -> dict:
     """Each outer fold's BBC-CV estimate against its outer score: {mean_difference, mean_abs_difference,
-    per_subject: {subject: {bbc_cv, outer, difference}}}."""
+    base_mean_difference (the base configuration's inner CV against its outer score), per_subject: {subject:
+    {bbc_cv, outer, difference}}}."""
     difference = frame["bbc_cv"] - frame[metric]
+    base = (frame["base_cv"] - frame[f"base_{metric}"]).dropna()
     return {"metric": metric, "mean_difference": float(difference.mean()),
             "mean_abs_difference": float(difference.abs().mean()),
+            "base_mean_difference": float(base.mean()) if len(base) else None,
             "per_subject": {str(r.subject): {"bbc_cv": float(r.bbc_cv), "outer": float(getattr(r, metric)),
                                              "difference": float(d)} for r, d in zip(frame.itertuples(), difference)}}

@@ -348,6 +348,9 @@ def select(store: OOFStore, ids: list[str], costs: list[float], base: str | None
     final_scores = c.subjects.scores(np.tensordot(choose(c, rule), c.proba, axes=1), metrics)
     summary = {
         "rule": rule, "metric": metric, "trials_completed": len(ids), "subjects": len(c.subjects), "base": base,
+        # the base configuration's own CV (mean over subjects): no choice in it, so whatever separates it from the
+        # base's score on new subjects is the CV's training sets and the trials' fidelity, not selection
+        "base_cv": None if base is None else float(c.scores[metric][ids.index(base)].mean()),
         "final": {"weights": per_rule[rule]["weights"], "cv": {m: float(final_scores[m].mean()) for m in metrics}},
         "naive_best": {"trial": ids[best], "cv": float(means[best])},
         # the naive best of the search metric as the search ranked it; of accuracy, the same trial's

@@ -66,7 +66,7 @@ def test_local_search_outputs_are_consistent(local_ray, tmp_path):
     metrics = json.loads((out / "search_metrics.json").read_text())
     assert set(metrics["bbc_cv"]) == {"metric", "estimate", "ci_low", "ci_high", "naive_best_cv", "n_bootstrap"}
     assert metrics["bbc_cv"]["naive_best_cv"] == pytest.approx(result.best.mean) and not metrics["partial"]
-    assert metrics["bbc_cv_accuracy"]["metric"] == "accuracy" and metrics["fidelity"] == "low"
+    assert metrics["bbc_cv_accuracy"]["metric"] == "accuracy" and metrics["fidelity"] == "full"
     store = OOFStore.load(out)
     assert {t.trial_id for t in result.completed} <= {t for t in store.trials if store.complete(t)}
     assert set(store.baselines) == {"LDA", "LogisticRegression", "RandomForest"}
@@ -94,18 +94,19 @@ def test_local_search_outputs_are_consistent(local_ray, tmp_path):
 
 
 def test_a_search_of_a_table_with_no_signal_is_estimated_at_chance(local_ray, tmp_path):
-    frame = make_frame(seed=2, windows_scale=0.5)
+    frame = make_frame(seed=2, windows_scale=0.3)  # few windows per subject: noisy subject scores
     frame["label"] = np.random.default_rng(0).permutation(frame["label"].to_numpy())  # labels carry no signal
     csv = tmp_path / "noise.csv"
     frame.to_csv(csv)
     config = smoke(tmp_path, f"data.path={csv}", "cv.folds=3", "search.num_samples=20", "search.max_concurrent=1",
                    "search.metric=balanced_accuracy", "train.metric=balanced_accuracy", "train.class_weights=true",
-                   "train.epochs=6", "search.bbc_bootstrap=500")
+                   "train.epochs=20", "model.dropout=0.0", "search.bbc_bootstrap=500")
     result = run_search(config, load_space(SMOKE_SPACE), config, storage_path=tmp_path / "exp", name="noise",
                         log=lambda *a: None)
     estimate = result.selection.summary["bbc_cv"]  # balanced accuracy: chance is 0.5 whatever a model predicts
-    assert len(result.completed) == 20 and estimate["naive_best_cv"] > 0.53
-    assert abs(estimate["estimate"] - 0.5) < 0.03 and estimate["ci_low"] < 0.5 < estimate["ci_high"]
+    assert len(result.completed) == 20
+    assert estimate["naive_best_cv"] > 0.515 and estimate["naive_best_cv"] - estimate["estimate"] > 0.02
+    assert abs(estimate["estimate"] - 0.5) < 0.02 and estimate["ci_low"] < 0.5 < estimate["ci_high"]
 
 
 def test_searched_normalisation_gets_one_plan_each_and_held_out_statistics(local_ray, tmp_path, monkeypatch):

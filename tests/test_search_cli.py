@@ -118,7 +118,7 @@ def test_epochs_and_set_fix_a_searched_key(cli, tmp_path):
     space.write_text("train.epochs: {choice: [20, 30]}\ntrain.lr: {float: [1e-3, 1e-2], log: true}\n"
                      "model.n_features: {int: [3, 8]}\n")
     proc = search(cli, tmp_path, "--name", "f", "--space", space, "--num-samples", 2, "--epochs", 1, "--cv", "group-kfold",
-                  "--folds", 2, "--set", "train.lr=3e-3", "--select", "one-se", "--fidelity", "full")
+                  "--folds", 2, "--set", "train.lr=3e-3", "--select", "one-se", "--fidelity", "low")
     assert proc.returncode == 0, proc.stderr
     assert "train.epochs fixed at 1 by the command line: not searched" in proc.stdout
     assert "train.lr fixed at 0.003" in proc.stdout
@@ -130,7 +130,7 @@ def test_epochs_and_set_fix_a_searched_key(cli, tmp_path):
     held = json.loads((tmp_path / "f" / "holdout_metrics.json").read_text())
     assert [m["epochs_run"] for m in held["final"]["members"]] == [1] * len(held["final"]["members"])
     metrics = json.loads((tmp_path / "f" / "search_metrics.json").read_text())
-    assert metrics["rule"] == "one-se" and metrics["fidelity"] == "full" and held["final"]["rule"] == "one-se"
+    assert metrics["rule"] == "one-se" and metrics["fidelity"] == "low" and held["final"]["rule"] == "one-se"
     assert "final choice (one-se)" in proc.stdout
 
 

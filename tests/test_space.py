@@ -77,5 +77,5 @@ def test_low_fidelity_trials_refuse_to_search_what_they_ignore():
 
     space = space_from_dict({"model.ensemble": {"choice": [1, 3]}}, load_config(None))
     with pytest.raises(UserError, match="model.ensemble: trials at search.fidelity=low train one model per fold"):
-        check_fidelity(space, load_config(None))
-    check_fidelity(space, load_config(None, ["search.fidelity=full"]))
+        check_fidelity(space, load_config(None, ["search.fidelity=low"]))
+    check_fidelity(space, load_config(None))  # full fidelity, the default: searching it means what it says
