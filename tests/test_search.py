@@ -146,12 +146,13 @@ def test_searched_normalisation_gets_one_plan_each_and_held_out_statistics(local
 
 
 def test_pruned_trials_never_win_and_optuna_hears_the_truth(local_ray, tmp_path):
-    # lr 1e-7 cannot learn in 3 epochs: after the seed trial (lr 0.01, 8 epochs) sets the bar at the first
-    # rung, ASHA stops such trials after their grace fold
+    # lr 1e-7 cannot learn in 3 epochs: after the base (lr 0.01, 3 epochs) and seed (lr 0.01, 8 epochs) trials
+    # set the bar at the first rung, ASHA stops such trials after their grace fold
     space_file = tmp_path / "space.yaml"
     space_file.write_text("train.lr: {choice: [0.01, 1.0e-7]}\nmodel.n_features: {int: [3, 8]}\n")
     config = smoke(tmp_path, "cv.folds=4", "search.num_samples=8", "search.prune=true", "search.grace_folds=1",
-                   "search.max_concurrent=1", "train.epochs=3", "search.pruner=asha", "search.fold_batch=1")
+                   "search.max_concurrent=1", "train.epochs=3", "train.lr=0.01", "model.n_features=5",
+                   "search.pruner=asha", "search.fold_batch=1")
     seed = load_config(SMOKE, ["train.lr=0.01", "model.n_features=8", "train.epochs=8"])
     result = run_search(config, load_space(space_file), seed, storage_path=tmp_path / "exp", name="p",
                         log=lambda *a: None)
@@ -298,9 +299,9 @@ def test_asha_never_stops_the_base_or_the_seed_configuration(tmp_path):
     assert scheduler.on_trial_result(None, good, {"folds_done": 1, "score": 0.9}) == "CONTINUE"
     assert scheduler.on_trial_result(None, base, {"folds_done": 1, "score": 0.3}) == "CONTINUE"
     assert scheduler.on_trial_result(None, seed, {"folds_done": 1, "score": 0.3}) == "CONTINUE"
-    # another configuration that scores as badly is stopped at the same rung
-    assert scheduler.on_trial_result(None, other, {"folds_done": 1, "score": 0.3, "decide": False}) == "CONTINUE"
-    assert scheduler.on_trial_result(None, other, {"folds_done": 1, "score": 0.3}) == "STOP"
+    # another configuration that scores worse is stopped at the same rung
+    assert scheduler.on_trial_result(None, other, {"folds_done": 1, "score": 0.2, "decide": False}) == "CONTINUE"
+    assert scheduler.on_trial_result(None, other, {"folds_done": 1, "score": 0.2}) == "STOP"
 
 
 def test_wilcoxon_pruner_compares_like_with_like(tmp_path):
