@@ -112,7 +112,8 @@ class SearchConfig:
     fidelity: str = "full"  # trials train full (the config's ensemble and refit) or low (one model per fold, no refit)
     bbc_bootstrap: int = 1000  # subject resamples of the BBC-CV estimate (the trials curve and live ones: a fifth)
     ensemble_size: int = 20  # ensemble: greedy selection steps (with replacement; the best prefix is kept)
-    guard_se: float = 1.0  # guard: a candidate replaces the base only when its paired gain exceeds this many SEs
+    guard_alpha: float = 0.05  # guard: the best replaces the base only when its paired gain is significant at this
+    # one-sided level, Bonferroni-corrected over the candidates
 
 
 @dataclass
@@ -262,7 +263,7 @@ def validate(config: Config) -> None:
         ("search.fidelity", config.search.fidelity in FIDELITIES, f"one of {', '.join(FIDELITIES)}"),
         ("search.bbc_bootstrap", config.search.bbc_bootstrap >= 100, "at least 100"),
         ("search.ensemble_size", config.search.ensemble_size >= 1, "at least 1"),
-        ("search.guard_se", config.search.guard_se >= 0, "0 or more"),
+        ("search.guard_alpha", 0 < config.search.guard_alpha < 1, "between 0 and 1"),
     ]
     for key, ok, rule in rules:
         if not ok:

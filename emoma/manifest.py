@@ -27,7 +27,7 @@ PACKAGES = ("emoma", "torch", "ray", "optuna", "numpy", "pandas", "scikit-learn"
 # computed. (Tune keeps a restored run's resources, concurrency, time budget and retries as they started.)
 RUNTIME_KEYS = ("train.device", "cv.jobs", "cv.cache_dir")
 # How the final choice is made from the trials' saved predictions: a resume may change it (it takes effect at the end).
-SELECTION_KEYS = ("search.select", "search.bbc_bootstrap", "search.ensemble_size", "search.guard_se")
+SELECTION_KEYS = ("search.select", "search.bbc_bootstrap", "search.ensemble_size", "search.guard_alpha")
 
 
 @dataclass

@@ -601,7 +601,8 @@ RULE_TEXT = {
     "one-se": "the cheapest trial within one standard error of the best mean, cheapest = fewest weights x context "
               "windows per prediction",
     "guard": "the best trial only where its mean paired gain over the base configuration on the same subjects "
-             "exceeds search.guard_se standard errors, else the base configuration",
+             "is significant (one-sided paired t, search.guard_alpha Bonferroni-corrected over the candidates), "
+             "else the base configuration",
     "ensemble": "ensemble selection (Caruana et al. 2004): greedy forward selection with replacement over the "
                 "trials' out-of-fold probabilities, the best prefix kept; its members retrained and averaged",
 }

@@ -5,9 +5,9 @@ training anything:
 
 - a selection rule picks the final model among the trials that completed every fold: `best` (the best mean,
   the classic choice); `one-se` (the cheapest trial within one standard error of the best, cheapest meaning
-  the fewest weights times windows read per prediction); `guard` (the best only where it beats the base
-  configuration on the same subjects by more than one standard error of their paired differences, else the
-  base); `ensemble` (Caruana et al. 2004: greedy forward selection with replacement of the trials whose
+  the fewest weights times windows read per prediction); `guard` (the best only where its paired gain over the base
+  configuration on the same subjects is significant, one-sided paired t at `search.guard_alpha` Bonferroni-
+  corrected over the candidates it was chosen from, else the base); `ensemble` (Caruana et al. 2004: greedy forward selection with replacement of the trials whose
   averaged probabilities score best, the best prefix kept);
 - BBC-CV (Tsamardinos, Greasidou and Borboudakis, Machine Learning 2018) estimates how the model that rule
   chooses scores on new subjects: whole subjects are bootstrapped, the rule chooses on the in-bag subjects,
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 
 from emoma.config import SELECTION_RULES, Config, SearchConfig
 from emoma.errors import UserError
@@ -186,22 +187,22 @@ class Candidates:
     subjects: Subjects
     metric: str
     ensemble_size: int = 20  # greedy steps of ensemble selection
-    guard_se: float = 1.0  # guard: standard errors of the paired difference a candidate must beat the base by
+    guard_alpha: float = 0.05  # guard: one-sided level of the paired test against the base, before Bonferroni
 
     def head(self, t: int) -> Candidates:
         """The first `t` candidates."""
         base = self.base if self.base is not None and self.base < t else None
         return Candidates(self.ids[:t], self.proba[:t], {m: v[:t] for m, v in self.scores.items()}, self.costs[:t],
-                          base, self.subjects, self.metric, self.ensemble_size, self.guard_se)
+                          base, self.subjects, self.metric, self.ensemble_size, self.guard_alpha)
 
     @classmethod
     def of(cls, store: OOFStore, ids: list[str], costs, base: str | None, metric: str, ensemble_size: int = 20,
-           guard_se: float = 1.0) -> Candidates:
+           guard_alpha: float = 0.05) -> Candidates:
         subjects = Subjects.of(store)
         proba = np.stack([store.trials[t] for t in ids])
         scores = subjects.scores(proba, tuple(dict.fromkeys((metric, "accuracy"))))
         return cls(list(ids), proba, scores, np.asarray(costs, dtype=float), ids.index(base) if base in ids else None,
-                   subjects, metric, ensemble_size, guard_se)
+                   subjects, metric, ensemble_size, guard_alpha)
 
 
 def _mean_se(values: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -227,8 +228,10 @@ def choose(c: Candidates, rule: str, w: np.ndarray | None = None) -> np.ndarray:
     elif rule == "guard":
         keep = best if c.base is None else c.base
         if c.base is not None and best != c.base:
+            # the best of many noisy candidates beats the base by chance: the test is corrected for all of them
             gain, gain_se = _mean_se(scores[best] - scores[c.base], w)
-            keep = best if gain > c.guard_se * gain_se else c.base
+            critical = stats.t.ppf(1 - c.guard_alpha / (len(c.ids) - 1), df=max(w.sum() - 1, 1))
+            keep = best if gain > critical * gain_se else c.base
         out[keep] = 1.0
     elif rule == "ensemble":
         out = _ensemble_selection(c, w)
@@ -321,7 +324,7 @@ class Selection:
 
 
 def select(store: OOFStore, ids: list[str], costs: list[float], base: str | None, rule: str, metric: str, *,
-           n_bootstrap: int, seed: int, ensemble_size: int = 20, guard_se: float = 1.0,
+           n_bootstrap: int, seed: int, ensemble_size: int = 20, guard_alpha: float = 0.05,
            references: dict[str, str] | None = None, means: list[float] | None = None,
            compare_rules: bool = True) -> Selection:
     """Apply `rule` to the completed trials `ids` (in the order they started) and estimate its choice.
@@ -333,7 +336,7 @@ def select(store: OOFStore, ids: list[str], costs: list[float], base: str | None
     `compare_rules`, every rule's choice and BBC-CV estimate is reported, so a search shows what the other
     rules would have chosen from the same trials.
     """
-    c = Candidates.of(store, ids, costs, base, metric, ensemble_size, guard_se)
+    c = Candidates.of(store, ids, costs, base, metric, ensemble_size, guard_alpha)
     metrics = tuple(c.scores)
     refs = [Reference(name, {m: c.scores[m][ids.index(t)] for m in metrics})
             for name, t in (references or {}).items() if t in ids]
@@ -396,11 +399,11 @@ def out_of_fold_comparison(subjects: Subjects, final: dict[str, np.ndarray], ref
 
 
 def trials_curve(store: OOFStore, ids: list[str], costs: list[float], base: str | None, rule: str, metric: str, *,
-                 n_bootstrap: int, seed: int, ensemble_size: int = 20, guard_se: float = 1.0,
+                 n_bootstrap: int, seed: int, ensemble_size: int = 20, guard_alpha: float = 0.05,
                  means: list[float] | None = None, points: int = 12) -> list[dict]:
     """Best-so-far CV (`means` as in `select`) and the BBC-CV estimate of `rule` against the number of completed
     trials (the first t, in the order they started), at up to `points` values of t."""
-    c = Candidates.of(store, ids, costs, base, metric, ensemble_size, guard_se)
+    c = Candidates.of(store, ids, costs, base, metric, ensemble_size, guard_alpha)
     means = np.asarray(c.scores[metric].mean(1) if means is None else means, dtype=float)
     sizes = sorted({int(round(t)) for t in np.geomspace(1, len(ids), min(points, len(ids)))} | {len(ids)})
     return [{"trials": t, "naive_best_cv": float(means[:t].max()), "n_bootstrap": n_bootstrap,
@@ -432,18 +435,18 @@ class TrialJudge:
         n_bootstrap = max(100, s.bbc_bootstrap // 5) if live else s.bbc_bootstrap
         references = {k: v for k, v in (("base", base), ("seed", seed)) if v is not None}
         selection = select(self.store, ids, costs, base, s.select, s.metric, n_bootstrap=n_bootstrap, seed=self.seed,
-                           ensemble_size=s.ensemble_size, guard_se=s.guard_se, references=references, means=means,
+                           ensemble_size=s.ensemble_size, guard_alpha=s.guard_alpha, references=references, means=means,
                            compare_rules=not live)
         points = trials_curve(self.store, ids, costs, base, s.select, s.metric,
                               n_bootstrap=max(100, s.bbc_bootstrap // 5), seed=self.seed,
-                              ensemble_size=s.ensemble_size, guard_se=s.guard_se, means=means) if curve else []
+                              ensemble_size=s.ensemble_size, guard_alpha=s.guard_alpha, means=means) if curve else []
         return selection, points
 
     def choice(self, trials: list, rule: str) -> dict[str, float]:
         """What `rule` chooses from these trials (trial id -> weight), without estimating it."""
         ids, costs, base, _ = self._candidates(trials)
         c = Candidates.of(self.store, ids, costs, base, self.settings.metric, self.settings.ensemble_size,
-                          self.settings.guard_se)
+                          self.settings.guard_alpha)
         return _named(ids, choose(c, rule))
 
     def _candidates(self, trials: list) -> tuple[list[str], list[int], str | None, str | None]:

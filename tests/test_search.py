@@ -100,9 +100,10 @@ def test_a_search_of_a_table_with_no_signal_is_estimated_at_chance(local_ray, tm
     frame.to_csv(csv)
     config = smoke(tmp_path, f"data.path={csv}", "cv.folds=3", "search.num_samples=20", "search.max_concurrent=1",
                    "search.metric=balanced_accuracy", "train.metric=balanced_accuracy", "train.class_weights=true",
-                   "train.epochs=20", "model.dropout=0.0", "search.bbc_bootstrap=500")
+                   "train.epochs=20", "model.dropout=0.0", "search.bbc_bootstrap=500", "search.select=best")
     result = run_search(config, load_space(SMOKE_SPACE), config, storage_path=tmp_path / "exp", name="noise",
                         log=lambda *a: None)
+    # best: the rule whose naive figure is the most optimistic (every rule at chance: tests/test_select.py)
     estimate = result.selection.summary["bbc_cv"]  # balanced accuracy: chance is 0.5 whatever a model predicts
     assert len(result.completed) == 20
     assert estimate["naive_best_cv"] > 0.515 and estimate["naive_best_cv"] - estimate["estimate"] > 0.02
