@@ -39,9 +39,9 @@ def parse_args(argv=None):
                                                      "against the best trial on the same folds")
     p.add_argument("--select", choices=SELECTION_RULES,
                    help="the final choice among completed trials: best (best mean), one-se (cheapest within one SE "
-                        "of the best), guard (the best only if its gain over the base configuration on "
-                        "the same subjects is significant after correction for the candidates, else the base), ensemble (greedy ensemble selection); default search.select "
-                        "of the config, guard")
+                        "of the best), guard (the best only if its gain over the base configuration on the same "
+                        "subjects is significant after correction for the candidates, else the base), ensemble "
+                        "(greedy ensemble selection); default search.select of the config, guard")
     p.add_argument("--fidelity", choices=FIDELITIES,
                    help="what trials train: full (the config's ensemble and refit) or low (one model per fold, no "
                         "refit: cheaper; the final model is still retrained at the config's own settings); default "

@@ -21,7 +21,9 @@ from emoma.data import Table
 from emoma.errors import UserError
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 2  # 2: trials keep their out-of-fold predictions; the base configuration runs first
+# 2: trials keep their out-of-fold predictions; the base configuration runs first. 3: search.guard_alpha (the
+# guard's corrected test) replaces search.guard_se, so a version-2 run would resume under another rule.
+MANIFEST_VERSION = 3
 PACKAGES = ("emoma", "torch", "ray", "optuna", "numpy", "pandas", "scikit-learn", "scipy")
 # What may change when an experiment is resumed, and takes effect: where trials train and how the plan is
 # computed. (Tune keeps a restored run's resources, concurrency, time budget and retries as they started.)
@@ -60,8 +62,9 @@ class Manifest:
         except (ValueError, TypeError) as err:
             raise UserError(f"{where} is not an EmoMA manifest ({type(err).__name__}): it cannot be resumed") from None
         if manifest.version < MANIFEST_VERSION:
-            raise UserError(f"{where} was written by an earlier EmoMA (manifest version {manifest.version}), whose "
-                            "trials kept no out-of-fold predictions: it cannot be resumed; start a new experiment")
+            raise UserError(f"{where} was written by an earlier EmoMA (manifest version {manifest.version}, "
+                            f"this one writes {MANIFEST_VERSION}), whose trials or settings differ from this version's: "
+                            "it cannot be resumed; start a new experiment")
         return manifest
 
     def base_config(self) -> Config:

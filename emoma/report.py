@@ -619,6 +619,17 @@ def _members_text(result: SearchResult, held: dict) -> str:
     return "; ".join(parts)
 
 
+def _guard_lines(metrics: dict) -> list[str]:
+    """The guard's test on every search subject, whatever the rule: would the best mean have replaced the base?"""
+    g = metrics.get("guard")
+    if g is None:
+        return []
+    verdict = "replaces the base" if g["replaced"] else "does not replace the base"
+    return ["", f"Guard's test: the best mean (trial {g['best']}) against the base on the same subjects, gain "
+                f"{g['gain']:+.3f} (SE {g['se']:.3f}), t = {g['t']:.2f} against {g['critical']:.2f} (one-sided, alpha "
+                f"{g['alpha']} Bonferroni-corrected over {g['candidates']} candidates): it {verdict}."]
+
+
 def selection_sections(result: SearchResult, metrics: dict) -> list[str]:
     """The final choice, its BBC-CV estimate, the other rules, and whether the search helped."""
     m = result.metric
@@ -663,6 +674,7 @@ def selection_sections(result: SearchResult, metrics: dict) -> list[str]:
         + "It corrects for the choice among the trials, not for how they came to be: the sampler proposed and the "
           "pruner removed configurations having seen every search subject, so the estimate may still lean "
           "optimistic; a nested search (`--outer loso`) measures how far (its report's BBC-CV against outer scores).",
+        *_guard_lines(metrics),
         *([f"**Note: the base configuration's trial did not complete, so `{result.selection.rule}` had no base to "
            "keep and took the best mean.**"] if metrics["base"] is None and result.selection.rule == "guard" else []),
         "",
@@ -694,6 +706,8 @@ def selection_sections(result: SearchResult, metrics: dict) -> list[str]:
         "![BBC-CV against trials](bbc_curve.png)",
         "",
     ]
+
+
 def write_nested_outputs(outer_folders: list[Path], out_dir: str | Path) -> Path:
     """nested_metrics.json, confusion_matrix.png and report.md over the outer folds of a nested search, read from
     each outer fold's holdout_metrics.json, search_metrics.json and holdout_predictions.csv."""

@@ -5,10 +5,12 @@ training anything:
 
 - a selection rule picks the final model among the trials that completed every fold: `best` (the best mean,
   the classic choice); `one-se` (the cheapest trial within one standard error of the best, cheapest meaning
-  the fewest weights times windows read per prediction); `guard` (the best only where its paired gain over the base
-  configuration on the same subjects is significant, one-sided paired t at `search.guard_alpha` Bonferroni-
-  corrected over the candidates it was chosen from, else the base); `ensemble` (Caruana et al. 2004: greedy forward selection with replacement of the trials whose
-  averaged probabilities score best, the best prefix kept);
+  the fewest weights times windows read per prediction, times ensemble members); `guard` (the best only where
+  its paired gain over the base configuration on the same subjects is significant, one-sided paired t at
+  `search.guard_alpha` Bonferroni-corrected over the candidates it was chosen from, else the base);
+  `ensemble` (Caruana et al. 2004: greedy forward selection with replacement of the trials whose averaged
+  probabilities score best, the best prefix kept). Inside a bootstrap resample, `best`, `one-se` and
+  `ensemble` weigh a subject by how often it was drawn; the guard's test counts each drawn subject once;
 - BBC-CV (Tsamardinos, Greasidou and Borboudakis, Machine Learning 2018) estimates how the model that rule
   chooses scores on new subjects: whole subjects are bootstrapped, the rule chooses on the in-bag subjects,
   and its choice is scored on the out-of-bag subjects, which took no part in that choice.
@@ -31,7 +33,7 @@ from scipy import stats
 from emoma.config import SELECTION_RULES, Config, SearchConfig
 from emoma.errors import UserError
 from emoma.files import atomic_path
-from emoma.metrics import CONFIDENCE, holm, metrics_from_confusion, paired_wilcoxon
+from emoma.metrics import CONFIDENCE, MIN_TEST_SUBJECTS, holm, metrics_from_confusion, paired_wilcoxon
 from emoma.model import prediction_cost
 from emoma.space import same_params
 
@@ -213,6 +215,26 @@ def _mean_se(values: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return mean, np.sqrt(var / n)
 
 
+def guard_test(c: Candidates, w: np.ndarray | None = None) -> dict | None:
+    """The guard's test of the best mean (subjects weighted by `w`) against the base on the same subjects; None
+    where there is nothing to test (no base, or the base is the best).
+
+    The best of many noisy candidates beats the base by chance, so the one-sided paired t is Bonferroni-corrected
+    over the other candidates. It runs over the distinct subjects drawn: a subject drawn twice is not a second
+    independent pair, and counting it twice would shrink the standard error below the truth."""
+    w = np.ones(len(c.subjects)) if w is None else w
+    scores = c.scores[c.metric]
+    best = int(np.argmax(_mean_se(scores, w)[0]))
+    if c.base is None or best == c.base:
+        return None
+    drawn = (w > 0).astype(float)
+    gain, se = (float(v) for v in _mean_se(scores[best] - scores[c.base], drawn))
+    critical = float(stats.t.ppf(1 - c.guard_alpha / (len(c.ids) - 1), df=max(drawn.sum() - 1, 1)))
+    t = gain / se if se > 0 else (math.inf if gain > 0 else 0.0)
+    return {"alpha": c.guard_alpha, "candidates": len(c.ids) - 1, "best": c.ids[best], "gain": gain, "se": se,
+            "t": t, "critical": critical, "replaced": bool(t > critical)}
+
+
 def choose(c: Candidates, rule: str, w: np.ndarray | None = None) -> np.ndarray:
     """(T,) weights of the trials `rule` chooses on the subjects weighted by `w` (S,) (default: each once)."""
     w = np.ones(len(c.subjects)) if w is None else w
@@ -226,13 +248,8 @@ def choose(c: Candidates, rule: str, w: np.ndarray | None = None) -> np.ndarray:
         eligible = np.flatnonzero(mean >= mean[best] - se[best] - 1e-12)
         out[eligible[np.lexsort((-mean[eligible], c.costs[eligible]))[0]]] = 1.0
     elif rule == "guard":
-        keep = best if c.base is None else c.base
-        if c.base is not None and best != c.base:
-            # the best of many noisy candidates beats the base by chance: the test is corrected for all of them
-            gain, gain_se = _mean_se(scores[best] - scores[c.base], w)
-            critical = stats.t.ppf(1 - c.guard_alpha / (len(c.ids) - 1), df=max(w.sum() - 1, 1))
-            keep = best if gain > critical * gain_se else c.base
-        out[keep] = 1.0
+        test = guard_test(c, w)
+        out[best if test is None or test["replaced"] else c.base] = 1.0
     elif rule == "ensemble":
         out = _ensemble_selection(c, w)
     else:
@@ -363,6 +380,7 @@ def select(store: OOFStore, ids: list[str], costs: list[float], base: str | None
             "n_bootstrap": per_rule[rule]["n_bootstrap"]} for m in metrics},
         "gain_bbc_cv": per_rule[rule]["gain"],
         "out_of_fold": out_of_fold_comparison(c.subjects, final_scores, refs, metrics),
+        "guard": guard_test(c),
         **({"rules": {r: {"weights": v["weights"], "bbc_cv": v["bbc_cv"]} for r, v in per_rule.items()}}
            if compare_rules else {}),
     }
@@ -382,14 +400,16 @@ def out_of_fold_comparison(subjects: Subjects, final: dict[str, np.ndarray], ref
                            metrics: tuple[str, ...]) -> dict:
     """The final choice against each reference on the search subjects' out-of-fold predictions: per-subject
     scores, the mean paired difference with a bootstrap interval over subjects, and Wilcoxon p-values
-    Holm-corrected over the references (optimistic for the final choice, which was made on these subjects)."""
+    Holm-corrected over the references (optimistic for the final choice, which was made on these subjects); with
+    fewer than MIN_TEST_SUBJECTS subjects, no tests (NaN)."""
     rng = np.random.default_rng(0)
     names = [str(s) for s in subjects.names]
     out = {"per_subject": {name: {m: dict(zip(names, map(float, scores[m]))) for m in metrics}
                            for name, scores in [("final", final), *((r.name, r.scores) for r in refs)]},
            "against": {r.name: {} for r in refs}}
     for m in metrics:
-        tests = [paired_wilcoxon(final[m], r.scores[m]) for r in refs]
+        tests = [paired_wilcoxon(final[m], r.scores[m]) if len(names) >= MIN_TEST_SUBJECTS
+                 else {"p_value": math.nan, "n": len(names)} for r in refs]
         for r, test, p_holm in zip(refs, tests, holm([t["p_value"] for t in tests])):
             diff = final[m] - r.scores[m]
             boot = diff[rng.integers(0, len(diff), (2000, len(diff)))].mean(1)

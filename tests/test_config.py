@@ -35,6 +35,8 @@ def test_int_is_accepted_for_float():
     (["train.epochs=0"], "config train.epochs=0 is invalid: it must be at least 1"),
     (["cv.scheme=random"], "cv.scheme='random' is invalid: it must be one of loso"),
     (["model.kernel_size=4"], "model.kernel_size=4 is invalid"),
+    (["search.guard_alpha=0"], "search.guard_alpha=0.0 is invalid: it must be between 0 and 1"),
+    (["search.guard_alpha=1.5"], "search.guard_alpha=1.5 is invalid: it must be between 0 and 1"),
     (["nonsense"], "expected key=value"),
 ])
 def test_bad_values_name_the_key(overrides, message):

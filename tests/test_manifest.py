@@ -73,6 +73,8 @@ def test_a_manifest_written_before_a_setting_existed_resumes_with_its_default(ma
 
 
 def test_an_experiment_of_an_earlier_version_is_refused_with_one_line(manifest):
-    old = json.loads(manifest.to_json()) | {"version": 1}
-    with pytest.raises(UserError, match="earlier EmoMA \\(manifest version 1\\).*start a new experiment"):
-        Manifest.from_json(json.dumps(old), "old/manifest.json")
+    for version in (1, 2):  # 2: before the guard's corrected test (search.guard_se)
+        old = json.loads(manifest.to_json()) | {"version": version}
+        with pytest.raises(UserError, match=f"earlier EmoMA \\(manifest version {version}, this one writes 3\\)"
+                                            ".*start a new experiment"):
+            Manifest.from_json(json.dumps(old), "old/manifest.json")

@@ -140,6 +140,9 @@ def test_searched_normalisation_gets_one_plan_each_and_held_out_statistics(local
     report = (out / "report.md").read_text()
     assert "Scores only: 3 subjects are too few" in report and "roc_auc" in report
     assert "BBC-CV estimate of the final model's macro_f1 on new subjects" in report
+    guard = result.selection.summary["guard"]  # None where the base has the best mean
+    if guard is not None:
+        assert "Guard's test" in report and guard["replaced"] == (next(iter(result.selection.weights)) == guard["best"])
     model, bundle = load_model(out / "final_model.pt")
     final = result.final_configs[next(iter(result.selection.weights))]
     assert bundle["config"]["data"]["subject_norm"] == final.data.subject_norm

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from emoma.metrics import holm, score
-from emoma.select import Candidates, OOFStore, Subjects, bbc_cv, choose, select, trials_curve
+from emoma.select import Candidates, OOFStore, Subjects, bbc_cv, choose, guard_test, select, trials_curve
 
 N_SUBJECTS, WINDOWS = 12, 40
 
@@ -117,6 +117,28 @@ def test_guard_is_corrected_for_the_number_of_candidates():
     assert gain.mean() > 2 * gain.std(ddof=1) / np.sqrt(N_SUBJECTS)
     assert np.flatnonzero(choose(c, "guard")) == [0]
     assert np.flatnonzero(choose(scored([base, rows[best]]), "guard")) == [1]  # alone, the same gain would pass
+
+
+def test_guard_inside_a_resample_replaces_the_base_no_more_often_than_its_level():
+    # 20 candidates exactly as good as the base in truth: in resamples of the subjects, the guard's test (on the
+    # distinct subjects drawn) must replace the base at about alpha or less, not count a subject drawn twice twice
+    rng = np.random.default_rng(2)
+    replaced, runs = 0, 300
+    for _ in range(runs):
+        base = 0.8 + rng.normal(0, 0.1, N_SUBJECTS)
+        c = scored([base] + [base + rng.normal(0, 0.05, N_SUBJECTS) for _ in range(20)])
+        w = np.bincount(rng.integers(0, N_SUBJECTS, N_SUBJECTS), minlength=N_SUBJECTS).astype(float)
+        replaced += choose(c, "guard", w)[0] == 0
+    assert replaced / runs <= 2 * c.guard_alpha
+
+
+def test_guard_records_its_decision():
+    base = 0.8 + np.random.default_rng(0).normal(0, 0.1, N_SUBJECTS)
+    steady = base + 0.01 + 0.005 * np.tile([-1.0, 1.0], N_SUBJECTS // 2)
+    test = guard_test(scored([base, steady]))
+    assert test["best"] == "t1" and test["replaced"] and test["candidates"] == 1
+    assert test["gain"] == pytest.approx(0.01) and test["t"] > test["critical"]
+    assert guard_test(scored([steady, base])) is None  # the base is the best: nothing to test
 
 
 def test_ensemble_selection_averages_trials_that_are_right_on_different_subjects():
