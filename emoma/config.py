@@ -222,6 +222,10 @@ def validate(config: Config) -> None:
         ("cv.jobs", config.cv.jobs >= 0, "0 (one per core) or more"),
         ("cv.trainer", config.cv.trainer in TRAINERS, f"one of {', '.join(TRAINERS)}"),
         ("model.context", config.model.context >= 1, "at least 1 (1 = the current window only)"),
+        ("model.context", config.model.context == 1 or config.cv.scheme != "kfold",
+         "1 under cv.scheme=kfold (neighbouring windows share all but one context window and nearly always the "
+         "label, so row-wise folds put most of a test window's context in training): use a subject-wise "
+         "cv.scheme such as loso"),
         ("model.smooth", config.model.smooth >= 1, "at least 1 (1 = no smoothing)"),
         ("model.smooth", config.model.smooth == 1 or config.cv.scheme != "kfold",
          "1 under cv.scheme=kfold (a window's predecessors are mostly training rows there, and smoothing reads "

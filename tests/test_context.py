@@ -156,7 +156,9 @@ def test_smoothing_changes_only_the_scored_probabilities(small_table, smoke_conf
         np.testing.assert_allclose(smoothed.baseline_proba[name], smooth_probabilities(proba, fold.test, starts, 4))
     assert not np.allclose(smoothed.proba, plain.proba)
     with pytest.raises(UserError, match="model.smooth=4 is invalid: it must be 1 under cv.scheme=kfold"):
-        apply_overrides(config, {"model.smooth": 4, "cv.scheme": "kfold"})
+        apply_overrides(config, {"model.smooth": 4, "model.context": 1, "cv.scheme": "kfold"})
+    with pytest.raises(UserError, match="model.context=4 is invalid: it must be 1 under cv.scheme=kfold"):
+        apply_overrides(config, {"model.context": 4, "cv.scheme": "kfold"})
 
 
 def test_baselines_read_exactly_the_models_inputs(small_table, smoke_config, monkeypatch):

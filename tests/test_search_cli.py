@@ -142,6 +142,19 @@ def test_folds_without_a_k_fold_protocol_is_an_error(cli, tmp_path):
     one_error_line(proc, "use --cv group-kfold --folds 3")
 
 
+def test_context_under_row_wise_folds_is_refused(cli, tmp_path):
+    # neighbouring windows share their context: row-wise folds would put a test window's context in training
+    one_error_line(search(cli, tmp_path, "--cv", "kfold", "--folds", 3, "--set", "model.context=3"),
+                   "model.context=3 is invalid: it must be 1 under cv.scheme=kfold")
+    space = tmp_path / "space.yaml"
+    space.write_text("model.context: {choice: [1, 3]}\n")
+    one_error_line(cli("--config", SMOKE, "--space", space, "--seed-config", SMOKE, "--storage-path", tmp_path,
+                       "--cv", "kfold", "--folds", 3, "--name", "k"),
+                   "model.context: value 3 is not allowed (config model.context=3 is invalid: it must be 1 under "
+                   "cv.scheme=kfold")
+    assert not list((tmp_path / "k").glob("trial_*"))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--gpus-per-trial", 1], "--gpus-per-trial 1 cannot be met: no node of the cluster has a GPU"),
     (["--cpus-per-trial", 64], "--cpus-per-trial 64 is more than any node of the cluster has"),
