@@ -114,6 +114,8 @@ class SearchConfig:
     ensemble_size: int = 20  # ensemble: greedy selection steps (with replacement; the best prefix is kept)
     guard_alpha: float = 0.05  # guard: the best replaces the base only when its paired gain is significant at this
     # one-sided level, Bonferroni-corrected over the candidates
+    sampler_seed: int | None = None  # the TPE sampler's seed (null: the config's seed); each outer fold of a nested
+    # search gets its own, drawn from the seed and its subject, so outer folds search rather than replay one draw
 
 
 @dataclass
@@ -273,6 +275,11 @@ def validate(config: Config) -> None:
         if not ok:
             value = get_dotted(config, key)
             raise UserError(f"config {key}={value!r} is invalid: it must be {rule}")
+
+
+def sampler_seed(config: Config) -> int:
+    """The seed of the experiment's first Optuna sampler (a later run of it adds its index)."""
+    return config.seed if config.search.sampler_seed is None else config.search.sampler_seed
 
 
 def read_yaml(path: Path, what: str = "config file") -> dict:

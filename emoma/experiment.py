@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import functools
 import json
+import zlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
-from emoma.config import Config, apply_overrides, flatten, get_dotted, load_config
+from emoma.config import Config, apply_overrides, flatten, get_dotted, load_config, sampler_seed
 from emoma.data import load_table
 from emoma.errors import Interrupted, UserError
 from emoma.files import write_atomic
@@ -183,6 +185,12 @@ def log_search_run(tracking, result) -> None:
     tracker.end(parent)
 
 
+def outer_sampler_seed(seed: int, subject: str) -> int:
+    """An outer fold's sampler seed: the same for the same seed and subject in every process, different across
+    subjects."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(str(subject).encode())]).generate_state(1)[0] % 2**31)
+
+
 def nested_search(settings: SearchSettings, *, address=None, verbose=False, log=say):
     """Nested CV: the whole search once per subject, that subject held out; each outer fold writes its outputs
     as soon as it finishes, and --resume skips finished outer folds, resumes the interrupted one, starts the rest."""
@@ -221,7 +229,8 @@ def nested_search(settings: SearchSettings, *, address=None, verbose=False, log=
         started = outer.exists(MANIFEST_FILE)
         log(f"outer fold {subject} ({len(finished) + 1}/{len(subjects)}): "
             f"{'resuming' if started else 'starting'} the search with subject {subject} held out")
-        outer_config = apply_overrides(config, {"search.holdout_subjects": [subject]})
+        outer_config = apply_overrides(config, {"search.holdout_subjects": [subject],
+                                                "search.sampler_seed": outer_sampler_seed(sampler_seed(config), subject)})
         result = _interruptible(lambda: run_search(
             outer_config, settings.space, settings.seed_config, storage_path=root.uri, name=f"outer-{subject}",
             address=address, resume=started, verbose=verbose, log=log), settings, "--outer loso ")

@@ -31,7 +31,7 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 from ray.util.joblib import register_ray
 
-from emoma.config import Config, apply_overrides, at_fidelity, flatten
+from emoma.config import Config, apply_overrides, at_fidelity, flatten, sampler_seed
 from emoma.context import check_context, normalise_subjects, order_notes, window_length
 from emoma.cv import run_folds_batched, table_context
 from emoma.data import Table, load_table
@@ -430,7 +430,7 @@ def _run_tune(exp: Experiment, config: Config, space: dict, trainable, judge: Tr
             _refresh_scheduler(tuner._local_tuner._tune_config.scheduler, storage)
         else:
             tuner = _new_tuner(storage, config, space, exp.first_points, i == 0, trainable, resources, run,
-                               len(manifest.fold_order), verbose, watchers, seed=config.seed + i)
+                               len(manifest.fold_order), verbose, watchers, seed=sampler_seed(config) + i)
         try:
             with _own_signal_handlers():
                 grid = tuner.fit()

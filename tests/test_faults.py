@@ -12,8 +12,11 @@ import time
 import pandas as pd
 import pytest
 
+from emoma.config import load_config
 from emoma.errors import exit_on_user_error, sigterm_as_ctrl_c
+from emoma.experiment import outer_sampler_seed
 from emoma.synthetic import make_frame
+from emoma.watch import read_trials
 
 from conftest import ROOT, interruptible
 
@@ -165,7 +168,7 @@ def test_sigterm_reaches_the_sigint_handler_in_place_even_where_sigint_is_ignore
 def test_an_interrupted_nested_search_resumes_where_it_stopped(tmp_path):
     csv = tmp_path / "four.csv"
     make_frame(seed=3, subjects=(2, 3, 4, 5), windows_scale=0.3).to_csv(csv)
-    command = search_command(tmp_path, "n", "--outer", "loso", "--num-samples", 1, "--data", csv,
+    command = search_command(tmp_path, "n", "--outer", "loso", "--num-samples", 2, "--data", csv,
                              "--set", "train.epochs=30")
     proc = subprocess.Popen(interruptible(command), cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (tmp_path / "n" / "outer-3" / "manifest.json").is_file(), proc)
@@ -183,6 +186,13 @@ def test_an_interrupted_nested_search_resumes_where_it_stopped(tmp_path):
     assert (tmp_path / "n" / "outer-2" / "holdout_predictions.csv").stat().st_mtime_ns == finished
     nested = json.loads((tmp_path / "n" / "nested_metrics.json").read_text())
     assert [row["subject"] for row in nested["outer_folds"]] == ["2", "3", "4", "5"]
+    # each outer fold searches with its own sampler seed (kept on resume), so their sampled trials differ
+    seeds = {s: json.loads((tmp_path / "n" / f"outer-{s}" / "manifest.json").read_text())["config"]["search"]
+             ["sampler_seed"] for s in "2345"}
+    assert seeds == {s: outer_sampler_seed(0, s) for s in "2345"} and len(set(seeds.values())) == 4
+    sampled = [{t.params["train.lr"] for t in read_trials(tmp_path / "n" / f"outer-{s}" / "trials.csv").values()}
+               - {load_config(SMOKE).train.lr} for s in "2345"]  # the base trial is the same everywhere
+    assert [len(lrs) for lrs in sampled] == [1] * 4 and len(set.union(*sampled)) == 4
 
 
 @pytest.fixture
