@@ -19,6 +19,8 @@ from emoma.config import METRICS
 BOOTSTRAP_RESAMPLES = 10_000
 CONFIDENCE = 0.95
 MIN_TEST_SUBJECTS = 6  # the fewest subjects with which a two-sided Wilcoxon signed-rank test can reach p < 0.05
+MIN_HOLDOUT_SUBJECTS = 8  # a search's hold-out below this gets scores only: over so few subjects a BCa interval is
+# unstable and a Wilcoxon test barely reaches p < 0.05 (nested CV gives intervals instead)
 
 
 def score(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[dict[str, float], np.ndarray]:
@@ -174,7 +176,7 @@ class EpochSelector:
 
 
 def evaluate(groups: np.ndarray, y_true: np.ndarray, probas: dict[str, np.ndarray], class_names: list[str],
-             reference: str = "CNN-LSTM", seed: int = 0) -> dict:
+             reference: str = "CNN-LSTM", seed: int = 0, min_subjects: int = MIN_TEST_SUBJECTS) -> dict:
     """Everything a paper reports of one set of test predictions per model, and paired tests over subjects.
 
     Parameters
@@ -186,13 +188,13 @@ def evaluate(groups: np.ndarray, y_true: np.ndarray, probas: dict[str, np.ndarra
     Returns
     -------
     {"models": {name: {"pooled", "confusion_matrix", "per_class", "auc", "subjects", "ci"}},
-     "wilcoxon": {"reference": reference, "against": {name: {metric: test}}}, "tests": bool}
+     "wilcoxon": {"reference": reference, "against": {name: {metric: test}}}, "tests": bool, "min_subjects": int}
 
-    With fewer than MIN_TEST_SUBJECTS subjects there are scores only: no intervals (NaN) and no tests. The
+    With fewer than `min_subjects` subjects there are scores only: no intervals (NaN) and no tests. The
     tests' p-values are Holm-corrected over the models compared (`p_holm`).
     """
     n_classes = len(class_names)
-    tests = len(np.unique(groups)) >= MIN_TEST_SUBJECTS
+    tests = len(np.unique(groups)) >= min_subjects
     models = {}
     for name, proba in probas.items():
         pred = proba.argmax(1)
@@ -215,4 +217,5 @@ def evaluate(groups: np.ndarray, y_true: np.ndarray, probas: dict[str, np.ndarra
         for m in METRICS:
             for name, p_holm in zip(against, holm([against[n][m]["p_value"] for n in against])):
                 against[name][m]["p_holm"] = p_holm
-    return {"models": models, "wilcoxon": {"reference": reference, "against": against}, "tests": tests}
+    return {"models": models, "wilcoxon": {"reference": reference, "against": against}, "tests": tests,
+            "min_subjects": min_subjects}

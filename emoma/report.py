@@ -16,7 +16,7 @@ from emoma.cv import METRICS, CVResult
 from emoma.data import Table
 from emoma.files import atomic_path, write_atomic
 from emoma.folds import FoldPlan
-from emoma.metrics import MIN_TEST_SUBJECTS, evaluate, per_subject
+from emoma.metrics import MIN_HOLDOUT_SUBJECTS, MIN_TEST_SUBJECTS, evaluate, per_subject
 from emoma.plots import plot_bbc_curve, plot_confusion, plot_importances, plot_learning_curves, plot_search_history
 from emoma.select import describe_choice
 from emoma.space import describe
@@ -236,7 +236,8 @@ def markdown_report(result: CVResult, table: Table, plan: FoldPlan, config: Conf
     return "\n".join(lines)
 
 
-def evaluation_sections(evaluation: dict, class_names: list[str], heading: str = "##") -> list[str]:
+def evaluation_sections(evaluation: dict, class_names: list[str], heading: str = "##",
+                        scores_only_hint: str = "") -> list[str]:
     """Markdown of `emoma.metrics.evaluate`: over subjects with CIs, paired tests, AUCs, per class, per subject."""
     models = evaluation["models"]
     n = next(iter(models.values()))["ci"]["accuracy"]["n"]
@@ -279,8 +280,9 @@ def evaluation_sections(evaluation: dict, class_names: list[str], heading: str =
         ]
         over = f"{heading} Over subjects ({n}): mean with bootstrap 95 % CI; pooled AUCs"
     else:
-        test_lines = [f"Scores only: {n} subjects are too few for intervals and paired tests (a two-sided Wilcoxon "
-                      f"signed-rank test needs {MIN_TEST_SUBJECTS} to reach p < 0.05).", ""]
+        test_lines = [f"Scores only: {n} subjects are too few for intervals and paired tests (this report needs "
+                      f"{evaluation['min_subjects']}; a two-sided Wilcoxon signed-rank test needs {MIN_TEST_SUBJECTS} "
+                      f"to reach p < 0.05 at all).{scores_only_hint}", ""]
         over = f"{heading} Over subjects ({n}): mean; pooled AUCs"
     return [
         over,
@@ -431,7 +433,8 @@ def holdout_evaluation(frames: list[pd.DataFrame], class_names: list[str]) -> di
     frame = pd.concat(frames, ignore_index=True)
     models = list(dict.fromkeys(c.split("|")[0] for c in frame.columns if "|" in c))
     probas = {m: frame[[f"{m}|{c}" for c in class_names]].to_numpy() for m in models}
-    return evaluate(frame["subject"].to_numpy(), frame["true"].to_numpy(), probas, class_names, reference=FINAL)
+    return evaluate(frame["subject"].to_numpy(), frame["true"].to_numpy(), probas, class_names, reference=FINAL,
+                    min_subjects=MIN_HOLDOUT_SUBJECTS)
 
 
 def trials_frame(result: SearchResult) -> pd.DataFrame:
@@ -587,7 +590,9 @@ def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, 
         "",
         "![confusion matrix](confusion_matrix.png)",
         "",
-        *evaluation_sections(held["evaluation"], result.class_names, heading="###"),
+        *evaluation_sections(held["evaluation"], result.class_names, heading="###",
+                             scores_only_hint=" For intervals and paired tests on new subjects, nest the search "
+                             "(`--outer loso`: every subject held out once)."),
     ]
     return "\n".join(lines)
 

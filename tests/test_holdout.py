@@ -1,14 +1,17 @@
 """The search's final retraining without Ray: configurations retrained once each, models kept where asked,
 an ensemble of configurations scored as one model; the final configuration's file for an ensemble."""
+import math
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from emoma.config import apply_overrides
 from emoma.context import normalise_subjects
 from emoma.holdout import combine, retrain_and_score
 from emoma.metrics import score
+from emoma.report import FINAL, evaluation_sections, holdout_evaluation
 
 
 def test_retraining_shares_runs_keeps_models_and_combines_members(small_table, smoke_config):
@@ -40,3 +43,24 @@ def test_the_final_configuration_of_an_ensemble_names_each_member(smoke_config):
                                                                                                ("b", 0.4, 2)]
     single = SimpleNamespace(final_configs={"a": smoke_config}, selection=SimpleNamespace(weights={"a": 1.0}))
     assert yaml.safe_load(final_config_yaml(single)) == smoke_config.to_dict()
+
+
+def test_a_hold_out_of_fewer_than_8_subjects_gets_scores_only():
+    rng = np.random.default_rng(0)
+
+    def held_out(n_subjects):
+        rows = 20 * n_subjects
+        frame = pd.DataFrame({"subject": np.repeat([str(s) for s in range(n_subjects)], 20),
+                              "true": rng.integers(0, 2, rows)})
+        for model in (FINAL, "LDA"):
+            p = rng.random(rows)
+            frame[f"{model}|a"], frame[f"{model}|b"] = p, 1 - p
+        return holdout_evaluation([frame], ["a", "b"])
+
+    small, enough = held_out(7), held_out(8)
+    assert not small["tests"] and not small["wilcoxon"]["against"]
+    assert math.isnan(small["models"][FINAL]["ci"]["macro_f1"]["ci_low"])
+    assert enough["tests"] and "p_holm" in enough["wilcoxon"]["against"]["LDA"]["macro_f1"]
+    text = "\n".join(evaluation_sections(small, ["a", "b"], scores_only_hint=" Nest it."))
+    assert "Scores only: 7 subjects are too few for intervals and paired tests (this report needs 8" in text
+    assert "Nest it." in text and "p (Holm)" not in text

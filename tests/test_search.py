@@ -138,7 +138,7 @@ def test_searched_normalisation_gets_one_plan_each_and_held_out_statistics(local
     assert set(models["CNN-LSTM (final)"]["subjects"]) == {str(s) for s in result.holdout_subjects}
     assert not held["evaluation"]["tests"]  # 3 held-out subjects: scores only
     report = (out / "report.md").read_text()
-    assert "Scores only: 3 subjects are too few" in report and "roc_auc" in report
+    assert "Scores only: 3 subjects are too few" in report and "roc_auc" in report and "`--outer loso`" in report
     assert "BBC-CV estimate of the final model's macro_f1 on new subjects" in report
     guard = result.selection.summary["guard"]  # None where the base has the best mean
     if guard is not None:
