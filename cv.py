@@ -4,6 +4,7 @@ import argparse
 from emoma.config import SCHEMES, TASKS, load_config
 from emoma.errors import UserError, exit_on_user_error
 from emoma.pipeline import check_folds_flag, cross_validate, resume_cv_config
+from emoma.repeats import format_repeats, repeat_cv
 from emoma.report import format_summary
 
 
@@ -22,6 +23,9 @@ def parse_args(argv=None):
     p.add_argument("--drop-nan", action="store_true", help="drop rows with NaN/inf features instead of failing")
     p.add_argument("--baselines", action="store_true", help="also score LDA, logistic regression and a random forest on the same folds and inputs")
     p.add_argument("--out", help="output folder (default: results/cv/NAME-TIMESTAMP; never shared by two runs)")
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="run the whole CV with N seeds (--seed, --seed+1, ...), each in OUT/seed-S; the report gives "
+                        "the mean and spread over seeds and tests on seed-averaged per-subject scores")
     p.add_argument("--resume", metavar="OUT", help="continue the interrupted run in OUT: its finished folds are kept")
     p.add_argument("-v", "--verbose", action="store_true", help="print loss and accuracy of every epoch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -33,6 +37,9 @@ def parse_args(argv=None):
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
+    if args.repeats != 1 and (args.resume or args.mlflow):
+        raise UserError(f"--repeats cannot be combined with --{'resume' if args.resume else 'mlflow'}: each seed's run "
+                        "is in OUT/seed-S; resume or track one seed's run with plain cv.py")
     flags = {"data.path": args.data, "data.task": args.task, "cv.scheme": args.cv, "cv.folds": args.folds,
              "train.epochs": args.epochs, "seed": args.seed, "train.device": args.device,
              "data.drop_nan": args.drop_nan or None}
@@ -43,6 +50,12 @@ def main(argv=None):
     else:
         config = load_config(args.config or "configs/default.yaml", args.set, flags=flags)
     check_folds_flag(args.folds, config)
+    if args.repeats != 1:
+        summary, out = repeat_cv(config, args.repeats, args.out, baselines=args.baselines,
+                                 progress=not args.no_progress, verbose=args.verbose)
+        print(format_repeats(summary))
+        print(f"results written to {out}")
+        return
     result, out = cross_validate(config, args.resume or args.out, baselines=args.baselines,
                                  progress=not args.no_progress, verbose=args.verbose, resume=bool(args.resume),
                                  mlflow=args.mlflow)

@@ -69,7 +69,7 @@ def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselin
                             "drop --baselines, or start a new run")
         baselines = recorded["baselines"]
     else:
-        out = _new_out_dir(out_dir, config)
+        out = new_out_dir(out_dir, config)
         save_config(config, out / "config.yaml")
         write_atomic(out / RUN_FILE, json.dumps(run, indent=2))
     done = _finished_folds(out)
@@ -113,7 +113,7 @@ def log_cv_run(mlflow: str, out: Path, config: Config, result: CVResult) -> None
     tracker.log_artifacts(run, [out / f for f in ("confusion_matrix.png", "report.md", "metrics.json", "config.yaml")])
     tracker.end(run)
 
-def _new_out_dir(out_dir, config: Config) -> Path:
+def new_out_dir(out_dir, config: Config) -> Path:
     """The given folder (which must be empty), or a new unique one: two runs never share a folder."""
     if out_dir is None:
         return unique_folder(default_out_dir("cv", config))

@@ -64,6 +64,36 @@ def test_row_wise_protocol_is_labelled(cli, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["class_names"] == ["amusement", "baseline", "stress"]
 
 
+def test_repeats_summarise_whole_runs_over_seeds(cli, tmp_path):
+    out = tmp_path / "out"
+    proc = cli("--config", ROOT / "configs/smoke.yaml", "--repeats", 2, "--seed", 3, "--baselines", "--out", out,
+               tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "repeats.json").read_text())
+    runs = [json.loads((out / f"seed-{s}" / "metrics.json").read_text())["evaluation"]["models"] for s in (3, 4)]
+    assert summary["seeds"] == [3, 4] and summary["tests"]
+    ours = summary["models"]["CNN-LSTM"]["macro_f1"]
+    assert ours["per_seed"] == [run["CNN-LSTM"]["ci"]["macro_f1"]["mean"] for run in runs]
+    assert ours["per_seed"][0] != ours["per_seed"][1]  # another seed is another run
+    subject = next(iter(runs[0]["CNN-LSTM"]["subjects"]))
+    assert summary["subjects"]["LDA"][subject]["accuracy"] == pytest.approx(
+        sum(run["LDA"]["subjects"][subject]["accuracy"] for run in runs) / 2)
+    assert set(summary["comparisons"]) == {"LDA", "LogisticRegression", "RandomForest"}
+    assert all(c["macro_f1"]["p_holm"] >= c["macro_f1"]["p_value"] for c in summary["comparisons"].values())
+    assert "over 2 seeds" in proc.stdout and "Holm-corrected" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--repeats", 2, "--resume", "x"], "--repeats cannot be combined with --resume"),
+    (["--repeats", 0], "--repeats 0: give 2 or more seeds"),
+])
+def test_repeats_refuses_what_it_cannot_honour(cli, tmp_path, args, message):
+    proc = cli(*args, tmp_path=tmp_path) if "--resume" in args else \
+        cli("--config", ROOT / "configs/smoke.yaml", "--out", tmp_path / "o", *args, tmp_path=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.fixture
 def nan_csv(tmp_path, small_frame):
     frame = small_frame.copy()
