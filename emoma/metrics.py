@@ -202,7 +202,7 @@ def evaluate(groups: np.ndarray, y_true: np.ndarray, probas: dict[str, np.ndarra
         subjects = per_subject(groups, y_true, pred, n_classes)
         models[name] = {
             "pooled": pooled, "confusion_matrix": confusion.tolist(), "per_class": per_class(y_true, pred, class_names),
-            "auc": {**auc_scores(y_true, proba), **subject_auc(groups, y_true, proba)}, "subjects": subjects,
+            "auc": {**subject_auc(groups, y_true, proba), **auc_scores(y_true, proba)}, "subjects": subjects,
             "ci": {m: bootstrap_ci([s[m] for s in subjects.values()], seed) if tests else
                    {"mean": float(np.mean([s[m] for s in subjects.values()])), "ci_low": math.nan,
                     "ci_high": math.nan, "n": len(subjects)} for m in METRICS},

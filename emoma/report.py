@@ -288,9 +288,10 @@ def evaluation_sections(evaluation: dict, class_names: list[str], heading: str =
         over,
         "",
         "A subject's score is computed over its own test windows (macro-F1 over the classes that subject shows or is "
-        "predicted); the CI is scipy's BCa bootstrap of the mean over subjects; ROC-AUC and PR-AUC pool every test "
-        "window (binary: the positive class; more classes: one-vs-rest macro ROC-AUC); roc_auc_subject_mean is the "
-        "mean of each subject's own ROC-AUC (binary, subjects with both classes).",
+        "predicted); the CI is scipy's BCa bootstrap of the mean over subjects; roc_auc_subject_mean (binary) is the "
+        "mean of each subject's own ROC-AUC (subjects with both classes); roc_auc and pr_auc pool every test window "
+        "(binary: the positive class; more classes: one-vs-rest macro ROC-AUC), mixing the calibrations of "
+        "different fold models, so they come second.",
         "",
         *rows,
         "",
