@@ -21,7 +21,8 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.lr=0.0005 (repeatable)")
     p.add_argument("--drop-nan", action="store_true", help="drop rows with NaN/inf features instead of failing")
-    p.add_argument("--baselines", action="store_true", help="also score LDA, logistic regression and a random forest on the same folds and inputs")
+    p.add_argument("--baselines", action="store_true", help="also score LDA, logistic regression and a random forest on the same folds and inputs, tuned by "
+                        "inner CV on each fold's training subjects (--set cv.baselines=default: library defaults)")
     p.add_argument("--out", help="output folder (default: results/cv/NAME-TIMESTAMP; never shared by two runs)")
     p.add_argument("--repeats", type=int, default=1, metavar="N",
                    help="run the whole CV with N seeds (--seed, --seed+1, ...), each in OUT/seed-S; the report gives "

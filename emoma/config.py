@@ -24,6 +24,7 @@ PRUNERS = ("wilcoxon", "asha")
 SELECTION_RULES = ("best", "one-se", "guard", "ensemble")
 FIDELITIES = ("low", "full")
 LSTM_OVER = ("positions", "windows")
+BASELINE_MODES = ("tuned", "default")
 
 
 @dataclass
@@ -55,6 +56,8 @@ class CVConfig:
     jobs: int = 0  # worker processes for fold plans and fold training; 0 = one per CPU core
     trainer: str = "batched"  # batched: a worker's folds trained together as one model | sequential: one by one (reference)
     cache_dir: str | None = "~/.cache/emoma/plans"  # where fold plans are cached by content hash; None = no cache
+    baselines: str = "tuned"  # the same-input baselines: tuned (LDA's shrinkage, logistic regression's C and the forest's
+    # depth by inner subject-wise 3-fold CV on each fold's training rows) | default (library defaults)
 
 
 @dataclass
@@ -223,6 +226,7 @@ def validate(config: Config) -> None:
         ("cv.rfe_max_samples", config.cv.rfe_max_samples >= 0, "0 (all rows) or more"),
         ("cv.jobs", config.cv.jobs >= 0, "0 (one per core) or more"),
         ("cv.trainer", config.cv.trainer in TRAINERS, f"one of {', '.join(TRAINERS)}"),
+        ("cv.baselines", config.cv.baselines in BASELINE_MODES, f"one of {', '.join(BASELINE_MODES)}"),
         ("model.context", config.model.context >= 1, "at least 1 (1 = the current window only)"),
         ("model.context", config.model.context == 1 or config.cv.scheme != "kfold",
          "1 under cv.scheme=kfold (neighbouring windows share all but one context window and nearly always the "

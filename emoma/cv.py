@@ -12,6 +12,7 @@ from joblib import Parallel, delayed
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold
 from tqdm.auto import tqdm
 
 from emoma.batched import train_folds
@@ -30,6 +31,15 @@ BASELINES = {
     "LogisticRegression": lambda seed: LogisticRegression(max_iter=2000),
     "RandomForest": lambda seed: RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1),
 }
+# cv.baselines=tuned: each chooses from its grid by inner subject-wise CV on the fold's training rows only, scored
+# by the early-stopping metric (LDA: with or without Ledoit-Wolf shrinkage of its covariance)
+TUNED_GRIDS = {
+    "LDA": {"solver": ["lsqr"], "shrinkage": [None, "auto"]},
+    "LogisticRegression": {"C": [0.01, 0.1, 1.0, 10.0]},
+    "RandomForest": {"max_depth": [4, 8, None]},
+}
+INNER_FOLDS = 3
+SKLEARN_SCORING = {"macro_f1": "f1_macro", "balanced_accuracy": "balanced_accuracy", "accuracy": "accuracy"}
 
 
 @dataclass
@@ -235,8 +245,10 @@ def fold_result(table: Table, fold: Fold, index: int, config: Config, parts: dic
     if baselines:
         fitted_on = parts["train"].plus(parts["val"]) if config.train.refit else parts["train"]  # as the model
         train_inputs, test_inputs = fitted_on.flat(), test.flat()
-        for name, make in BASELINES.items():
-            baseline = make(fold_seed(config.seed, index)).fit(train_inputs, fitted_on.y)
+        train_groups = table.groups[fitted_on.index[:, -1]]  # a sample's own window is its last
+        for name in BASELINES:
+            baseline = fit_baseline(name, config, fold_seed(config.seed, index), train_inputs, fitted_on.y,
+                                    train_groups)
             raw = np.zeros((len(test), n_classes))
             raw[:, baseline.classes_] = baseline.predict_proba(test_inputs)  # classes seen in training
             baseline_proba[name] = smooth(raw)  # smoothed as the CNN-LSTM's
@@ -251,6 +263,19 @@ def fold_result(table: Table, fold: Fold, index: int, config: Config, parts: dic
         test_rows=fold.test, y_pred=y_pred, proba=proba, baselines=baseline_metrics, baseline_proba=baseline_proba,
         model=model if keep_model else None,
     )
+
+
+def fit_baseline(name: str, config: Config, seed: int, X: np.ndarray, y: np.ndarray, groups: np.ndarray):
+    """A baseline fitted on a fold's training samples: library defaults (`cv.baselines: default`), or tuned
+    on those samples alone, by inner CV over their subjects (over rows where they hold one subject)."""
+    if config.cv.baselines == "default" or name not in TUNED_GRIDS:
+        return BASELINES[name](seed).fit(X, y)
+    n_groups = len(np.unique(groups))
+    inner = (GroupKFold(min(INNER_FOLDS, n_groups)) if n_groups >= 2 else
+             StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed))
+    search = GridSearchCV(BASELINES[name](seed), TUNED_GRIDS[name], cv=inner,
+                          scoring=SKLEARN_SCORING[config.train.metric], n_jobs=1)
+    return search.fit(X, y, groups=groups if n_groups >= 2 else None)
 
 
 def _mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -68,7 +68,8 @@ def metrics_dict(result: CVResult, table: Table, plan: FoldPlan, config: Config,
         "inputs": inputs_summary(table, config),
         "protocol": {"scheme": result.scheme, "description": PROTOCOLS[result.scheme], "folds": len(result.folds),
                      "subject_wise": plan.subject_wise, "notes": result.notes, "plan_key": plan.key,
-                     "early_stopping_metric": config.train.metric, "refit": config.train.refit},
+                     "early_stopping_metric": config.train.metric, "refit": config.train.refit,
+                     "baselines": config.cv.baselines},
         "summary": result.summary(),
         "evaluation": evaluation,
         "confusion_matrix": result.confusion.tolist(),
@@ -149,6 +150,12 @@ def predictions_frame(result: CVResult, table: Table) -> pd.DataFrame:
     return pd.concat(frames).sort_values("row")
 
 
+BASELINE_TEXT = {
+    "tuned": "tuned on each fold's training rows only: LDA's shrinkage (none or Ledoit-Wolf), logistic regression's C "
+             "and the random forest's depth chosen from small grids by inner subject-wise 3-fold CV "
+             "(`cv.baselines: tuned`)",
+    "default": "scikit-learn defaults, untuned (`cv.baselines: default`)",
+}
 REFIT = ("; then each model trained again from its seed on the training and validation rows for its best epoch "
          "count (refit), the baselines fitted on the same rows")
 
@@ -210,6 +217,8 @@ def markdown_report(result: CVResult, table: Table, plan: FoldPlan, config: Conf
         f"- scaler and RFE fitted on each fold's training rows only; best epoch and early stopping by validation "
         f"{config.train.metric} on {'held-out training subjects' if plan.subject_wise else 'held-out training rows'}"
         f"{REFIT if config.train.refit else ''}; each test fold scored once",
+        *([f"- baselines on the CNN-LSTM's inputs: {BASELINE_TEXT[config.cv.baselines]}"]
+          if result.baseline_summary() else []),
         *[f"- **WARNING: {note}**" for note in result.notes],
         "",
         "## Result (mean ± std over folds)",
@@ -578,7 +587,8 @@ def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, 
         f"Early stopping on held-out search subjects{REFIT if config.train.refit else ''}. The final model: "
         f"{_members_text(result, held)}. Configuration: `final_config.yaml`; model: `final_model.pt` "
         "(`python -m emoma.predict --model final_model.pt --data new.csv --out predictions.csv`); every held-out "
-        "window's probabilities: `holdout_predictions.csv`. The baselines get the base configuration's inputs.",
+        "window's probabilities: `holdout_predictions.csv`. The baselines get the base configuration's inputs and "
+        f"are {BASELINE_TEXT[config.cv.baselines]}.",
         "",
         metrics_table({HELD_NAMES[k]: v for k, v in held["models"].items() if k in HELD_NAMES}
                       | {k: v for k, v in held["models"].items() if k not in HELD_NAMES}),

@@ -4,11 +4,12 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.model_selection import GridSearchCV, GroupKFold
 
 import emoma.cv
 from emoma.config import DataConfig, apply_overrides
 from emoma.context import check_context, context_index, normalise_subjects, run_starts, smooth_probabilities
-from emoma.cv import run_cv, run_fold, table_context
+from emoma.cv import TUNED_GRIDS, run_cv, run_fold, table_context
 from emoma.data import MERGED_SIGNAL_COLUMNS, table_from_frame
 from emoma.errors import UserError
 from emoma.folds import make_plan
@@ -159,6 +160,32 @@ def test_smoothing_changes_only_the_scored_probabilities(small_table, smoke_conf
         apply_overrides(config, {"model.smooth": 4, "model.context": 1, "cv.scheme": "kfold"})
     with pytest.raises(UserError, match="model.context=4 is invalid: it must be 1 under cv.scheme=kfold"):
         apply_overrides(config, {"model.context": 4, "cv.scheme": "kfold"})
+
+
+@pytest.mark.parametrize("mode", ["tuned", "default"])
+def test_tuned_baselines_choose_on_the_folds_training_subjects_only(small_table, smoke_config, monkeypatch, mode):
+    config = apply_overrides(smoke_config, {"train.epochs": 1, "cv.baselines": mode})
+    plan = make_plan(small_table, config.cv, config.seed)
+    fitted = []
+
+    def recording(name, cfg, seed, X, y, groups):
+        model = real_fit(name, cfg, seed, X, y, groups)
+        fitted.append((name, set(groups.tolist()), model))
+        return model
+
+    real_fit = emoma.cv.fit_baseline
+    monkeypatch.setattr(emoma.cv, "fit_baseline", recording)
+    fold = plan.folds[0]
+    run_fold(small_table, fold, 0, config, table_context(small_table, config), baselines=True)
+    assert [name for name, _, _ in fitted] == ["LDA", "LogisticRegression", "RandomForest"]
+    for name, groups, model in fitted:
+        assert groups == set(small_table.groups[fold.train].tolist())  # no validation or test subject
+        if mode == "tuned":
+            assert isinstance(model, GridSearchCV)
+            assert all(model.best_params_[k] in values for k, values in TUNED_GRIDS[name].items())
+            assert model.cv.get_n_splits() == 3 and isinstance(model.cv, GroupKFold)
+        else:
+            assert not isinstance(model, GridSearchCV)
 
 
 def test_baselines_read_exactly_the_models_inputs(small_table, smoke_config, monkeypatch):
