@@ -25,17 +25,29 @@ def main():
     predictions = pd.read_csv(folder / "predictions.csv").sort_values("row").reset_index(drop=True)
     metrics = json.loads((folder / "metrics.json").read_text())
     k = args.context or metrics["inputs"]["context_windows"]
+    print(f"{folder}: context {k}")
+    for label, scores in boundary_scores(predictions, k).items():
+        print(f"  {label:<50} n={scores['n']:4d}  accuracy {scores['accuracy']:.3f}  "
+              f"macro-F1 {scores['macro_f1']:.3f}")
+
+
+def boundary_scores(predictions: pd.DataFrame, k: int, conditions: np.ndarray | None = None) -> dict[str, dict]:
+    """Accuracy and macro-F1 of a run's predictions (sorted by row, index 0..n-1) on the windows whose context of
+    k crosses a condition change, on all the others, and on all. Conditions: each prediction's condition where
+    the task's classes merge some (binary), else its true class."""
     near = np.zeros(len(predictions), dtype=bool)
+    condition = predictions["true"].to_numpy() if conditions is None else np.asarray(conditions)
     for _, rows in predictions.groupby("subject", sort=False):  # rows of a subject, in table (time) order
-        labels = rows["true"].to_numpy()
+        labels = condition[rows.index]
         for start in np.flatnonzero(labels[1:] != labels[:-1]) + 1:  # the first window of each new block
             near[rows.index[start:start + k - 1]] = True
-    print(f"{folder}: context {k}")
+    out = {}
     for label, part in (("windows whose context crosses a condition change", near), ("all other windows", ~near),
                         ("all windows", np.ones_like(near))):
         rows = predictions[part]
-        print(f"  {label:<50} n={len(rows):4d}  accuracy {accuracy_score(rows['true'], rows['predicted']):.3f}  "
-              f"macro-F1 {f1_score(rows['true'], rows['predicted'], average='macro'):.3f}")
+        out[label] = {"n": int(len(rows)), "accuracy": float(accuracy_score(rows["true"], rows["predicted"])),
+                      "macro_f1": float(f1_score(rows["true"], rows["predicted"], average="macro"))}
+    return out
 
 
 if __name__ == "__main__":
