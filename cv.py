@@ -1,9 +1,10 @@
 """Cross-validate one CNN-LSTM configuration: python cv.py [--config configs/default.yaml] [options]."""
 import argparse
+from pathlib import Path
 
 from emoma.config import SCHEMES, TASKS, load_config
 from emoma.errors import UserError, exit_on_user_error
-from emoma.pipeline import check_folds_flag, cross_validate, resume_cv_config
+from emoma.pipeline import REPEATS_FILE, check_folds_flag, cross_validate, resume_cv_config
 from emoma.repeats import format_repeats, repeat_cv
 from emoma.report import format_summary
 
@@ -21,10 +22,11 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.lr=0.0005 (repeatable)")
     p.add_argument("--drop-nan", action="store_true", help="drop rows with NaN/inf features instead of failing")
-    p.add_argument("--baselines", action="store_true", help="also score LDA, logistic regression and a random forest on the same folds and inputs, tuned by "
-                        "inner CV on each fold's training subjects (--set cv.baselines=default: library defaults)")
+    p.add_argument("--baselines", action="store_true",
+                   help="also score LDA, logistic regression and a random forest on the same folds and inputs, tuned "
+                        "by inner CV on each fold's training subjects (--set cv.baselines=default: library defaults)")
     p.add_argument("--out", help="output folder (default: results/cv/NAME-TIMESTAMP; never shared by two runs)")
-    p.add_argument("--repeats", type=int, default=1, metavar="N",
+    p.add_argument("--repeats", type=int, metavar="N",
                    help="run the whole CV with N seeds (--seed, --seed+1, ...), each in OUT/seed-S; the report gives "
                         "the mean and spread over seeds and tests on seed-averaged per-subject scores")
     p.add_argument("--resume", metavar="OUT", help="continue the interrupted run in OUT: its finished folds are kept")
@@ -38,9 +40,9 @@ def parse_args(argv=None):
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    if args.repeats != 1 and (args.resume or args.mlflow):
-        raise UserError(f"--repeats cannot be combined with --{'resume' if args.resume else 'mlflow'}: each seed's run "
-                        "is in OUT/seed-S; resume or track one seed's run with plain cv.py")
+    repeated = args.repeats is not None or bool(args.resume and (Path(args.resume) / REPEATS_FILE).is_file())
+    if repeated and args.mlflow:
+        raise UserError("--mlflow tracks one run: drop it, or track one seed's run (OUT/seed-S) with plain cv.py")
     flags = {"data.path": args.data, "data.task": args.task, "cv.scheme": args.cv, "cv.folds": args.folds,
              "train.epochs": args.epochs, "seed": args.seed, "train.device": args.device,
              "data.drop_nan": args.drop_nan or None}
@@ -51,9 +53,9 @@ def main(argv=None):
     else:
         config = load_config(args.config or "configs/default.yaml", args.set, flags=flags)
     check_folds_flag(args.folds, config)
-    if args.repeats != 1:
-        summary, out = repeat_cv(config, args.repeats, args.out, baselines=args.baselines,
-                                 progress=not args.no_progress, verbose=args.verbose)
+    if repeated:
+        summary, out = repeat_cv(config, args.repeats, args.resume or args.out, baselines=args.baselines,
+                                 progress=not args.no_progress, verbose=args.verbose, resume=bool(args.resume))
         print(format_repeats(summary))
         print(f"results written to {out}")
         return

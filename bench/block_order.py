@@ -51,7 +51,7 @@ def run(config_path: str, data: Path, task: str, context: int, sets: list[str], 
     start = time.perf_counter()
     result, folder = cross_validate(config, out, progress=False, log=lambda *a: None)
     predictions = pd.read_csv(folder / "predictions.csv").sort_values("row").reset_index(drop=True)
-    conditions = read_csv(data)["label"].to_numpy()[predictions["row"]]  # rows: positions in the written table
+    conditions = read_csv(data)[config.data.label_column].to_numpy()[predictions["row"]]  # rows: written positions
     return {"seconds": time.perf_counter() - start, "summary": result.summary(),
             "boundary": boundary_scores(predictions, context, conditions)}
 
@@ -70,13 +70,19 @@ def main():
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     frame = read_csv(args.data)
+    columns = load_config(args.config).data
+    if columns.time_column in frame.columns:
+        print(f"error: {args.data} has a {columns.time_column} column, and rows are put in its order, which would undo "
+              "the permutation: give a table without it", file=sys.stderr)
+        sys.exit(2)
     tables = {"original": work / "original.csv"}
     frame.reset_index(drop=True).to_csv(tables["original"])
     for seed in range(1, args.permutations + 1):
         tables[f"permuted {seed}"] = work / f"permuted-{seed}.csv"
-        permute_blocks(frame, seed).to_csv(tables[f"permuted {seed}"])
+        permute_blocks(frame, seed, columns.subject_column, columns.label_column).to_csv(tables[f"permuted {seed}"])
     figures = {}
-    print(f"| context | block order | accuracy | macro-F1 | boundary windows (n): acc / F1 | other windows: acc / F1 | s |")
+    print("| context | block order | accuracy | macro-F1 | boundary windows (n): acc / F1 | other windows: acc / F1 "
+          "| s |")
     print("|---|---|---|---|---|---|---|")
     for k in args.contexts:
         for name, path in tables.items():
@@ -84,7 +90,8 @@ def main():
             figures[f"context {k}, {name}"] = fig
             near, other = (fig["boundary"][key] for key in ("windows whose context crosses a condition change",
                                                             "all other windows"))
-            print(f"| {k} | {name} | {fig['summary']['accuracy']['mean']:.3f} | {fig['summary']['macro_f1']['mean']:.3f} "
+            summary = fig["summary"]
+            print(f"| {k} | {name} | {summary['accuracy']['mean']:.3f} | {summary['macro_f1']['mean']:.3f} "
                   f"| ({near['n']}) {near['accuracy']:.3f} / {near['macro_f1']:.3f} | {other['accuracy']:.3f} / "
                   f"{other['macro_f1']:.3f} | {fig['seconds']:.0f} |", flush=True)
     if args.out:

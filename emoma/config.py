@@ -56,8 +56,8 @@ class CVConfig:
     jobs: int = 0  # worker processes for fold plans and fold training; 0 = one per CPU core
     trainer: str = "batched"  # batched: a worker's folds trained together as one model | sequential: one by one (reference)
     cache_dir: str | None = "~/.cache/emoma/plans"  # where fold plans are cached by content hash; None = no cache
-    baselines: str = "tuned"  # the same-input baselines: tuned (LDA's shrinkage, logistic regression's C and the forest's
-    # depth by inner subject-wise 3-fold CV on each fold's training rows) | default (library defaults)
+    baselines: str = "tuned"  # same-input baselines: tuned (LDA's shrinkage, logistic regression's C, the forest's
+    # depth, by inner subject-wise 3-fold CV on each fold's training rows) | default (library defaults)
 
 
 @dataclass
@@ -213,6 +213,9 @@ def save_config(config: Config, path: str | Path) -> None:
 def validate(config: Config) -> None:
     """Check values against their rules; raise UserError naming the key, its value and the rule."""
     rules = [
+        ("seed", config.seed >= 0, "0 or more"),
+        ("search.sampler_seed", config.search.sampler_seed is None or config.search.sampler_seed >= 0,
+         "0 or more, or null (the config's seed)"),
         ("data.task", config.data.task in TASKS, f"one of {', '.join(TASKS)}"),
         ("data.subject_norm", config.data.subject_norm in SUBJECT_NORMS, f"one of {', '.join(SUBJECT_NORMS)}"),
         ("data.norm_warmup", config.data.norm_warmup >= 1, "at least 1"),

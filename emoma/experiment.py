@@ -229,8 +229,9 @@ def nested_search(settings: SearchSettings, *, address=None, verbose=False, log=
         started = outer.exists(MANIFEST_FILE)
         log(f"outer fold {subject} ({len(finished) + 1}/{len(subjects)}): "
             f"{'resuming' if started else 'starting'} the search with subject {subject} held out")
+        outer_seed = outer_sampler_seed(sampler_seed(config), subject)
         outer_config = apply_overrides(config, {"search.holdout_subjects": [subject],
-                                                "search.sampler_seed": outer_sampler_seed(sampler_seed(config), subject)})
+                                                "search.sampler_seed": outer_seed})
         result = _interruptible(lambda: run_search(
             outer_config, settings.space, settings.seed_config, storage_path=root.uri, name=f"outer-{subject}",
             address=address, resume=started, verbose=verbose, log=log), settings, "--outer loso ")

@@ -22,8 +22,10 @@ from emoma.errors import UserError
 
 MANIFEST_FILE = "manifest.json"
 # 2: trials keep their out-of-fold predictions; the base configuration runs first. 3: search.guard_alpha (the
-# guard's corrected test) replaces search.guard_se, so a version-2 run would resume under another rule.
-MANIFEST_VERSION = 3
+# guard's corrected test) replaces search.guard_se, so a version-2 run would resume under another rule. 4: the
+# baselines are tuned (cv.baselines) and each outer fold of a nested search samples with its own seed, so a
+# version-3 run would resume with its finished and its remaining trials or outer folds made differently.
+MANIFEST_VERSION = 4
 PACKAGES = ("emoma", "torch", "ray", "optuna", "numpy", "pandas", "scikit-learn", "scipy")
 # What may change when an experiment is resumed, and takes effect: where trials train and how the plan is
 # computed. (Tune keeps a restored run's resources, concurrency, time budget and retries as they started.)

@@ -111,6 +111,14 @@ def paired_wilcoxon(a, b) -> dict[str, float]:
     return out
 
 
+def paired_difference(a, b, seed: int = 0) -> dict[str, float]:
+    """The effect first: mean of the paired per-subject differences a - b with its BCa 95 % CI
+    (`mean_diff`, `diff_ci_low`, `diff_ci_high`), then `paired_wilcoxon`'s test."""
+    ci = bootstrap_ci(np.subtract(a, b), seed)
+    return {"mean_diff": ci["mean"], "diff_ci_low": ci["ci_low"], "diff_ci_high": ci["ci_high"],
+            **paired_wilcoxon(a, b)}
+
+
 def holm(p_values) -> list[float]:
     """Holm's step-down adjustment of p-values for several comparisons (NaN stays NaN, not counted)."""
     p = np.asarray(p_values, dtype=np.float64)
@@ -212,8 +220,8 @@ def evaluate(groups: np.ndarray, y_true: np.ndarray, probas: dict[str, np.ndarra
         ref = models[reference]["subjects"]
         for name, model in models.items():
             if name != reference:
-                against[name] = {m: paired_wilcoxon([ref[s][m] for s in ref], [model["subjects"][s][m] for s in ref])
-                                 for m in METRICS}
+                against[name] = {m: paired_difference([ref[s][m] for s in ref], [model["subjects"][s][m] for s in ref],
+                                                      seed) for m in METRICS}
         for m in METRICS:
             for name, p_holm in zip(against, holm([against[n][m]["p_value"] for n in against])):
                 against[name][m]["p_holm"] = p_holm

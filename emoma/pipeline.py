@@ -8,7 +8,7 @@ import pickle
 import time
 from pathlib import Path
 
-from emoma.config import Config, flatten, load_config, save_config
+from emoma.config import Config, flatten, load_config, read_yaml, save_config
 from emoma.context import check_context, normalise_subjects, order_notes
 from emoma.cv import CVResult, FoldResult, run_cv
 from emoma.data import Table, load_table
@@ -21,6 +21,7 @@ from emoma.report import write_cv_outputs
 say = functools.partial(print, flush=True)  # progress lines reach logs and pipes as they happen
 RUN_FILE = "run.json"  # cv.py: what defines the run (data fingerprint, plan key), for --resume
 FOLDS_DIR = "folds"  # cv.py: one pickled FoldResult per finished fold
+REPEATS_FILE = "repeats_run.json"  # cv.py --repeats: the number of seeds and whether baselines run, for --resume
 
 
 def default_out_dir(kind: str, config: Config) -> Path:
@@ -144,9 +145,12 @@ def _finished_folds(out: Path) -> dict[int, FoldResult]:
 def resume_cv_config(out: str | Path, overrides: list[str], flags: dict) -> Config:
     """The configuration of the interrupted run in `out`; options that contradict it stop with one line."""
     out = Path(out)
-    if not (out / "config.yaml").is_file() or not (out / RUN_FILE).is_file():
+    if not (out / "config.yaml").is_file() or not ((out / RUN_FILE).is_file() or (out / REPEATS_FILE).is_file()):
         raise UserError(f"--resume {out}: not a cv.py output folder (no config.yaml and {RUN_FILE})")
-    recorded = load_config(out / "config.yaml")
+    raw = read_yaml(out / "config.yaml")
+    # a run written before cv.baselines existed fitted its baselines at library defaults: it continues so
+    raw.setdefault("cv", {}).setdefault("baselines", "default")
+    recorded = load_config(None, base=raw)
     given = load_config(None, overrides, flags=flags, base=recorded.to_dict())
     diff = first_difference(flatten(recorded.to_dict()), flatten(given.to_dict()), ignore=RUNTIME_KEYS)
     if diff:

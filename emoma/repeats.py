@@ -13,29 +13,50 @@ from pathlib import Path
 
 import numpy as np
 
-from emoma.config import METRICS, Config, apply_overrides
-from emoma.errors import UserError
+from emoma.config import METRICS, Config, apply_overrides, save_config
+from emoma.errors import Interrupted, UserError
 from emoma.files import write_atomic
 from emoma.metrics import MIN_TEST_SUBJECTS, bootstrap_ci, holm, paired_wilcoxon
-from emoma.pipeline import cross_validate, new_out_dir, say
+from emoma.pipeline import REPEATS_FILE, RUN_FILE, cross_validate, new_out_dir, say
 
 REFERENCE = "CNN-LSTM"
 SUMMARY_FILE = "repeats.json"
 
 
-def repeat_cv(config: Config, repeats: int, out_dir: str | Path | None = None, *, baselines: bool = False,
-              progress: bool = True, verbose: bool = False, log=say) -> tuple[dict, Path]:
+def repeat_cv(config: Config, repeats: int | None, out_dir: str | Path | None = None, *, baselines: bool = False,
+              progress: bool = True, verbose: bool = False, resume: bool = False, log=say) -> tuple[dict, Path]:
     """Cross-validate `config` with seeds seed, seed+1, ..., each run in OUT/seed-S; returns the summary (also
-    written to OUT/repeats.json and OUT/report.md) and OUT."""
-    if repeats < 2:
-        raise UserError(f"--repeats {repeats}: give 2 or more seeds (one run is plain cv.py)")
-    out = new_out_dir(out_dir, config)
+    written to OUT/repeats.json and OUT/report.md) and OUT. With `resume`, OUT's finished seeds are kept, an
+    interrupted one continues and the rest start (`repeats` None: as recorded)."""
+    if resume:
+        out = Path(out_dir)
+        if not (out / REPEATS_FILE).is_file():
+            raise UserError(f"--resume {out}: a single cv.py run, not a --repeats one: drop --repeats")
+        recorded = json.loads((out / REPEATS_FILE).read_text())
+        if repeats is not None and repeats != recorded["repeats"]:
+            raise UserError(f"--resume {out}: the run has {recorded['repeats']} seeds, not {repeats}: drop --repeats")
+        if baselines and not recorded["baselines"]:
+            raise UserError(f"--resume {out}: the run started without --baselines: drop --baselines, or start a new "
+                            "run")
+        repeats, baselines = recorded["repeats"], recorded["baselines"]
+    else:
+        if repeats < 2:
+            raise UserError(f"--repeats {repeats}: give 2 or more seeds (one run is plain cv.py)")
+        out = new_out_dir(out_dir, config)
+        save_config(config, out / "config.yaml")
+        write_atomic(out / REPEATS_FILE, json.dumps({"repeats": repeats, "baselines": baselines}))
     runs = {}
     for seed in range(config.seed, config.seed + repeats):
-        log(f"seed {seed} ({seed - config.seed + 1}/{repeats})")
-        _, run_out = cross_validate(apply_overrides(config, {"seed": seed}), out / f"seed-{seed}",
-                                    baselines=baselines, progress=progress, verbose=verbose, log=log)
-        runs[seed] = json.loads((run_out / "metrics.json").read_text())["evaluation"]
+        folder = out / f"seed-{seed}"
+        if not (folder / "metrics.json").is_file():
+            log(f"seed {seed} ({seed - config.seed + 1}/{repeats})")
+            try:
+                cross_validate(apply_overrides(config, {"seed": seed}), folder, baselines=baselines,
+                               progress=progress, verbose=verbose, resume=(folder / RUN_FILE).is_file(), log=log)
+            except Interrupted:
+                raise Interrupted(f"--repeats interrupted in seed {seed}; continue it with: python cv.py --resume "
+                                  f"{out}") from None
+        runs[seed] = json.loads((folder / "metrics.json").read_text())["evaluation"]
     summary = summarise_repeats(runs)
     write_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2))
     write_atomic(out / "report.md", repeats_report(summary, config))

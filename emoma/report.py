@@ -259,12 +259,14 @@ def evaluation_sections(evaluation: dict, class_names: list[str], heading: str =
         rows.append(f"| {name} | " + " | ".join(cis) + " | " + " | ".join(f"{model['auc'][k]:.3f}" for k in auc_keys)
                     + " |")
     reference = evaluation["wilcoxon"]["reference"]
-    tests = ["| against | metric | median difference | W | p | p (Holm) | subjects (non-zero differences) |",
-             "|---|---|---|---|---|---|---|"]
+    tests = ["| against | metric | mean difference (95 % CI) | median difference | W | p | p (Holm) | subjects "
+             "(non-zero differences) |", "|---|---|---|---|---|---|---|---|"]
     for name, by_metric in evaluation["wilcoxon"]["against"].items():
         for m, t in by_metric.items():
-            tests.append(f"| {name} | {m} | {t['median_diff']:+.3f} | {t['statistic']:.1f} | {_p(t['p_value'])} | "
-                         f"{_p(t['p_holm'])}{' *' if t['p_holm'] < 0.05 else ''} | {t['n']} ({t['n_nonzero']}) |")
+            effect = f"{t['mean_diff']:+.3f} ({t['diff_ci_low']:+.3f} to {t['diff_ci_high']:+.3f})"
+            tests.append(f"| {name} | {m} | {effect} | {t['median_diff']:+.3f} | {t['statistic']:.1f} | "
+                         f"{_p(t['p_value'])} | {_p(t['p_holm'])}{' *' if t['p_holm'] < 0.05 else ''} | "
+                         f"{t['n']} ({t['n_nonzero']}) |")
     per_class_rows = ["| model | " + " | ".join(f"{c} F1 / recall" for c in class_names) + " |",
                       "|---|" + "---|" * len(class_names)]
     for name, model in models.items():
@@ -278,21 +280,23 @@ def evaluation_sections(evaluation: dict, class_names: list[str], heading: str =
             f"{m['subjects'][s]['accuracy']:.3f} / {m['subjects'][s]['macro_f1']:.3f}" for m in models.values()) + " |")
     if evaluation.get("tests", True):
         test_lines = [
-            f"{heading} Paired Wilcoxon signed-rank tests over subjects: {reference} against each other model",
+            f"{heading} {reference} against each other model, paired over subjects: the difference, then the test",
             "",
-            "Two-sided, subjects with equal scores dropped (scipy's zero_method='wilcox'); a positive difference "
+            "Mean difference: of the paired per-subject scores, with its BCa 95 % CI over subjects. Wilcoxon "
+            "signed-rank test: two-sided, subjects with equal scores dropped (scipy's zero_method='wilcox'); a "
+            "positive difference "
             f"means {reference} scored higher. p (Holm): corrected for the several models compared, per metric; a "
             "difference is a tie unless its corrected p < 0.05 (marked *).",
             "",
             *tests,
             "",
         ]
-        over = f"{heading} Over subjects ({n}): mean with bootstrap 95 % CI; pooled AUCs"
+        over = f"{heading} Over subjects ({n}): mean with bootstrap 95 % CI; AUCs"
     else:
         test_lines = [f"Scores only: {n} subjects are too few for intervals and paired tests (this report needs "
                       f"{evaluation['min_subjects']}; a two-sided Wilcoxon signed-rank test needs {MIN_TEST_SUBJECTS} "
                       f"to reach p < 0.05 at all).{scores_only_hint}", ""]
-        over = f"{heading} Over subjects ({n}): mean; pooled AUCs"
+        over = f"{heading} Over subjects ({n}): mean; AUCs"
     return [
         over,
         "",
@@ -408,7 +412,7 @@ def holdout_metrics(result: SearchResult, predictions: pd.DataFrame) -> dict:
     the final model's members, the final-minus-base difference per subject and its noise, the evaluation."""
     final = result.held["final"].result
     models = {k: result.held[k].result.metrics for k in HELD_NAMES} | result.held["base"].result.baselines
-    evaluation = holdout_evaluation([predictions], result.class_names)
+    evaluation = holdout_evaluation([predictions], result.class_names, MIN_HOLDOUT_SUBJECTS)
     members = [{"trial": t, "weight": w, "params": next(r.params for r in result.trials if r.trial_id == t),
                 "epochs_run": result.held[f"final {t}"].result.epochs_run,
                 "best_epoch": result.held[f"final {t}"].result.best_epoch,
@@ -437,14 +441,17 @@ def paired_noise(a: dict, b: dict) -> dict:
     return out
 
 
-def holdout_evaluation(frames: list[pd.DataFrame], class_names: list[str]) -> dict:
+def holdout_evaluation(frames: list[pd.DataFrame], class_names: list[str],
+                       min_subjects: int = MIN_TEST_SUBJECTS) -> dict:
     """`emoma.metrics.evaluate` of held-out predictions (one frame per search, e.g. per outer fold of a nested
-    search): the final model, the base and seed configurations and the baselines, tested against the final."""
+    search): the final model, the base and seed configurations and the baselines, tested against the final.
+    A single search's hold-out asks for MIN_HOLDOUT_SUBJECTS; a nested search holds every subject out once,
+    as leave-one-subject-out CV does."""
     frame = pd.concat(frames, ignore_index=True)
     models = list(dict.fromkeys(c.split("|")[0] for c in frame.columns if "|" in c))
     probas = {m: frame[[f"{m}|{c}" for c in class_names]].to_numpy() for m in models}
     return evaluate(frame["subject"].to_numpy(), frame["true"].to_numpy(), probas, class_names, reference=FINAL,
-                    min_subjects=MIN_HOLDOUT_SUBJECTS)
+                    min_subjects=min_subjects)
 
 
 def trials_frame(result: SearchResult) -> pd.DataFrame:

@@ -37,6 +37,9 @@ def test_int_is_accepted_for_float():
     (["model.kernel_size=4"], "model.kernel_size=4 is invalid"),
     (["search.guard_alpha=0"], "search.guard_alpha=0.0 is invalid: it must be between 0 and 1"),
     (["search.guard_alpha=1.5"], "search.guard_alpha=1.5 is invalid: it must be between 0 and 1"),
+    (["seed=-1"], "seed=-1 is invalid: it must be 0 or more"),
+    (["search.sampler_seed=-3"], "search.sampler_seed=-3 is invalid: it must be 0 or more"),
+    (["cv.baselines=best"], "cv.baselines='best' is invalid: it must be one of tuned, default"),
     (["nonsense"], "expected key=value"),
 ])
 def test_bad_values_name_the_key(overrides, message):

@@ -162,15 +162,17 @@ def test_smoothing_changes_only_the_scored_probabilities(small_table, smoke_conf
         apply_overrides(config, {"model.context": 4, "cv.scheme": "kfold"})
 
 
-@pytest.mark.parametrize("mode", ["tuned", "default"])
-def test_tuned_baselines_choose_on_the_folds_training_subjects_only(small_table, smoke_config, monkeypatch, mode):
-    config = apply_overrides(smoke_config, {"train.epochs": 1, "cv.baselines": mode})
+@pytest.mark.parametrize("mode, refit", [("tuned", False), ("tuned", True), ("default", False)])
+def test_tuned_baselines_choose_on_the_folds_training_subjects_only(small_table, smoke_config, monkeypatch, mode,
+                                                                     refit):
+    config = apply_overrides(smoke_config, {"train.epochs": 1, "cv.baselines": mode, "train.refit": refit,
+                                            "model.context": 3})
     plan = make_plan(small_table, config.cv, config.seed)
     fitted = []
 
     def recording(name, cfg, seed, X, y, groups):
         model = real_fit(name, cfg, seed, X, y, groups)
-        fitted.append((name, set(groups.tolist()), model))
+        fitted.append((name, groups, model))
         return model
 
     real_fit = emoma.cv.fit_baseline
@@ -178,8 +180,9 @@ def test_tuned_baselines_choose_on_the_folds_training_subjects_only(small_table,
     fold = plan.folds[0]
     run_fold(small_table, fold, 0, config, table_context(small_table, config), baselines=True)
     assert [name for name, _, _ in fitted] == ["LDA", "LogisticRegression", "RandomForest"]
+    rows = np.concatenate([fold.train, fold.val]) if refit else fold.train  # the rows the model trains on
     for name, groups, model in fitted:
-        assert groups == set(small_table.groups[fold.train].tolist())  # no validation or test subject
+        np.testing.assert_array_equal(groups, small_table.groups[rows])  # each sample's own subject, no test one
         if mode == "tuned":
             assert isinstance(model, GridSearchCV)
             assert all(model.best_params_[k] in values for k, values in TUNED_GRIDS[name].items())

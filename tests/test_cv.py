@@ -1,10 +1,12 @@
 import numpy as np
 import pytest
+import yaml
 
-from emoma.config import apply_overrides
+from emoma.config import apply_overrides, save_config
 from emoma.cv import fold_seed, run_cv, run_fold, table_context
 from emoma.data import Table
 from emoma.folds import make_plan
+from emoma.pipeline import RUN_FILE, resume_cv_config
 
 
 def test_cv_result_shapes_and_pooled_confusion(small_table, smoke_config):
@@ -135,3 +137,13 @@ class _Recorder:
 
     def predict_proba(self, X):
         return np.full((len(X), 2), 0.5)
+
+
+def test_a_run_from_before_tuned_baselines_resumes_with_its_untuned_ones(tmp_path, smoke_config):
+    save_config(smoke_config, tmp_path / "config.yaml")
+    (tmp_path / RUN_FILE).write_text("{}")
+    assert resume_cv_config(tmp_path, [], {}).cv.baselines == "tuned"
+    raw = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del raw["cv"]["baselines"]  # as written before cv.baselines existed
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    assert resume_cv_config(tmp_path, [], {}).cv.baselines == "default"

@@ -10,7 +10,7 @@ import yaml
 from emoma.config import apply_overrides
 from emoma.context import normalise_subjects
 from emoma.holdout import combine, retrain_and_score
-from emoma.metrics import score
+from emoma.metrics import MIN_HOLDOUT_SUBJECTS, score
 from emoma.report import FINAL, evaluation_sections, holdout_evaluation
 
 
@@ -48,19 +48,23 @@ def test_the_final_configuration_of_an_ensemble_names_each_member(smoke_config):
 def test_a_hold_out_of_fewer_than_8_subjects_gets_scores_only():
     rng = np.random.default_rng(0)
 
-    def held_out(n_subjects):
+    def held_out_frame(n_subjects):
         rows = 20 * n_subjects
         frame = pd.DataFrame({"subject": np.repeat([str(s) for s in range(n_subjects)], 20),
                               "true": rng.integers(0, 2, rows)})
         for model in (FINAL, "LDA"):
             p = rng.random(rows)
             frame[f"{model}|a"], frame[f"{model}|b"] = p, 1 - p
-        return holdout_evaluation([frame], ["a", "b"])
+        return frame
 
-    small, enough = held_out(7), held_out(8)
+    small, enough = (holdout_evaluation([held_out_frame(n)], ["a", "b"], MIN_HOLDOUT_SUBJECTS) for n in (7, 8))
     assert not small["tests"] and not small["wilcoxon"]["against"]
     assert math.isnan(small["models"][FINAL]["ci"]["macro_f1"]["ci_low"])
-    assert enough["tests"] and "p_holm" in enough["wilcoxon"]["against"]["LDA"]["macro_f1"]
+    effect = enough["wilcoxon"]["against"]["LDA"]["macro_f1"]
+    assert enough["tests"] and "p_holm" in effect and effect["diff_ci_low"] <= effect["mean_diff"] <= effect["diff_ci_high"]
+    assert "| LDA | macro_f1 | " + f"{effect['mean_diff']:+.3f} ({effect['diff_ci_low']:+.3f} to" in "\n".join(
+        evaluation_sections(enough, ["a", "b"]))  # the effect with its interval, before the test
     text = "\n".join(evaluation_sections(small, ["a", "b"], scores_only_hint=" Nest it."))
     assert "Scores only: 7 subjects are too few for intervals and paired tests (this report needs 8" in text
     assert "Nest it." in text and "p (Holm)" not in text
+    assert holdout_evaluation([held_out_frame(7)], ["a", "b"])["tests"]  # a nested search's hold-out: as LOSO

@@ -73,8 +73,8 @@ def test_a_manifest_written_before_a_setting_existed_resumes_with_its_default(ma
 
 
 def test_an_experiment_of_an_earlier_version_is_refused_with_one_line(manifest):
-    for version in (1, 2):  # 2: before the guard's corrected test (search.guard_se)
+    for version in (1, 2, 3):  # 2: before the guard's corrected test; 3: before tuned baselines
         old = json.loads(manifest.to_json()) | {"version": version}
-        with pytest.raises(UserError, match=f"earlier EmoMA \\(manifest version {version}, this one writes 3\\)"
+        with pytest.raises(UserError, match=f"earlier EmoMA \\(manifest version {version}, this one writes 4\\)"
                                             ".*start a new experiment"):
             Manifest.from_json(json.dumps(old), "old/manifest.json")
