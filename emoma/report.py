@@ -761,7 +761,9 @@ def write_nested_outputs(outer_folders: list[Path], out_dir: str | Path) -> Path
         "# Nested cross-validation report",
         "",
         "Each outer fold holds one subject out of the whole search (search, final choice, retraining) and scores "
-        "the final model on it once: the mean below estimates how the whole procedure generalises to a new person.",
+        "the final model on it once: the mean below estimates how the whole procedure generalises to a new person, "
+        "at this budget: each outer fold's search sampled with its own seed (`search.sampler_seed` in its manifest) "
+        f"and completed {_span([s['trials_completed'] for s in searched])} trials.",
         "",
         "| metric | mean ± std over outer folds |",
         "|---|---|",
@@ -771,7 +773,7 @@ def write_nested_outputs(outer_folders: list[Path], out_dir: str | Path) -> Path
         "",
         "![confusion matrix](confusion_matrix.png)",
         "",
-        "## How far the cheap estimate is from the honest one",
+        "## How far the cheap estimate is from the nested one",
         "",
         f"Each outer fold's own BBC-CV estimate of its final model ({metric}, from its inner search alone) against "
         f"that model's score on the outer subject: mean difference (estimate - outer) "
@@ -794,6 +796,10 @@ def write_nested_outputs(outer_folders: list[Path], out_dir: str | Path) -> Path
         *evaluation_sections(evaluation, class_names),
     ]))
     return out
+
+
+def _span(values: list[int]) -> str:
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
 
 
 def bbc_vs_outer(frame: pd.DataFrame, metric: str) -> dict:

@@ -193,6 +193,8 @@ def test_an_interrupted_nested_search_resumes_where_it_stopped(tmp_path):
     sampled = [{t.params["train.lr"] for t in read_trials(tmp_path / "n" / f"outer-{s}" / "trials.csv").values()}
                - {load_config(SMOKE).train.lr} for s in "2345"]  # the base trial is the same everywhere
     assert [len(lrs) for lrs in sampled] == [1] * 4 and len(set.union(*sampled)) == 4
+    assert "sampled with its own seed (`search.sampler_seed` in its manifest) and completed 2 trials" in (
+        tmp_path / "n" / "report.md").read_text()
 
 
 @pytest.fixture
