@@ -46,14 +46,15 @@ def permute_blocks(frame: pd.DataFrame, seed: int, subject: str = "subject", lab
     return pd.concat(parts).reset_index(drop=True)
 
 
-def run(config_path: str, data: Path, task: str, context: int, sets: list[str], out: Path) -> dict:
+def run(config_path: str, data: Path, conditions: np.ndarray, task: str, context: int, sets: list[str],
+        out: Path) -> dict:
+    """One cv.py run on the written table `data`, whose rows hold `conditions` (the raw labels)."""
     config = load_config(config_path, [f"data.path={data}", f"data.task={task}", f"model.context={context}", *sets])
     start = time.perf_counter()
     result, folder = cross_validate(config, out, progress=False, log=lambda *a: None)
     predictions = pd.read_csv(folder / "predictions.csv").sort_values("row").reset_index(drop=True)
-    conditions = read_csv(data)[config.data.label_column].to_numpy()[predictions["row"]]  # rows: written positions
     return {"seconds": time.perf_counter() - start, "summary": result.summary(),
-            "boundary": boundary_scores(predictions, context, conditions)}
+            "boundary": boundary_scores(predictions, context, conditions[predictions["row"]])}
 
 
 def main():
@@ -75,18 +76,21 @@ def main():
         print(f"error: {args.data} has a {columns.time_column} column, and rows are put in its order, which would undo "
               "the permutation: give a table without it", file=sys.stderr)
         sys.exit(2)
-    tables = {"original": work / "original.csv"}
-    frame.reset_index(drop=True).to_csv(tables["original"])
-    for seed in range(1, args.permutations + 1):
-        tables[f"permuted {seed}"] = work / f"permuted-{seed}.csv"
-        permute_blocks(frame, seed, columns.subject_column, columns.label_column).to_csv(tables[f"permuted {seed}"])
+    orders = {"original": frame.reset_index(drop=True)} | {
+        f"permuted {seed}": permute_blocks(frame, seed, columns.subject_column, columns.label_column)
+        for seed in range(1, args.permutations + 1)}
+    tables = {}
+    for name, table in orders.items():  # rows are written in order: a row id is its position
+        tables[name] = work / f"{name.replace(' ', '-')}.csv"
+        table.to_csv(tables[name])
     figures = {}
     print("| context | block order | accuracy | macro-F1 | boundary windows (n): acc / F1 | other windows: acc / F1 "
           "| s |")
     print("|---|---|---|---|---|---|---|")
     for k in args.contexts:
         for name, path in tables.items():
-            fig = run(args.config, path, args.task, k, args.set, work / f"context-{k}-{name.replace(' ', '-')}")
+            fig = run(args.config, path, orders[name][columns.label_column].to_numpy(), args.task, k, args.set,
+                      work / f"context-{k}-{name.replace(' ', '-')}")
             figures[f"context {k}, {name}"] = fig
             near, other = (fig["boundary"][key] for key in ("windows whose context crosses a condition change",
                                                             "all other windows"))

@@ -119,6 +119,18 @@ def paired_difference(a, b, seed: int = 0) -> dict[str, float]:
             **paired_wilcoxon(a, b)}
 
 
+def compare_paired(reference: dict, others: dict[str, dict], seed: int = 0) -> dict[str, dict[str, dict]]:
+    """{name: {metric: paired_difference(reference, other) + p_holm}}: per-subject scores ({subject: {metric:
+    value}}) of a reference model against each other model, p-values Holm-corrected over the others per metric."""
+    subjects = list(reference)
+    against = {name: {m: paired_difference([reference[s][m] for s in subjects], [scores[s][m] for s in subjects], seed)
+                      for m in METRICS} for name, scores in others.items()}
+    for m in METRICS:
+        for name, p_holm in zip(against, holm([against[n][m]["p_value"] for n in against])):
+            against[name][m]["p_holm"] = p_holm
+    return against
+
+
 def holm(p_values) -> list[float]:
     """Holm's step-down adjustment of p-values for several comparisons (NaN stays NaN, not counted)."""
     p = np.asarray(p_values, dtype=np.float64)
@@ -215,15 +227,7 @@ def evaluate(groups: np.ndarray, y_true: np.ndarray, probas: dict[str, np.ndarra
                    {"mean": float(np.mean([s[m] for s in subjects.values()])), "ci_low": math.nan,
                     "ci_high": math.nan, "n": len(subjects)} for m in METRICS},
         }
-    against = {}
-    if reference in models and tests:
-        ref = models[reference]["subjects"]
-        for name, model in models.items():
-            if name != reference:
-                against[name] = {m: paired_difference([ref[s][m] for s in ref], [model["subjects"][s][m] for s in ref],
-                                                      seed) for m in METRICS}
-        for m in METRICS:
-            for name, p_holm in zip(against, holm([against[n][m]["p_value"] for n in against])):
-                against[name][m]["p_holm"] = p_holm
+    others = {name: model["subjects"] for name, model in models.items() if name != reference}
+    against = compare_paired(models[reference]["subjects"], others, seed) if reference in models and tests else {}
     return {"models": models, "wilcoxon": {"reference": reference, "against": against}, "tests": tests,
             "min_subjects": min_subjects}

@@ -16,7 +16,7 @@ import numpy as np
 from emoma.config import METRICS, Config, apply_overrides, save_config
 from emoma.errors import Interrupted, UserError
 from emoma.files import write_atomic
-from emoma.metrics import MIN_TEST_SUBJECTS, bootstrap_ci, holm, paired_wilcoxon
+from emoma.metrics import MIN_TEST_SUBJECTS, compare_paired
 from emoma.pipeline import REPEATS_FILE, RUN_FILE, cross_validate, new_out_dir, say
 
 REFERENCE = "CNN-LSTM"
@@ -65,7 +65,7 @@ def repeat_cv(config: Config, repeats: int | None, out_dir: str | Path | None = 
 
 def summarise_repeats(runs: dict[int, dict]) -> dict:
     """{seeds, models: {name: {metric: {per_seed, mean, std, min, max}}}, subjects: {name: {subject: {metric}}},
-    comparisons: {name: {metric: {mean_difference, ci_low, ci_high, p_value, p_holm, n}}}, tests: bool} from
+    comparisons: {name: {metric: emoma.metrics.compare_paired's}}, tests: bool} from
     each seed's `emoma.metrics.evaluate` output. A model's score in a seed is its mean over subjects."""
     seeds = sorted(runs)
     names = list(runs[seeds[0]]["models"])
@@ -80,23 +80,8 @@ def summarise_repeats(runs: dict[int, dict]) -> dict:
         averaged[name] = {subject: {m: float(np.mean([runs[s]["models"][name]["subjects"][subject][m] for s in seeds]))
                                     for m in METRICS} for subject in subjects}
     tests = len(subjects) >= MIN_TEST_SUBJECTS
-    comparisons = {}
-    if REFERENCE in averaged and tests:
-        ours = averaged[REFERENCE]
-        for name in names:
-            if name == REFERENCE:
-                continue
-            comparisons[name] = {}
-            for m in METRICS:
-                a = [ours[s][m] for s in subjects]
-                b = [averaged[name][s][m] for s in subjects]
-                ci = bootstrap_ci(np.subtract(a, b))
-                comparisons[name][m] = {"mean_difference": ci["mean"], "ci_low": ci["ci_low"],
-                                        "ci_high": ci["ci_high"], "p_value": paired_wilcoxon(a, b)["p_value"],
-                                        "n": len(subjects)}
-        for m in METRICS:
-            for name, p_holm in zip(comparisons, holm([comparisons[n][m]["p_value"] for n in comparisons])):
-                comparisons[name][m]["p_holm"] = p_holm
+    comparisons = compare_paired(averaged[REFERENCE], {n: s for n, s in averaged.items() if n != REFERENCE}) \
+        if REFERENCE in averaged and tests else {}
     return {"seeds": seeds, "models": models, "subjects": averaged, "comparisons": comparisons, "tests": tests}
 
 
@@ -122,8 +107,9 @@ def repeats_report(summary: dict, config: Config) -> str:
                   "| against | metric | mean difference (95 % CI) | p | p (Holm) |", "|---|---|---|---|---|"]
         for name, by_metric in summary["comparisons"].items():
             for m, c in by_metric.items():
-                lines.append(f"| {name} | {m} | {c['mean_difference']:+.3f} ({c['ci_low']:+.3f} to {c['ci_high']:+.3f})"
-                             f" | {_p(c['p_value'])} | {_p(c['p_holm'])}{' *' if c['p_holm'] < 0.05 else ''} |")
+                effect = f"{c['mean_diff']:+.3f} ({c['diff_ci_low']:+.3f} to {c['diff_ci_high']:+.3f})"
+                mark = " *" if c["p_holm"] < 0.05 else ""
+                lines.append(f"| {name} | {m} | {effect} | {_p(c['p_value'])} | {_p(c['p_holm'])}{mark} |")
     elif REFERENCE in summary["subjects"] and len(summary["subjects"]) > 1:
         lines.append(f"No tests: {n} subjects are too few (a two-sided Wilcoxon signed-rank test needs "
                      f"{MIN_TEST_SUBJECTS} to reach p < 0.05).")
@@ -140,8 +126,8 @@ def format_repeats(summary: dict) -> str:
                      f"macro-F1 {by_metric['macro_f1']['mean']:.3f} ± {by_metric['macro_f1']['std']:.3f}")
     for name, by_metric in summary["comparisons"].items():
         c = by_metric["macro_f1"]
-        lines.append(f"  {REFERENCE} - {name} (macro-F1, seed-averaged subjects): {c['mean_difference']:+.3f} "
-                     f"({c['ci_low']:+.3f} to {c['ci_high']:+.3f}), p (Holm) {_p(c['p_holm'])}")
+        lines.append(f"  {REFERENCE} - {name} (macro-F1, seed-averaged subjects): {c['mean_diff']:+.3f} "
+                     f"({c['diff_ci_low']:+.3f} to {c['diff_ci_high']:+.3f}), p (Holm) {_p(c['p_holm'])}")
     return "\n".join(lines)
 
 

@@ -29,7 +29,7 @@ def test_repeats_average_subjects_over_seeds_then_compare_with_holm():
     p = {name: stats.wilcoxon(averaged, np.array(other[0])).pvalue for name, other in (("LDA", lda), ("RandomForest", rf))}
     small, large = sorted(p, key=p.get)
     against = summary["comparisons"]
-    assert against["LDA"]["macro_f1"]["mean_difference"] == pytest.approx(np.mean(averaged - lda[0]))
+    assert against["LDA"]["macro_f1"]["mean_diff"] == pytest.approx(np.mean(averaged - lda[0]))
     assert against[small]["macro_f1"]["p_holm"] == pytest.approx(2 * p[small])  # Holm by hand: 2 comparisons
     assert against[large]["macro_f1"]["p_holm"] == pytest.approx(max(2 * p[small], p[large]))
 
