@@ -49,7 +49,7 @@ class FoldResult:
     n_train: int
     n_val: int
     n_test: int
-    features: list[str]  # the fold's selected features
+    features: list[str]  # the fold's selected features that carry values (set-aside columns not among them)
     metrics: dict[str, float]  # accuracy, balanced_accuracy, macro_f1 on the test rows
     confusion: np.ndarray  # (n_classes, n_classes) rows = true class, columns = predicted
     epochs_run: int  # ensembles: the most any member ran
@@ -257,7 +257,7 @@ def fold_result(table: Table, fold: Fold, index: int, config: Config, parts: dic
     return FoldResult(
         index=index, test_subjects=sorted(np.unique(table.groups[fold.test]).tolist()),
         n_train=len(fold.train), n_val=len(fold.val), n_test=len(fold.test),
-        features=[table.feature_names[j] for j in fold.selected(config.model.n_features)],
+        features=[table.feature_names[j] for j in fold.used(config.model.n_features)],
         metrics=metrics, confusion=confusion, epochs_run=max(fit.epochs_run for fit in fits),
         best_epoch=int(np.median([fit.best_epoch for fit in fits])), seconds=seconds, history=fits[0].history,
         test_rows=fold.test, y_pred=y_pred, proba=proba, baselines=baseline_metrics, baseline_proba=baseline_proba,

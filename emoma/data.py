@@ -236,7 +236,9 @@ def choose_feature_columns(frame: pd.DataFrame, cfg: DataConfig, source: str) ->
 
 
 def drop_uninformative(values: np.ndarray, features: list[str], dropped: dict[str, str]):
-    """Drop constant columns and exact duplicates of an earlier column (ACC_z_* == ACC_y_* in WESAD).
+    """Drop constant columns and exact duplicates of an earlier column (ACC_z_* == ACC_y_* in WESAD), over all
+    rows: a column dropped here every fold's training rows would drop too (`emoma.folds.uninformative_columns`
+    sets aside, per fold, the rest of what they alone would drop).
 
     Returns the kept columns as float32, their names, and `dropped` with the reasons added.
     """

@@ -24,7 +24,7 @@ from emoma.config import CVConfig
 from emoma.data import Table
 from emoma.errors import UserError
 
-PLAN_VERSION = 2  # bump when the plan's content or meaning changes, to invalidate caches
+PLAN_VERSION = 3  # bump when the plan's content or meaning changes, to invalidate caches
 ROW_WISE_WARNING = (
     "kfold splits rows, not subjects: windows of one subject are on both sides of each fold (and a training "
     "window's context may hold test windows), so scores are optimistic and do not measure generalisation to new "
@@ -41,8 +41,11 @@ class Fold:
     test: np.ndarray  # (n_test,) rows scored once
     mean: np.ndarray  # (n_features,) scaler mean of the training rows
     scale: np.ndarray  # (n_features,) scaler standard deviation of the training rows
-    ranking: np.ndarray  # (n_features,) feature indices, best first (RFE on the training rows)
+    ranking: np.ndarray  # (n_features,) feature indices, best first (RFE on the training rows; set-aside last)
     exact_from: int = 1  # every top-k with k >= exact_from is the full RFE ranking's (RFE stopped early below)
+    set_aside: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # columns constant or
+    # duplicated on the training rows: read as 0 by every model of the fold, as if dropped (the width stays the
+    # table's, so the folds of one configuration still train as one batched model)
 
     def selected(self, k: int) -> np.ndarray:
         """Indices of the top-k features, in column order (k=0 or k >= n_features: all)."""
@@ -52,10 +55,18 @@ class Fold:
         k = len(self.ranking) if k <= 0 else min(k, len(self.ranking))
         return np.sort(self.ranking[:k])
 
-    def scaled(self, X: np.ndarray, k: int) -> np.ndarray:
-        """(n_windows, k') float32: every window's top-k features, scaled with this fold's training statistics."""
+    def used(self, k: int) -> np.ndarray:
+        """The top-k features that carry values (`selected(k)` without the set-aside columns)."""
         cols = self.selected(k)
-        return ((X[:, cols] - self.mean[cols]) / self.scale[cols]).astype(np.float32)
+        return cols[~np.isin(cols, self.set_aside)]
+
+    def scaled(self, X: np.ndarray, k: int) -> np.ndarray:
+        """(n_windows, k') float32: every window's top-k features, scaled with this fold's training statistics;
+        set-aside columns are 0."""
+        cols = self.selected(k)
+        scaled = ((X[:, cols] - self.mean[cols]) / self.scale[cols]).astype(np.float32)
+        scaled[:, np.isin(cols, self.set_aside)] = 0.0
+        return scaled
 
     def samples(self, X: np.ndarray, y: np.ndarray, context: tuple[np.ndarray, np.ndarray],
                 k: int) -> dict[str, Samples]:
@@ -212,6 +223,16 @@ def rfe_stop(n_features: int, step: int, smallest_k: int) -> int:
     return next((n for n in range(n_features, 0, -step) if n < smallest_k), 1)
 
 
+def uninformative_columns(X: np.ndarray) -> np.ndarray:
+    """Indices of the columns of `X` (a fold's training rows) that are constant there or equal there to an
+    earlier column: what `emoma.data.drop_uninformative` drops from the whole table, decided on these rows alone."""
+    constant = np.all(X == X[:1], axis=0)
+    _, first = np.unique(X.T, axis=0, return_index=True)
+    duplicate = np.ones(X.shape[1], dtype=bool)
+    duplicate[first] = False
+    return np.flatnonzero(constant | duplicate).astype(np.int64)
+
+
 def rank_features(X: np.ndarray, y: np.ndarray, cfg: CVConfig, seed: int, smallest_k: int = 0) -> np.ndarray:
     """RFE ranking of the columns of `X` (n_rows, n_features): feature indices, best first.
 
@@ -242,10 +263,14 @@ def resolve_jobs(jobs: int) -> int:
 
 def fit_fold(X: np.ndarray, y: np.ndarray, groups: np.ndarray, train_val: np.ndarray, test: np.ndarray,
              cfg: CVConfig, seed: int, smallest_k: int = 0) -> Fold:
-    """Split `train_val` rows into training and validation rows, fit the scaler and RFE on the training rows."""
+    """Split `train_val` rows into training and validation rows; on the training rows, set aside the columns
+    constant or duplicated there and fit the scaler and the RFE ranking of the others."""
     train, val = inner_split(y, groups, train_val, cfg, seed)
     scaler = StandardScaler().fit(X[train])
-    ranking = rank_features(scaler.transform(X[train]), y[train], cfg, seed, smallest_k)
-    stop = rfe_stop(X.shape[1], cfg.rfe_step, smallest_k)
-    return Fold(train=train, val=val, test=np.sort(test), mean=scaler.mean_, scale=scaler.scale_, ranking=ranking,
-                exact_from=1 if stop == 1 else min(stop + 1, X.shape[1]))
+    set_aside = uninformative_columns(X[train])
+    kept = np.setdiff1d(np.arange(X.shape[1]), set_aside)
+    ranking = kept[rank_features(scaler.transform(X[train])[:, kept], y[train], cfg, seed, smallest_k)]
+    stop = rfe_stop(len(kept), cfg.rfe_step, smallest_k)
+    return Fold(train=train, val=val, test=np.sort(test), mean=scaler.mean_, scale=scaler.scale_,
+                ranking=np.concatenate([ranking, set_aside]), exact_from=1 if stop == 1 else min(stop + 1, len(kept)),
+                set_aside=set_aside)

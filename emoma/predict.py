@@ -24,12 +24,14 @@ from emoma.train import EVAL_CHUNK
 def model_bundle(model: torch.nn.Module, config: Config, fold: Fold, feature_names: list[str],
                  class_names: list[str], window_s: float | None = None) -> dict:
     """Weights, config (with its subject normalisation and context), the selected feature names and their
-    scaler statistics, class names, and the window length the time-gap rule used in training."""
+    scaler statistics, the features set aside on the training rows (read as 0), class names, and the window
+    length the time-gap rule used in training."""
     cols = fold.selected(config.model.n_features)
     return {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": config.to_dict(),
         "features": [feature_names[j] for j in cols],
+        "set_aside": [feature_names[j] for j in cols if j in fold.set_aside],
         "mean": fold.mean[cols].tolist(),
         "scale": fold.scale[cols].tolist(),
         "class_names": list(class_names),
@@ -112,7 +114,9 @@ def _member_proba(model: torch.nn.Module, bundle: dict, frame: pd.DataFrame) -> 
                   feature_names=list(bundle["features"]), class_names=list(bundle["class_names"]), source="predict",
                   time_s=None if time_s is None else time_s[order])
     table = normalise_subjects(table, data)
-    X = torch.as_tensor(((table.X - np.array(bundle["mean"])) / np.array(bundle["scale"])).astype(np.float32))
+    scaled = ((table.X - np.array(bundle["mean"])) / np.array(bundle["scale"])).astype(np.float32)
+    scaled[:, np.isin(bundle["features"], bundle.get("set_aside", []))] = 0.0  # as the fold's Fold.scaled
+    X = torch.as_tensor(scaled)
     window_s = data.window_s or bundle.get("window_s")  # as in training, not re-inferred from this table
     starts = run_starts(table, window_s)
     index, mask = (torch.as_tensor(a) for a in context_index(starts, config.model.context))

@@ -302,6 +302,37 @@ def test_predict_rebuilds_normalisation_and_context(small_frame, smoke_config, t
         predict_frame(model, bundle, small_frame.drop(columns="subject"))
 
 
+def test_columns_constant_or_duplicated_on_training_rows_are_set_aside_by_the_fold(small_frame, smoke_config,
+                                                                                   tmp_path):
+    """The table keeps a column that varies somewhere; a fold whose training rows hold it constant (or equal to an
+    earlier column) reads it as 0 everywhere, in training, scoring, baselines and the saved model."""
+    from emoma.predict import load_model, save_model
+
+    config = apply_overrides(smoke_config, {"train.epochs": 2, "model.n_features": 0})  # every feature
+    table = table_from_frame(small_frame, config.data, "t")
+    train = make_plan(table, config.cv, config.seed).folds[0].train  # splits depend on subjects only
+    first, second, third = table.feature_names[:3]
+    frame = small_frame.copy()
+    on_train = np.isin(np.arange(len(frame)), table.row_ids[train])
+    frame.loc[on_train, first] = 1.5  # constant on the fold's training rows, varying elsewhere
+    frame.loc[on_train, third] = frame.loc[on_train, second]  # a duplicate there only
+    table = table_from_frame(frame, config.data, "t")
+    assert table.feature_names[:3] == [first, second, third]  # the table-wide rule keeps both
+    fold = make_plan(table, config.cv, config.seed).folds[0]
+    assert fold.set_aside.tolist() == [0, 2] and sorted(fold.ranking[-2:].tolist()) == [0, 2]
+    assert len(fold.selected(0)) == len(table.feature_names) and 0 not in fold.used(0) and 2 not in fold.used(0)
+    scaled = fold.scaled(table.X, 0)
+    assert not scaled[:, [0, 2]].any() and scaled[:, 1].any()
+    result = run_fold(table, fold, 0, config, table_context(table, config), keep_model=True, baselines=True)
+    assert first not in result.features and third not in result.features and second in result.features
+    save_model(tmp_path / "m.pt", [(result.model, config, fold, 1.0)], table.feature_names, table.class_names)
+    model, bundle = load_model(tmp_path / "m.pt")
+    assert bundle["set_aside"] == [first, third]
+    predicted = predict_frame(model, bundle, frame)
+    np.testing.assert_allclose(predicted[["p_non-stress", "p_stress"]].to_numpy()[table.row_ids[fold.test]],
+                               result.proba, atol=1e-5)
+
+
 def test_an_ensemble_of_configurations_predicts_with_each_members_own_inputs(small_frame, smoke_config, tmp_path):
     """The final model of ensemble selection: members of different normalisation, context and features, saved
     with their weights; predict averages each member's own predictions."""

@@ -53,6 +53,7 @@ def test_fitted_state_ignores_test_rows(small_table):
     np.testing.assert_array_equal(fold.mean, fold_altered.mean)
     np.testing.assert_array_equal(fold.scale, fold_altered.scale)
     np.testing.assert_array_equal(fold.ranking, fold_altered.ranking)
+    np.testing.assert_array_equal(fold.set_aside, fold_altered.set_aside)
 
 
 def test_scaler_fitted_on_train_rows_only(small_table):
