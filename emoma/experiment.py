@@ -67,9 +67,9 @@ def search_settings(args, defaults: dict, name: str, storage_path: str) -> Searc
     base = manifest.config if manifest else None
     config = load_config(args.config or (None if manifest else defaults["config"]), args.set, flags=flags, base=base)
     check_folds_flag(args.folds, config)
-    # model and train settings given on the command line (--set, --epochs, --device, --metric) hold for every
-    # trial, the seed trial included: the flag means what it says, and a searched key it sets leaves the space
-    given = {k for k in _set_keys(args.set) if k.startswith(("model.", "train."))}
+    # model, train and data settings given on the command line (--set, --epochs, --device, --metric) hold for
+    # every trial, the seed trial included: the flag means what it says, and a searched key it sets leaves the space
+    given = {k for k in _set_keys(args.set) if k.startswith(("model.", "train.", "data."))}
     given |= {k for k, v in flags.items() if v is not None and k.startswith("train.")}
     if manifest:
         seed_config = load_config(args.seed_config) if args.seed_config else manifest.seed_configuration()

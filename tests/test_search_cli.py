@@ -116,16 +116,18 @@ def test_a_resume_may_change_how_the_final_choice_is_made(cli, finished):
 def test_epochs_and_set_fix_a_searched_key(cli, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("train.epochs: {choice: [20, 30]}\ntrain.lr: {float: [1e-3, 1e-2], log: true}\n"
-                     "model.n_features: {int: [3, 8]}\n")
+                     "model.n_features: {int: [3, 8]}\ndata.subject_norm: {choice: [none, subject, causal]}\n")
     proc = search(cli, tmp_path, "--name", "f", "--space", space, "--num-samples", 2, "--epochs", 1, "--cv", "group-kfold",
-                  "--folds", 2, "--set", "train.lr=3e-3", "--select", "one-se", "--fidelity", "low")
+                  "--folds", 2, "--set", "train.lr=3e-3", "--set", "data.subject_norm=causal", "--select", "one-se",
+                  "--fidelity", "low")
     assert proc.returncode == 0, proc.stderr
     assert "train.epochs fixed at 1 by the command line: not searched" in proc.stdout
     assert "train.lr fixed at 0.003" in proc.stdout
+    assert "data.subject_norm fixed at 'causal'" in proc.stdout and "subject normalisation causal (" in proc.stdout
     # 2 folds, no more than the grace folds: ASHA (the default) could stop nothing, and says so
     assert "note: no pruning: every trial runs its 2 folds, no more than search.grace_folds (4)" in proc.stdout
     trials = pd.read_csv(tmp_path / "f" / "trials.csv")
-    assert not [c for c in trials.columns if c in ("param.train.epochs", "param.train.lr")]
+    assert not [c for c in trials.columns if c in ("param.train.epochs", "param.train.lr", "param.data.subject_norm")]
     assert yaml.safe_load((tmp_path / "f" / "best_config.yaml").read_text())["train"]["epochs"] == 1
     held = json.loads((tmp_path / "f" / "holdout_metrics.json").read_text())
     assert [m["epochs_run"] for m in held["final"]["members"]] == [1] * len(held["final"]["members"])
