@@ -74,6 +74,8 @@ def search_settings(args, defaults: dict, name: str, storage_path: str) -> Searc
     if manifest:
         seed_config = load_config(args.seed_config) if args.seed_config else manifest.seed_configuration()
         space = load_space(args.space, config) if args.space else space_from_dict(manifest.space, config)
+        given -= {k for k in given if k.startswith("data.") and k in space}  # searched by an experiment begun
+        # before data keys were fixed: it resumes as it began
         clash = sorted(given & set(space))
         if clash:
             raise UserError(f"--resume: {clash[0]} is searched in experiment {name}; it cannot be fixed on resume: "

@@ -226,11 +226,14 @@ def rfe_stop(n_features: int, step: int, smallest_k: int) -> int:
 def uninformative_columns(X: np.ndarray) -> np.ndarray:
     """Indices of the columns of `X` (a fold's training rows) that are constant there or equal there to an
     earlier column: what `emoma.data.drop_uninformative` drops from the whole table, decided on these rows alone."""
-    constant = np.all(X == X[:1], axis=0)
-    _, first = np.unique(X.T, axis=0, return_index=True)
-    duplicate = np.ones(X.shape[1], dtype=bool)
-    duplicate[first] = False
-    return np.flatnonzero(constant | duplicate).astype(np.int64)
+    aside, kept = [], []
+    for j in range(X.shape[1]):
+        column = X[:, j]
+        if np.all(column == column[0]) or any(np.array_equal(X[:, i], column) for i in kept):
+            aside.append(j)
+        else:
+            kept.append(j)
+    return np.array(aside, dtype=np.int64)
 
 
 def rank_features(X: np.ndarray, y: np.ndarray, cfg: CVConfig, seed: int, smallest_k: int = 0) -> np.ndarray:

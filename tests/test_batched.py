@@ -62,9 +62,9 @@ def test_batched_folds_match_sequential(small_table, smoke_config, variant):
         s = run_fold(table, plan.folds[i], i, config, context)
         assert (b.best_epoch, b.epochs_run) == (s.best_epoch, s.epochs_run)
         stopped_early += b.epochs_run < config.train.epochs
-        for hb, hs in zip(b.history, s.history):
+        for hb, hs in zip(b.history, s.history):  # float rounding (which differs by CPU) grows over 15 epochs
             for key in ("train_loss", "val_loss", "val_macro_f1", "train_accuracy"):
-                assert hb[key] == pytest.approx(hs[key], rel=2e-3, abs=2e-4), key
+                assert hb[key] == pytest.approx(hs[key], rel=1e-2, abs=1e-3), key
         np.testing.assert_allclose(b.proba, s.proba, atol=2e-3)
         np.testing.assert_array_equal(b.y_pred, s.y_pred)
     assert stopped_early, "expected patience to stop a fold, so that folds leave the batch"
