@@ -119,7 +119,12 @@ class FoldBatchedForward:
         """Logits (K, B, n_classes) of x (K, B, T, F) with mask (K, B, T) or None; `drop` holds this step's
         dropout keep-masks (None in eval mode)."""
         K, B, T, n_in = x.shape
-        h = x.reshape(K, B * T, n_in, 1)  # (K, N, L, C): channel-last, each window a 1-channel sequence
+        return self.sequence(p, self.windows(p, x.reshape(K, B * T, n_in)).unflatten(1, (B, T)), mask, drop)
+
+    def windows(self, p: dict, x: torch.Tensor) -> torch.Tensor:
+        """The CNN of every window on its own: x (K, N, F) -> (K, N, L, C) channel-last."""
+        K, N, n_in = x.shape
+        h = x.reshape(K, N, n_in, 1)  # each window a 1-channel sequence
         for conv, kernel, channel, spatial, spatial_kernel, pool in self.blocks:
             h = torch.relu(_conv(h, p[f"{conv}.weight"], p[f"{conv}.bias"], kernel))
             if channel:
@@ -129,7 +134,11 @@ class FoldBatchedForward:
                 h = h * torch.sigmoid(_conv(s, p[f"{spatial}.conv.weight"], p[f"{spatial}.conv.bias"], spatial_kernel))
             if pool != "none":
                 h = _pool(h, pool)
-        L = h.shape[2]
+        return h
+
+    def sequence(self, p: dict, h: torch.Tensor, mask: torch.Tensor | None, drop: list | None) -> torch.Tensor:
+        """Logits (K, B, n_classes) from the windows' CNN outputs h (K, B, T, L, C) and mask (K, B, T) or None."""
+        K, B, T, L, _ = h.shape
         if self.per_window:
             h, L = h.reshape(K, B, T, -1), 1  # (K, B, T, L*C): one step per window
         else:
@@ -218,13 +227,29 @@ def _pool(h, kind):
     K, N, L, C = h.shape
     if L % 2:
         h = F.pad(h, (0, 0, 0, 1), value=float("-inf") if kind == "max" else 0.0)
-    pairs = h.view(K, N, (L + 1) // 2, 2, C)
     if kind == "max":
-        return pairs.max(3).values
+        return _PairMax.apply(h)
     counts = h.new_full(((L + 1) // 2, 1), 2.0)
     if L % 2:
         counts[-1] = 1.0
-    return pairs.sum(3) / counts
+    return h.view(K, N, (L + 1) // 2, 2, C).sum(3) / counts
+
+
+class _PairMax(torch.autograd.Function):
+    """The larger of each pair of positions of (K, N, 2L, C), with max(dim)'s gradient (to the first of equal
+    values): max(dim) over the pairs and its index-scatter backward cost several times more on CPU."""
+
+    @staticmethod
+    def forward(ctx, h):
+        even, odd = h[:, :, 0::2], h[:, :, 1::2]
+        ctx.save_for_backward(even >= odd)
+        return torch.maximum(even, odd)
+
+    @staticmethod
+    def backward(ctx, grad):
+        first, = ctx.saved_tensors
+        to_even = grad * first
+        return torch.stack([to_even, grad - to_even], dim=3).flatten(2, 3)
 
 
 def _stack_windows(parts: list[Samples], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,6 +300,18 @@ class _Stack:
         index = self.index[self.fold, rows]  # (K, B, T)
         x = self.X[self.source[:, :, None], index]  # (K, B, T, F)
         return x, None if self.mask is None else self.mask[self.fold, rows], self.y[self.fold, rows]
+
+    def distinct_windows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (K, R, F) the distinct windows each fold's samples read (neighbouring samples share all but one of
+        their context windows), zero-padded, and (K, n_max, T) where each sample's windows are in them."""
+        index = self.index.cpu().numpy()
+        found = [np.unique(rows, return_inverse=True) for rows in index]
+        distinct = np.zeros((len(index), max(len(u) for u, _ in found)), dtype=np.int64)
+        where = np.zeros_like(index)
+        for f, (u, inverse) in enumerate(found):
+            distinct[f, :len(u)], where[f] = u, inverse.reshape(index.shape[1:])
+        device = self.index.device
+        return self.X[self.source, torch.as_tensor(distinct, device=device)], torch.as_tensor(where, device=device)
 
 
 def train_folds(train: list[Samples], val: list[Samples] | None, *, n_classes: int, model_cfg: ModelConfig,
@@ -427,17 +464,23 @@ def _adam(fold_rows, active, grad, cfg: TrainConfig) -> None:
 
 @torch.no_grad()
 def _validate(forward, leaves, va: _Stack, class_w, n_classes) -> torch.Tensor:
-    """(K, 4): validation loss (class-weighted mean), accuracy, balanced accuracy, macro-F1 per fold."""
+    """(K, 4): validation loss (class-weighted mean), accuracy, balanced accuracy, macro-F1 per fold. The CNN
+    runs once per distinct window, not once per sample and context position."""
     K, n_max = va.y.shape
-    loss_sum = torch.zeros(K, device=va.y.device)
-    weight_sum = torch.zeros(K, device=va.y.device)
-    confusion = torch.zeros(K, n_classes, n_classes, device=va.y.device)
-    all_rows = torch.arange(n_max, device=va.y.device).expand(K, n_max)
+    device = va.y.device
+    windows, where = va.distinct_windows()
+    per_window = torch.cat([forward.windows(leaves, chunk) for chunk in windows.split(EVAL_CHUNK, dim=1)], dim=1)
+    loss_sum = torch.zeros(K, device=device)
+    weight_sum = torch.zeros(K, device=device)
+    confusion = torch.zeros(K, n_classes, n_classes, device=device)
+    all_rows = torch.arange(n_max, device=device).expand(K, n_max)
     for start in range(0, n_max, EVAL_CHUNK):
         rows = all_rows[:, start:start + EVAL_CHUNK]
-        x, mask, y = va.batch(rows)
+        h = per_window[va.fold[:, :, None], where[:, start:start + EVAL_CHUNK]]  # (K, b, T, L, C)
+        mask = None if va.mask is None else va.mask[va.fold, rows]
+        y = va.y[va.fold, rows]
         real = (rows < va.n[:, None]).float()
-        logits = forward(leaves, x, mask, None)
+        logits = forward.sequence(leaves, h, mask, None)
         w = class_w.gather(1, y) * real
         loss_sum += (F.cross_entropy(logits.transpose(1, 2), y, reduction="none") * w).sum(1)
         weight_sum += w.sum(1)

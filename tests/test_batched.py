@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from emoma.batched import FoldBatchedForward, Layout
+from emoma.batched import FoldBatchedForward, Layout, _pool, _stack_windows, _Stack, _validate
 from emoma.config import ModelConfig, apply_overrides
 from emoma.context import normalise_subjects
 from emoma.cv import run_cv, run_fold, run_folds_batched, table_context
-from emoma.folds import make_plan
+from emoma.folds import Samples, make_plan
 from emoma.model import build_model
 
 VARIANTS = {
@@ -20,6 +20,7 @@ VARIANTS = {
     "bidirectional, no attention": {"model.context": 2, "model.bidirectional": True, "model.attention": False},
     "LSTM over windows": {"model.context": 4, "model.lstm_over": "windows", "model.lstm_layers": 2,
                           "model.bidirectional": True, "data.subject_norm": "subject"},
+    "ensemble members with refit": {"model.context": 2, "model.ensemble": 3, "train.refit": True},
 }
 
 
@@ -44,6 +45,51 @@ def test_batched_forward_equals_the_model(variant):
         torch.testing.assert_close(got[k], model(x[k], mask[k]), atol=2e-6, rtol=1e-5)
         assert all(torch.equal(a, b) for a, b in zip(layout.state_dict(layout.rows(models)[k], model).values(),
                                                        model.state_dict().values()))
+
+
+@pytest.mark.parametrize("length", [8, 7])
+def test_pair_max_pool_has_max_pools_values_and_gradient(length):
+    """Ties included: the first of two equal values takes the gradient, as in max pooling; an odd last position
+    is pooled alone (ceil mode)."""
+    h = torch.randn(2, 3, length, 4)
+    h[0, 1, 3], h[1, 2, 5] = h[0, 1, 2], h[1, 2, 4]
+    h.requires_grad_()
+    weight = torch.randn(2, 3, (length + 1) // 2, 4)
+    ours = _pool(h, "max")
+    (ours_grad,) = torch.autograd.grad((ours * weight).sum(), h)
+    reference = torch.nn.functional.max_pool1d(h.flatten(0, 1).transpose(1, 2), 2, ceil_mode=True)
+    reference = reference.transpose(1, 2).unflatten(0, (2, 3))
+    (reference_grad,) = torch.autograd.grad((reference * weight).sum(), h)
+    assert torch.equal(ours, reference) and torch.equal(ours_grad, reference_grad)
+
+
+def test_validation_reads_each_distinct_window_once_and_scores_every_sample():
+    """The CNN runs on the distinct windows only; the scores equal those of the model run sample by sample (two
+    folds of different sizes, each over its own window matrix, with padded context windows)."""
+    cfg = ModelConfig(conv_channels=[4, 8], lstm_hidden=6, fc=5, dropout=0.0, context=3, lstm_over="windows")
+    rng = np.random.default_rng(0)
+    parts = []
+    for n in (9, 6):
+        index = np.stack([np.maximum(np.arange(n) - lag, 0) for lag in (2, 1, 0)], axis=1)
+        mask = np.stack([np.arange(n) >= lag for lag in (2, 1, 0)], axis=1)
+        parts.append(Samples(rng.standard_normal((n, 7)).astype(np.float32), index, mask, rng.integers(0, 3, n)))
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(build_model(cfg, 7, 3).eval())
+    layout = Layout(models[0])
+    params = layout.views(layout.rows(models))
+    forward = FoldBatchedForward(models[0], cfg)
+    windows, source = _stack_windows(parts, "cpu")
+    stack = _Stack(parts, windows, source)
+    got = _validate(forward, params, stack, torch.ones(2, 3), 3)
+    for k, (part, model) in enumerate(zip(parts, models)):
+        with torch.no_grad():
+            logits = model(torch.as_tensor(part.X[part.index]), torch.as_tensor(part.mask))
+        y = torch.as_tensor(part.y)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        accuracy = (logits.argmax(1) == y).float().mean()
+        torch.testing.assert_close(got[k, :2], torch.stack([loss, accuracy]), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
