@@ -248,8 +248,8 @@ class _PairMax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         first, = ctx.saved_tensors
-        to_even = grad * first
-        return torch.stack([to_even, grad - to_even], dim=3).flatten(2, 3)
+        zero = grad.new_zeros(())
+        return torch.stack([torch.where(first, grad, zero), torch.where(first, zero, grad)], dim=3).flatten(2, 3)
 
 
 def _stack_windows(parts: list[Samples], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,6 +280,7 @@ class _Stack:
         device = X.device
         self.padded = any(s.padded for s in parts)
         self.X, self.index = X, torch.as_tensor(index, device=device)
+        self.host_index = index  # for distinct_windows, without waiting for the device
         self.mask = torch.as_tensor(mask, device=device) if self.padded else None
         self.y = torch.as_tensor(y, device=device)
         self.counts = [len(s) for s in parts]
@@ -291,6 +292,7 @@ class _Stack:
         """Only the folds `local` (rows of the batch) stay."""
         ix = torch.as_tensor(local, device=self.index.device)
         self.index, self.y, self.n, self.source = self.index[ix], self.y[ix], self.n[ix], self.source[ix]
+        self.host_index = self.host_index[local]
         self.mask = None if self.mask is None else self.mask[ix]
         self.counts = [self.counts[i] for i in local]
         self.fold = self.fold[:len(local)]
@@ -301,10 +303,11 @@ class _Stack:
         x = self.X[self.source[:, :, None], index]  # (K, B, T, F)
         return x, None if self.mask is None else self.mask[self.fold, rows], self.y[self.fold, rows]
 
-    def distinct_windows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (K, R, F) the distinct windows each fold's samples read (neighbouring samples share all but one of
-        their context windows), zero-padded, and (K, n_max, T) where each sample's windows are in them."""
-        index = self.index.cpu().numpy()
+    def distinct_windows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For samples start..stop of each fold: x (K, R, F) the distinct windows they read (neighbouring samples
+        share all but one of their context windows), zero-padded, and (K, stop - start, T) where each sample's
+        windows are in them."""
+        index = self.host_index[:, start:stop]
         found = [np.unique(rows, return_inverse=True) for rows in index]
         distinct = np.zeros((len(index), max(len(u) for u, _ in found)), dtype=np.int64)
         where = np.zeros_like(index)
@@ -468,15 +471,14 @@ def _validate(forward, leaves, va: _Stack, class_w, n_classes) -> torch.Tensor:
     runs once per distinct window, not once per sample and context position."""
     K, n_max = va.y.shape
     device = va.y.device
-    windows, where = va.distinct_windows()
-    per_window = torch.cat([forward.windows(leaves, chunk) for chunk in windows.split(EVAL_CHUNK, dim=1)], dim=1)
     loss_sum = torch.zeros(K, device=device)
     weight_sum = torch.zeros(K, device=device)
     confusion = torch.zeros(K, n_classes, n_classes, device=device)
     all_rows = torch.arange(n_max, device=device).expand(K, n_max)
     for start in range(0, n_max, EVAL_CHUNK):
         rows = all_rows[:, start:start + EVAL_CHUNK]
-        h = per_window[va.fold[:, :, None], where[:, start:start + EVAL_CHUNK]]  # (K, b, T, L, C)
+        windows, where = va.distinct_windows(start, start + EVAL_CHUNK)
+        h = forward.windows(leaves, windows)[va.fold[:, :, None], where]  # (K, b, T, L, C)
         mask = None if va.mask is None else va.mask[va.fold, rows]
         y = va.y[va.fold, rows]
         real = (rows < va.n[:, None]).float()

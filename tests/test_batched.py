@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import emoma.batched
 from emoma.batched import FoldBatchedForward, Layout, _pool, _stack_windows, _Stack, _validate
 from emoma.config import ModelConfig, apply_overrides
 from emoma.context import normalise_subjects
@@ -63,9 +64,10 @@ def test_pair_max_pool_has_max_pools_values_and_gradient(length):
     assert torch.equal(ours, reference) and torch.equal(ours_grad, reference_grad)
 
 
-def test_validation_reads_each_distinct_window_once_and_scores_every_sample():
+def test_validation_reads_each_distinct_window_once_and_scores_every_sample(monkeypatch):
     """The CNN runs on the distinct windows only; the scores equal those of the model run sample by sample (two
-    folds of different sizes, each over its own window matrix, with padded context windows)."""
+    folds of different sizes, each over its own window matrix, with padded context windows, in chunks)."""
+    monkeypatch.setattr(emoma.batched, "EVAL_CHUNK", 4)
     cfg = ModelConfig(conv_channels=[4, 8], lstm_hidden=6, fc=5, dropout=0.0, context=3, lstm_over="windows")
     rng = np.random.default_rng(0)
     parts = []
@@ -82,6 +84,8 @@ def test_validation_reads_each_distinct_window_once_and_scores_every_sample():
     forward = FoldBatchedForward(models[0], cfg)
     windows, source = _stack_windows(parts, "cpu")
     stack = _Stack(parts, windows, source)
+    windows, where = stack.distinct_windows(0, 9)
+    assert windows.shape == (2, 9, 7) and where.shape == (2, 9, 3)  # 9 windows, not 9 samples x 3 positions
     got = _validate(forward, params, stack, torch.ones(2, 3), 3)
     for k, (part, model) in enumerate(zip(parts, models)):
         with torch.no_grad():
