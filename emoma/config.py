@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import re
 import types
 import typing
@@ -173,7 +174,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     flags : typed values by dotted key (``{"train.epochs": 5}``), applied last; None values are skipped.
     base : a resolved configuration (``Config.to_dict()``) to start from instead of the defaults.
     """
-    raw = _merge(base or {}, read_yaml(Path(path)) if path else {})
+    raw = _merge(base or {}, read_yaml(find_yaml(path)) if path else {})
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -289,10 +290,30 @@ def sampler_seed(config: Config) -> int:
     return config.seed if config.search.sampler_seed is None else config.search.sampler_seed
 
 
+def shipped_yaml_names() -> list[str]:
+    """Names of the YAML files shipped in the package (`context` for emoma/configs/context.yaml)."""
+    return sorted(p.name[:-len(".yaml")] for p in importlib.resources.files("emoma.configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def find_yaml(path_or_name: str | Path, what: str = "config file") -> Path:
+    """The YAML file at a path, or else the shipped one of that bare name (`context` or `context.yaml`), so the
+    presets work from any folder and from an installed wheel. An existing file of that name wins."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    if path.parent == Path(".") and path.suffix in ("", ".yaml"):
+        shipped = importlib.resources.files("emoma.configs") / f"{path.name.removesuffix('.yaml')}.yaml"
+        if shipped.is_file():
+            return Path(str(shipped))
+    raise UserError(f"{what} {path} does not exist: give a YAML file or a shipped name "
+                    f"({', '.join(shipped_yaml_names())})")
+
+
 def read_yaml(path: Path, what: str = "config file") -> dict:
     """A YAML file holding a mapping ({} when empty); a missing, unreadable or malformed file is a UserError."""
     if not path.is_file():
-        raise UserError(f"{what} {path} does not exist: give a YAML file such as configs/default.yaml")
+        raise UserError(f"{what} {path} does not exist: check the path")
     try:
         raw = parse_yaml(path.read_text())
     except yaml.YAMLError as err:

@@ -2,23 +2,35 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path in the target's folder; on success it replaces `path` in one rename."""
+    """Yield a temporary path in the target's folder; on success it replaces `path` in one rename. The file gets
+    the mode a plain open() gives (0666 less the umask: 0644 by default), so collaborators on shared storage can
+    read it, unlike mkstemp's 0600."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_file_beside(path)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _new_file_beside(path: Path) -> Path:
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free temporary name next to {path}")
 
 
 def write_atomic(path: str | Path, text: str) -> None:

@@ -130,8 +130,8 @@ def _member_proba(model: torch.nn.Module, bundle: dict, frame: pd.DataFrame) -> 
 
 
 @exit_on_user_error
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Predict classes for a merged.csv with a saved EmoMA model.")
+def main(argv=None, prog="python -m emoma.predict") -> None:
+    p = argparse.ArgumentParser(prog=prog, description="Predict classes for a merged.csv with a saved EmoMA model.")
     p.add_argument("--model", required=True, help="final_model.pt written by search.py")
     p.add_argument("--data", required=True, help="merged.csv-layout table to predict")
     p.add_argument("--out", required=True, help="CSV to write: predicted class and per-class probabilities")

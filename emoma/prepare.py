@@ -338,8 +338,8 @@ def prepare(wesad_dir: str | Path, opts: PrepareOptions, *, subjects: list[int] 
     return Prepared(table, skipped)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m emoma.prepare",
+def parse_args(argv=None, prog="python -m emoma.prepare"):
+    p = argparse.ArgumentParser(prog=prog,
                                 description="Turn a WESAD folder into a merged.csv window-by-feature table.")
     p.add_argument("--wesad-dir", required=True, help="the unpacked WESAD folder (holds S2 ... S17)")
     p.add_argument("--out", required=True, help="CSV file to write")
@@ -365,8 +365,8 @@ def _split(text: str) -> tuple[str, ...]:
 
 
 @exit_on_user_error
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None, prog="python -m emoma.prepare"):
+    args = parse_args(argv, prog)
     opts = PrepareOptions(window_s=args.window_s, shift_s=args.shift_s, conditions=_split(args.conditions),
                           signals=_split(args.signals), compat_bugs=args.compat_bugs)
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 
-from emoma.config import Config, apply_overrides, flatten, from_dict, get_dotted, read_yaml
+from emoma.config import Config, apply_overrides, find_yaml, flatten, from_dict, get_dotted, read_yaml
 from emoma.errors import UserError
 
 CONV_KEYS = ("model.conv_blocks", "model.conv_width")  # derived keys that build model.conv_channels
@@ -23,9 +23,7 @@ NOT_SEARCHABLE = {"train.device": "set it with --device", "train.metric": "it fo
 
 def load_space(path: str | Path, base: Config | None = None) -> dict[str, optuna.distributions.BaseDistribution]:
     """Read a search-space YAML into Optuna distributions keyed by config key, each value validated on `base`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"search space {path} does not exist: give a YAML file such as configs/search_space.yaml")
+    path = find_yaml(path, what="search space")
     raw = read_yaml(path, what="search space")
     if not raw:
         raise UserError(f"search space {path} must map config keys to ranges, e.g. 'train.lr: {{float: [1e-4, 1e-2], log: true}}'")

@@ -1,0 +1,66 @@
+"""The installed `emoma` command (here `python -m emoma`, the same entry point): subcommands, shipped configs
+found by name from any folder, one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_in_process
+from emoma.cli import main
+from emoma.config import find_yaml, load_config, shipped_yaml_names
+from emoma.errors import UserError
+from emoma.space import load_space
+
+
+def emoma(*args, cwd):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "emoma", *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_cv_runs_from_any_folder_with_a_shipped_config_by_name(tmp_path):
+    proc = emoma("cv", "--config", "smoke", "--no-progress", "--set", f"cv.cache_dir={tmp_path / 'cache'}",
+                 cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out, = (tmp_path / "results" / "cv").iterdir()  # written where the user stands, not in the package
+    assert json.loads((out / "metrics.json").read_text())["protocol"]["scheme"] == "group-kfold"
+    assert "CNN-LSTM" in proc.stdout
+
+
+def test_shipped_names_resolve_and_a_local_file_wins(tmp_path, monkeypatch):
+    assert {"context", "default", "seed", "smoke", "search_space", "smoke_space"} <= set(shipped_yaml_names())
+    assert find_yaml("context") == find_yaml("context.yaml") == ROOT / "configs" / "context.yaml"
+    assert load_config("context").model.context == 4
+    assert "train.lr" in load_space("smoke_space", load_config("smoke"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "context.yaml").write_text("name: mine\n")
+    assert load_config("context.yaml").name == "mine"  # a file the user names is the file they mean
+    assert load_config("context").name == "context"  # a bare name without .yaml that is no file: the shipped one
+
+
+@pytest.mark.parametrize("given", ["nope", "configs/nope.yaml", "elsewhere/context.yaml"])
+def test_a_missing_config_is_one_line_naming_the_shipped_ones(tmp_path, monkeypatch, given):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"does not exist: give a YAML file or a shipped name \(context, default"):
+        find_yaml(given)
+
+
+@pytest.mark.parametrize("argv, code, text", [
+    ([], 2, "emoma: error: no command: give one of cv, search, status, predict, prepare"),
+    (["train"], 2, "emoma: error: unknown command 'train'"),
+    (["--help"], 0, "commands:"),
+    (["status"], 2, "the following arguments are required: --name"),
+    (["cv", "--config", "nope"], 2, "error: config file nope does not exist"),
+])
+def test_command_line_errors_and_help(capsys, argv, code, text):
+    proc = run_in_process(main, argv, capsys)
+    assert proc.returncode == code
+    assert text in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_status_of_a_missing_experiment_is_one_line(tmp_path, capsys):
+    proc = run_in_process(main, ["status", "--name", "none", "--storage-path", str(tmp_path)], capsys)
+    assert proc.returncode == 2 and "no experiment 'none'" in proc.stderr
