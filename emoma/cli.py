@@ -88,7 +88,7 @@ def cv_main(argv=None, prog=None):
     result, out = cross_validate(config, args.resume or args.out, baselines=args.baselines,
                                  progress=not args.no_progress, verbose=args.verbose, resume=bool(args.resume),
                                  mlflow=args.mlflow)
-    print(format_summary(result))
+    print(format_summary(result, config.train.metric))
     print(f"results written to {out}")
 
 

@@ -20,7 +20,7 @@ from emoma.config import METRICS, Config
 from emoma.context import context_index, order_notes, run_starts, smooth_probabilities
 from emoma.data import Table
 from emoma.folds import Fold, FoldPlan, Samples, resolve_jobs
-from emoma.metrics import score
+from emoma.metrics import degenerate_notes, score
 from emoma.model import Ensemble
 from emoma.train import FoldFit, predict_proba, resolve_device, train_fold
 
@@ -89,6 +89,12 @@ class CVResult:
     def baseline_summary(self) -> dict[str, dict[str, dict[str, float]]]:
         names = self.folds[0].baselines.keys() if self.folds else []
         return {name: _mean_std([f.baselines[name] for f in self.folds]) for name in names}
+
+    def degenerate_notes(self, metric: str) -> list[str]:
+        """`emoma.metrics.degenerate_notes` of the CNN-LSTM: collapsed to one class, no better than the majority
+        class, or below a same-input baseline."""
+        baselines = {name: s[metric]["mean"] for name, s in self.baseline_summary().items()}
+        return degenerate_notes([f.confusion for f in self.folds], self.class_names, metric, baselines=baselines)
 
     @property
     def confusion(self) -> np.ndarray:

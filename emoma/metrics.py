@@ -175,6 +175,51 @@ def metrics_from_confusion(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
             "macro_f1": f1.mean(-1)}
 
 
+ONE_CLASS_SHARE = 0.95  # a model that predicts one class for this share of windows or more has collapsed
+
+
+def degenerate_notes(confusions: list[np.ndarray], class_names: list[str], metric: str, what: str = "the CNN-LSTM",
+                     baselines: dict[str, float] | None = None) -> list[str]:
+    """One line per sign that a model learned little: it predicts one class for (nearly) every window of a test
+    fold; it scores no better than always predicting each fold's majority class; it scores below a same-input
+    baseline.
+
+    Parameters
+    ----------
+    confusions : one (C, C) count matrix per test fold (rows true, columns predicted); one for a hold-out.
+    metric : the metric compared (accuracy, balanced_accuracy or macro_f1), as a mean over the folds.
+    baselines : {name: mean `metric` over the same folds} of the same-input baselines.
+    """
+    folds = torch.as_tensor(np.asarray(confusions, dtype=np.float64))  # (n, C, C)
+    predicted, true = folds.sum(1), folds.sum(2)  # (n, C)
+    total = true.sum(1, keepdim=True)
+    top = predicted.argmax(1, keepdim=True)
+    collapsed = (predicted.gather(1, top) >= ONE_CLASS_SHARE * total) & (true.gather(1, top) < ONE_CLASS_SHARE * total)
+    always = torch.zeros_like(folds)  # each fold's majority class predicted for every window
+    always.scatter_(2, true.argmax(1)[:, None, None].expand(-1, folds.shape[1], 1), true[:, :, None])
+    model = float(metrics_from_confusion(folds)[metric].mean())
+    chance = float(metrics_from_confusion(always)[metric].mean())
+    balanced = float(metrics_from_confusion(folds)["balanced_accuracy"].mean())
+    notes = []
+    if collapsed.any():
+        n, k = len(folds), int(collapsed.sum())
+        where = (f"for {float(predicted.max() / total.sum()):.0%} of the windows" if n == 1 else
+                 f"for {ONE_CLASS_SHARE:.0%} or more of the windows in {k} of {n} test folds")
+        one = f"{class_names[int(top[collapsed.squeeze(1)][0])]!r}" if n == 1 else "a single class"
+        notes.append(f"{what} predicts {one} {where} (balanced accuracy {balanced:.3f}): it learned little beyond "
+                     "the class frequencies; give it more epochs or a higher train.lr, or set train.class_weights: true")
+    elif model <= chance + 1e-9:
+        notes.append(f"{what} scores no better than always predicting the majority class ({metric} {model:.3f} "
+                     f"against {chance:.3f})")
+    if baselines:
+        name = max(baselines, key=baselines.get)
+        if baselines[name] > model + 1e-9:
+            notes.append(f"{what} scores below {name}, a baseline on the same inputs ({metric} {model:.3f} against "
+                         f"{baselines[name]:.3f}); the paired test over subjects in the report says whether the gap "
+                         "is more than noise")
+    return notes
+
+
 class EpochSelector:
     """The best epoch of one fold by its validation metric (ties: lower validation loss), and early stopping
     after `patience` epochs without a new best (0 = never stop). Shared by every trainer."""

@@ -16,7 +16,7 @@ from emoma.cv import METRICS, CVResult
 from emoma.data import Table
 from emoma.files import atomic_path, write_atomic
 from emoma.folds import FoldPlan
-from emoma.metrics import MIN_HOLDOUT_SUBJECTS, MIN_TEST_SUBJECTS, evaluate, per_subject
+from emoma.metrics import MIN_HOLDOUT_SUBJECTS, MIN_TEST_SUBJECTS, degenerate_notes, evaluate, per_subject
 from emoma.plots import plot_bbc_curve, plot_confusion, plot_importances, plot_learning_curves, plot_search_history
 from emoma.select import describe_choice
 from emoma.space import describe
@@ -71,6 +71,7 @@ def metrics_dict(result: CVResult, table: Table, plan: FoldPlan, config: Config,
                      "early_stopping_metric": config.train.metric, "refit": config.train.refit,
                      "baselines": config.cv.baselines},
         "summary": result.summary(),
+        "warnings": result.degenerate_notes(config.train.metric),
         "evaluation": evaluation,
         "confusion_matrix": result.confusion.tolist(),
         "class_names": result.class_names,
@@ -174,10 +175,10 @@ def _trial_fidelity(result, config: Config) -> str:
             f"count{seed}")
 
 
-def format_summary(result: CVResult) -> str:
+def format_summary(result: CVResult, metric: str) -> str:
     """A few lines for the terminal: mean ± std per metric, baselines, the pooled confusion matrix."""
     lines = [f"{len(result.folds)} {result.scheme} folds in {result.seconds:.1f} s"]
-    lines += [f"WARNING: {note}" for note in result.notes]
+    lines += [f"WARNING: {note}" for note in result.notes + result.degenerate_notes(metric)]
     lines.append("CNN-LSTM      " + _metric_line(result.summary()))
     for name, summary in result.baseline_summary().items():
         lines.append(f"{name:<13} " + _metric_line(summary))
@@ -223,6 +224,7 @@ def markdown_report(result: CVResult, table: Table, plan: FoldPlan, config: Conf
         "",
         "## Result (mean ± std over folds)",
         "",
+        *[f"**WARNING: {note}**\n" for note in result.degenerate_notes(config.train.metric)],
         metrics_table({"CNN-LSTM": result.summary(), **result.baseline_summary()}),
         "",
         *evaluation_sections(evaluation, result.class_names),
@@ -425,7 +427,7 @@ def holdout_metrics(result: SearchResult, predictions: pd.DataFrame) -> dict:
             "final_vs_base": paired_noise(evaluation["models"][FINAL]["subjects"],
                                           evaluation["models"][BASE]["subjects"]),
             "naive_best": {"trial": result.best.trial_id, "cv": result.best.mean, "params": result.best.params},
-            "bbc_cv": result.selection.summary["bbc_cv"], "evaluation": evaluation}
+            "bbc_cv": result.selection.summary["bbc_cv"], "warnings": final_notes(result), "evaluation": evaluation}
 
 
 def paired_noise(a: dict, b: dict) -> dict:
@@ -512,6 +514,13 @@ def live_report(name: str, metric: str, trials: pd.DataFrame, num_samples: int, 
     ])
 
 
+def final_notes(result: SearchResult) -> list[str]:
+    """`emoma.metrics.degenerate_notes` of the final model on the held-out subjects."""
+    final, base = result.held["final"].result, result.held["base"].result
+    return degenerate_notes([final.confusion], result.class_names, result.metric, what="the final model",
+                            baselines={name: m[result.metric] for name, m in base.baselines.items()})
+
+
 def format_search_summary(result: SearchResult) -> str:
     s = result.selection.summary
     subjects = ", ".join(map(str, result.holdout_subjects))
@@ -533,7 +542,8 @@ def format_search_summary(result: SearchResult) -> str:
                      + "  ".join(f"{m} {v:.4f}" for m, v in result.held[key].result.metrics.items()))
     lines.append(f"held-out final - base {result.metric}: {noise['mean_difference']:+.4f} per subject, standard error "
                  f"{noise['standard_error']:.4f} over {noise['n']} subjects (the hold-out's noise)")
-    return "\n".join(lines + [f"WARNING: {n}" for n in result.notes if "kfold" in n])
+    notes = [n for n in result.notes if "kfold" in n] + final_notes(result)
+    return "\n".join(lines + [f"WARNING: {n}" for n in notes])
 
 
 def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, metrics: dict, held: dict) -> str:
@@ -593,10 +603,11 @@ def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, 
         "",
         f"Early stopping on held-out search subjects{REFIT if config.train.refit else ''}. The final model: "
         f"{_members_text(result, held)}. Configuration: `final_config.yaml`; model: `final_model.pt` "
-        "(`python -m emoma.predict --model final_model.pt --data new.csv --out predictions.csv`); every held-out "
+        "(`emoma predict --model final_model.pt --data new.csv --out predictions.csv`); every held-out "
         "window's probabilities: `holdout_predictions.csv`. The baselines get the base configuration's inputs and "
         f"are {BASELINE_TEXT[config.cv.baselines]}.",
         "",
+        *[f"**WARNING: {note}**\n" for note in final_notes(result)],
         metrics_table({HELD_NAMES[k]: v for k, v in held["models"].items() if k in HELD_NAMES}
                       | {k: v for k, v in held["models"].items() if k not in HELD_NAMES}),
         "",

@@ -64,3 +64,18 @@ def test_command_line_errors_and_help(capsys, argv, code, text):
 def test_status_of_a_missing_experiment_is_one_line(tmp_path, capsys):
     proc = run_in_process(main, ["status", "--name", "none", "--storage-path", str(tmp_path)], capsys)
     assert proc.returncode == 2 and "no experiment 'none'" in proc.stderr
+
+
+def test_the_smoke_preset_learns_and_a_collapsed_model_is_named(tmp_path):
+    cache = ["--set", f"cv.cache_dir={tmp_path / 'cache'}"]
+    good = emoma("cv", "--config", "smoke", "--no-progress", "--out", tmp_path / "good", *cache, cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+    metrics = json.loads((tmp_path / "good" / "metrics.json").read_text())
+    assert metrics["summary"]["balanced_accuracy"]["mean"] > 0.6 and metrics["warnings"] == []
+    assert "WARNING" not in good.stdout
+    bad = emoma("cv", "--config", "smoke", "--no-progress", "--out", tmp_path / "bad", "--epochs", "1", "--set",
+                "train.lr=0.0001", "--set", "train.class_weights=false", *cache, cwd=tmp_path)
+    assert bad.returncode == 0, bad.stderr
+    assert "WARNING: the CNN-LSTM predicts a single class" in bad.stdout
+    assert json.loads((tmp_path / "bad" / "metrics.json").read_text())["warnings"]
+    assert "**WARNING: the CNN-LSTM predicts a single class" in (tmp_path / "bad" / "report.md").read_text()
