@@ -119,6 +119,8 @@ def new_out_dir(out_dir, config: Config) -> Path:
     if out_dir is None:
         return unique_folder(default_out_dir("cv", config))
     out = Path(out_dir)
+    if (out / "report.md").is_file():
+        raise UserError(f"--out {out} holds a finished run: give a new folder (or leave out --out for a new one)")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} already holds files: give a new folder, or --resume {out} to continue the "
                         "interrupted run there")

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -56,6 +57,7 @@ def plot_learning_curves(result: CVResult, path: Path) -> None:
         ax.plot([], [], color="tab:blue", label="train")
         ax.plot([], [], color="tab:orange", label="validation (inner split)")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel(key)
         ax.legend()
     fig.suptitle("per-fold learning curves")

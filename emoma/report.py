@@ -266,6 +266,10 @@ def evaluation_sections(evaluation: dict, class_names: list[str], heading: str =
     for name, by_metric in evaluation["wilcoxon"]["against"].items():
         for m, t in by_metric.items():
             effect = f"{t['mean_diff']:+.3f} ({t['diff_ci_low']:+.3f} to {t['diff_ci_high']:+.3f})"
+            if not t["n_nonzero"]:  # the same score on every subject (e.g. the final model is that model)
+                tests.append(f"| {name} | {m} | {effect} | {t['median_diff']:+.3f} | - | - (equal on every "
+                             f"subject) | - | {t['n']} (0) |")
+                continue
             tests.append(f"| {name} | {m} | {effect} | {t['median_diff']:+.3f} | {t['statistic']:.1f} | "
                          f"{_p(t['p_value'])} | {_p(t['p_holm'])}{' *' if t['p_holm'] < 0.05 else ''} | "
                          f"{t['n']} ({t['n_nonzero']}) |")
@@ -280,7 +284,11 @@ def evaluation_sections(evaluation: dict, class_names: list[str], heading: str =
     for s in subjects:
         per_subject_rows.append(f"| {s} | " + " | ".join(
             f"{m['subjects'][s]['accuracy']:.3f} / {m['subjects'][s]['macro_f1']:.3f}" for m in models.values()) + " |")
-    if evaluation.get("tests", True):
+    if evaluation.get("tests", True) and not evaluation["wilcoxon"]["against"]:
+        test_lines = ["No other model was scored on the same subjects, so there is no paired test (`--baselines` "
+                      "adds three).", ""]
+        over = f"{heading} Over subjects ({n}): mean with bootstrap 95 % CI; AUCs"
+    elif evaluation.get("tests", True):
         test_lines = [
             f"{heading} {reference} against each other model, paired over subjects: the difference, then the test",
             "",
