@@ -9,8 +9,9 @@ stream per fold (not the sequential trainer's), so a fold's result does not depe
 batch.
 
 The parameters of all folds live in one flat (K, P) buffer, one contiguous row per fold; the optimiser is one
-fused Adam call over the rows of the folds that have rows in the step. The step loop never waits for the
-device: losses, accuracies and validation metrics are read once per epoch.
+fused Adam call (the public functional `torch.optim.adam.adam`, fused=True) over the rows of the folds that
+have rows in the step. The step loop never waits for the device: losses, accuracies and validation metrics are
+read once per epoch.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.adam import adam
 
 from emoma.config import ModelConfig, TrainConfig
 from emoma.folds import Samples
@@ -387,7 +389,8 @@ def train_folds(train: list[Samples], val: list[Samples] | None, *, n_classes: i
             w = class_w.gather(1, y) * weight
             fold_loss = (per_row * w).sum(1) / w.sum(1).clamp_min(1e-12)  # (K,) each fold's weighted mean
             grads = torch.autograd.grad(fold_loss.sum(), list(leaves.values()))
-            torch._foreach_copy_(grad_views, grads)
+            for view, g in zip(grad_views, grads):
+                view.copy_(g)
             active = [j for j, n in enumerate(counts) if n > s * bs]  # folds with rows left in this epoch
             _adam(fold_rows, active, grad, train_cfg)
             with torch.no_grad():
@@ -460,9 +463,8 @@ def _adam(fold_rows, active, grad, cfg: TrainConfig) -> None:
         grad.mul_((cfg.grad_clip / (norms + 1e-6)).clamp(max=1.0))
     rows = [fold_rows[j] for j in active]
     params, grads, m, v, steps = (list(t) for t in zip(*rows))
-    torch._foreach_add_(steps, 1.0)  # the fused kernel reads the step count; it does not increment it
-    torch._fused_adam_(params, grads, m, v, [], steps, lr=cfg.lr, beta1=BETAS[0], beta2=BETAS[1],
-                       weight_decay=cfg.weight_decay, eps=EPS, amsgrad=False, maximize=False)
+    adam(params, grads, m, v, [], steps, fused=True, lr=cfg.lr, beta1=BETAS[0], beta2=BETAS[1],
+         weight_decay=cfg.weight_decay, eps=EPS, amsgrad=False, maximize=False)  # increments each fold's step
 
 
 @torch.no_grad()
