@@ -26,7 +26,7 @@ from emoma.config import SELECTION_RULES, from_dict  # noqa: E402
 from emoma.holdout import combine, retrain_and_score  # noqa: E402
 from emoma.manifest import Manifest  # noqa: E402
 from emoma.metrics import MIN_TEST_SUBJECTS, holm, paired_wilcoxon, score  # noqa: E402
-from emoma.search import prepare_experiment  # noqa: E402
+from emoma.tuning import prepare_experiment  # noqa: E402
 from emoma.select import OOFStore, TrialJudge  # noqa: E402
 from emoma.space import space_from_dict  # noqa: E402
 from emoma.watch import read_trials  # noqa: E402

@@ -145,12 +145,14 @@ def table_context(table: Table, config: Config) -> tuple[np.ndarray, np.ndarray]
 
 
 def run_cv(table: Table, plan: FoldPlan, config: Config, *, baselines: bool = False, progress: bool = True,
-           verbose: bool = False, done: dict[int, FoldResult] | None = None, on_result=None) -> CVResult:
+           verbose: bool = False, done: dict[int, FoldResult] | None = None, on_result=None,
+           keep_models: bool = False) -> CVResult:
     """Train and score one configuration on every fold of `plan` (but those in `done`, already finished).
 
     Folds run in parallel worker processes (``config.cv.jobs``), one torch thread each; with the batched
     trainer each worker trains its share of the folds as one model. `on_result` is called with each
-    FoldResult as soon as it is finished (to keep it on disk).
+    FoldResult as soon as it is finished (to keep it on disk); `keep_models` puts each fold's trained model
+    (an Ensemble of its members) in its FoldResult.
     """
     start = time.perf_counter()
     on_gpu = resolve_device(config.train.device).type == "cuda"
@@ -160,10 +162,10 @@ def run_cv(table: Table, plan: FoldPlan, config: Config, *, baselines: bool = Fa
     if config.cv.trainer == "batched":  # each worker trains its share of the folds as one batched model
         groups = [todo[w::jobs] for w in range(jobs) if todo[w::jobs]]
         args = [(table, [plan.folds[i] for i in g], g, config, context, baselines, verbose) for g in groups]
-        task = run_folds_batched
+        task = functools.partial(run_folds_batched, keep_models=keep_models)
     else:
         args = [(table, plan.folds[i], i, config, context, baselines, verbose) for i in todo]
-        task = run_fold
+        task = functools.partial(run_fold, keep_model=keep_models)
     if jobs == 1:
         stream = (task(*a) for a in args)
     else:
@@ -214,7 +216,7 @@ def run_fold(table: Table, fold: Fold, index: int, config: Config, context: tupl
 
 def run_folds_batched(table: Table, folds: list[Fold], indices: list[int], config: Config,
                       context: tuple[np.ndarray, np.ndarray], baselines: bool = False, verbose: bool = False,
-                      threads: int = 1) -> list[FoldResult]:
+                      threads: int = 1, keep_models: bool = False) -> list[FoldResult]:
     """`run_fold` for several folds at once, their models trained together (emoma.batched)."""
     start = time.perf_counter()
     torch.set_num_threads(threads)
@@ -232,7 +234,7 @@ def run_folds_batched(table: Table, folds: list[Fold], indices: list[int], confi
                              seeds=seeds, epochs=[fit.best_epoch for fit in fits], log=log)
         fits = [replace(fit, model=refit.model) for fit, refit in zip(fits, refits)]
     seconds = (time.perf_counter() - start) / len(folds)  # shared training time, split evenly
-    return [fold_result(table, fold, i, config, p, fits[k * n:(k + 1) * n], seconds, baselines)
+    return [fold_result(table, fold, i, config, p, fits[k * n:(k + 1) * n], seconds, baselines, keep_models)
             for k, (fold, i, p) in enumerate(zip(folds, indices, parts))]
 
 

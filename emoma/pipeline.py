@@ -6,12 +6,15 @@ import functools
 import json
 import pickle
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import pandas as pd
 
 from emoma.config import Config, flatten, load_config, read_yaml, save_config
 from emoma.context import check_context, normalise_subjects, order_notes
 from emoma.cv import CVResult, FoldResult, run_cv
-from emoma.data import Table, load_table
+from emoma.data import Table, load_table, table_from_frame
 from emoma.errors import Interrupted, UserError
 from emoma.files import atomic_path, unique_folder, write_atomic
 from emoma.folds import make_plan, plan_key, smallest_top_k
@@ -28,9 +31,11 @@ def default_out_dir(kind: str, config: Config) -> Path:
     return Path("results") / kind / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def model_table(config: Config) -> Table:
-    """The table as every model reads it: loaded, validated and subject-normalised (`data.subject_norm`)."""
-    table = normalise_subjects(load_table(config.data), config.data)
+def model_table(config: Config, frame: pd.DataFrame | None = None) -> Table:
+    """The table as every model reads it: loaded (`data.path`, or `frame` when given), validated and
+    subject-normalised (`data.subject_norm`)."""
+    loaded = load_table(config.data) if frame is None else table_from_frame(frame, config.data, source="DataFrame")
+    table = normalise_subjects(loaded, config.data)
     check_context(table, config.model.context)
     return table
 
@@ -46,12 +51,14 @@ def check_folds_flag(folds: int | None, config: Config) -> None:
 
 def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselines: bool = False,
                    progress: bool = True, verbose: bool = False, resume: bool = False, mlflow: str | None = None,
-                   log=say) -> tuple[CVResult, Path]:
+                   log=say, frame: pd.DataFrame | None = None, keep_models: bool = False) -> tuple[CVResult, Path]:
     """Cross-validate one configuration and write its report; returns the result and the output folder.
 
     Each finished fold is kept in `out_dir/folds/`; with `resume`, the folds already there are not run again.
+    `frame` replaces `data.path` as the data (the Python API); `keep_models` keeps each fold's model in the
+    result (not in the kept folds).
     """
-    table = model_table(config)
+    table = model_table(config, frame)
     log(f"data: {table.source}: {len(table.y)} windows, {len(table.subjects)} subjects, "
         f"{len(table.feature_names)} features, classes {table.class_counts()}; time order {table.time_order}; "
         f"subject normalisation {table.normalisation}; context {config.model.context} window(s)")
@@ -82,7 +89,7 @@ def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselin
         for note in plan.notes + order_notes(table, config.model.context, table.normalisation):
             log(f"WARNING: {note}")
         result = run_cv(table, plan, config, baselines=baselines, progress=progress, verbose=verbose, done=done,
-                        on_result=lambda fold: _keep_fold(out, fold))
+                        on_result=lambda fold: _keep_fold(out, replace(fold, model=None)), keep_models=keep_models)
         write_cv_outputs(result, table, plan, config, out)
     except KeyboardInterrupt:
         raise Interrupted(f"cross-validation interrupted after {len(_finished_folds(out))} folds; continue it with: "

@@ -22,7 +22,7 @@ from emoma.select import describe_choice
 from emoma.space import describe
 
 if TYPE_CHECKING:
-    from emoma.search import SearchResult
+    from emoma.tuning import SearchResult
 
 PROTOCOLS = {
     "loso": "leave-one-subject-out: each fold tests one subject never seen in training",

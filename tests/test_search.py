@@ -19,7 +19,7 @@ from emoma.errors import UserError
 from emoma.predict import load_model, predict_frame
 from emoma.experiment import save_final_model
 from emoma.report import write_search_outputs
-from emoma.search import load_study, run_search
+from emoma.tuning import load_study, run_search
 from emoma.select import OOFStore
 from emoma.space import load_space, params_to_overrides, space_point
 from emoma.synthetic import make_frame
@@ -111,16 +111,16 @@ def test_a_search_of_a_table_with_no_signal_is_estimated_at_chance(local_ray, tm
 
 
 def test_searched_normalisation_gets_one_plan_each_and_held_out_statistics(local_ray, tmp_path, monkeypatch):
-    import emoma.search
+    import emoma.tuning
 
     made = []
-    real_make_plan = emoma.search.make_plan
+    real_make_plan = emoma.tuning.make_plan
 
     def counting_make_plan(table, cfg, seed, smallest_k=0):
         made.append(table.normalisation)
         return real_make_plan(table, cfg, seed, smallest_k)
 
-    monkeypatch.setattr(emoma.search, "make_plan", counting_make_plan)
+    monkeypatch.setattr(emoma.tuning, "make_plan", counting_make_plan)
     space_file = tmp_path / "space.yaml"
     space_file.write_text("data.subject_norm: {choice: [none, subject, causal]}\nmodel.context: {choice: [1, 3]}\n")
     config = smoke(tmp_path, "search.num_samples=5", "search.prune=false")
@@ -340,7 +340,7 @@ def test_wilcoxon_pruner_compares_like_with_like(tmp_path):
 
 def test_a_trials_folds_are_trained_in_as_few_batched_models_as_pruning_allows():
     from emoma.config import SearchConfig
-    from emoma.search import fold_groups
+    from emoma.tuning import fold_groups
 
     order = [4, 0, 3, 1, 2, 5]
     assert fold_groups(order, {}, SearchConfig(prune=False)) == [order]

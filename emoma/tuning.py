@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -48,6 +49,10 @@ from emoma.space import (TrialConfigs, candidate_values, params_to_overrides, sa
 from emoma.storage import ExperimentStorage
 from emoma.watch import (UNFINISHED, LiveResults, MlflowTrials, ProgressLine, TrialRecord, checkpoint_oof,
                          finished_status, read_trials)
+
+# This module was emoma.search until 0.2 (the name is now the API's `emoma.search`): Tune's saved state of an
+# experiment begun before then names emoma.search, so the old name still loads here and it stays resumable.
+sys.modules.setdefault("emoma.search", sys.modules[__name__])
 
 STUDY_FILE = "optuna_study.log"
 STOP_REASONS_FILE = "stop_reasons.json"
