@@ -51,6 +51,9 @@ def parse_cv_args(argv=None, prog=None):
                    help="run the whole CV with N seeds (--seed, --seed+1, ...), each in OUT/seed-S; the report gives "
                         "the mean and spread over seeds and tests on seed-averaged per-subject scores")
     p.add_argument("--resume", metavar="OUT", help="continue the interrupted run in OUT: its finished folds are kept")
+    p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=True,
+                   help="write model.pt, the fold models averaged (each with its own scaler and features: the models "
+                        "the CV scored, no extra training), for emoma predict (default: on)")
     p.add_argument("-v", "--verbose", action="store_true", help="print loss and accuracy of every epoch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--mlflow", nargs="?", const="default", metavar="TRACKING_URI",
@@ -81,13 +84,14 @@ def cv_main(argv=None, prog=None):
     check_folds_flag(args.folds, config)
     if repeated:
         summary, out = repeat_cv(config, args.repeats, args.resume or args.out, baselines=args.baselines,
-                                 progress=not args.no_progress, verbose=args.verbose, resume=bool(args.resume))
+                                 progress=not args.no_progress, verbose=args.verbose, resume=bool(args.resume),
+                                 save_model=args.save_model)
         print(format_repeats(summary))
         print(f"results written to {out}")
         return
     result, out = cross_validate(config, args.resume or args.out, baselines=args.baselines,
                                  progress=not args.no_progress, verbose=args.verbose, resume=bool(args.resume),
-                                 mlflow=args.mlflow)
+                                 mlflow=args.mlflow, save_model=args.save_model)
     print(format_summary(result, config.train.metric))
     print(f"results written to {out}")
 

@@ -6,24 +6,25 @@ import functools
 import json
 import pickle
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from emoma.config import Config, flatten, load_config, read_yaml, save_config
-from emoma.context import check_context, normalise_subjects, order_notes
+from emoma.context import check_context, normalise_subjects, order_notes, window_length
 from emoma.cv import CVResult, FoldResult, run_cv
 from emoma.data import Table, load_table, table_from_frame
 from emoma.errors import Interrupted, UserError
 from emoma.files import atomic_path, unique_folder, write_atomic
 from emoma.folds import make_plan, plan_key, smallest_top_k
 from emoma.manifest import RUNTIME_KEYS, data_fingerprint, first_difference
+from emoma.predict import save_model
 from emoma.report import write_cv_outputs
 
 say = functools.partial(print, flush=True)  # progress lines reach logs and pipes as they happen
 RUN_FILE = "run.json"  # cv.py: what defines the run (data fingerprint, plan key), for --resume
-FOLDS_DIR = "folds"  # cv.py: one pickled FoldResult per finished fold
+FOLDS_DIR = "folds"  # cv.py: one pickled FoldResult per finished fold (with its model)
+MODEL_FILE = "model.pt"  # cv.py: the fold models averaged, for emoma predict
 REPEATS_FILE = "repeats_run.json"  # cv.py --repeats: the number of seeds and whether baselines run, for --resume
 
 
@@ -51,13 +52,15 @@ def check_folds_flag(folds: int | None, config: Config) -> None:
 
 def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselines: bool = False,
                    progress: bool = True, verbose: bool = False, resume: bool = False, mlflow: str | None = None,
-                   log=say, frame: pd.DataFrame | None = None, keep_models: bool = False) -> tuple[CVResult, Path]:
+                   log=say, frame: pd.DataFrame | None = None, keep_models: bool = False,
+                   save_model: bool = True) -> tuple[CVResult, Path]:
     """Cross-validate one configuration and write its report; returns the result and the output folder.
 
     Each finished fold is kept in `out_dir/folds/`; with `resume`, the folds already there are not run again.
     `frame` replaces `data.path` as the data (the Python API); `keep_models` keeps each fold's model in the
-    result (not in the kept folds).
+    result; `save_model` writes MODEL_FILE, the fold models averaged.
     """
+    keep_models = keep_models or save_model
     table = model_table(config, frame)
     log(f"data: {table.source}: {len(table.y)} windows, {len(table.subjects)} subjects, "
         f"{len(table.feature_names)} features, classes {table.class_counts()}; time order {table.time_order}; "
@@ -89,14 +92,29 @@ def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselin
         for note in plan.notes + order_notes(table, config.model.context, table.normalisation):
             log(f"WARNING: {note}")
         result = run_cv(table, plan, config, baselines=baselines, progress=progress, verbose=verbose, done=done,
-                        on_result=lambda fold: _keep_fold(out, replace(fold, model=None)), keep_models=keep_models)
+                        on_result=lambda fold: _keep_fold(out, fold), keep_models=keep_models)
         write_cv_outputs(result, table, plan, config, out)
+        if save_model:
+            save_fold_models(result, table, plan, config, out / MODEL_FILE, log)
     except KeyboardInterrupt:
         raise Interrupted(f"cross-validation interrupted after {len(_finished_folds(out))} folds; continue it with: "
                           f"python cv.py --resume {out}") from None
     if mlflow:
         log_cv_run(mlflow, out, config, result)
     return result, out
+
+
+def save_fold_models(result: CVResult, table: Table, plan, config: Config, path: Path, log=say) -> None:
+    """The fold models as one equal-weight ensemble, each with its own fold's scaler and features: the models
+    the CV scored, averaged, with no training beyond the CV's (`emoma predict --model model.pt`)."""
+    missing = [f.index + 1 for f in result.folds if f.model is None]
+    if missing:
+        log(f"note: {MODEL_FILE} not written: folds {', '.join(map(str, missing))} finished in a run that kept no "
+            "models")
+        return
+    members = [(f.model, config, plan.folds[f.index], 1 / len(result.folds)) for f in result.folds]
+    save_model(path, members, table.feature_names, table.class_names,
+               window_length(table, config.data.window_s))
 
 
 def check_tracking(mlflow: str | None) -> None:

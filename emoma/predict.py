@@ -54,11 +54,12 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module | list[torch.nn.Module
     """(model, bundle) of a saved model; for an ensemble, the model is the list of its members' models."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"model file {path} does not exist: give the final_model.pt of a search")
+        raise UserError(f"model file {path} does not exist: give a search's final_model.pt or a cv run's model.pt")
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for files that are not its own
-        raise UserError(f"{path} is not an EmoMA model file ({type(err).__name__}): give a final_model.pt") from None
+        raise UserError(f"{path} is not an EmoMA model file ({type(err).__name__}): give a final_model.pt or "
+                        "model.pt") from None
     if "members" in bundle:
         return [_build(member) for member in bundle["members"]], bundle
     return _build(bundle), bundle
@@ -132,7 +133,8 @@ def _member_proba(model: torch.nn.Module, bundle: dict, frame: pd.DataFrame) -> 
 @exit_on_user_error
 def main(argv=None, prog="python -m emoma.predict") -> None:
     p = argparse.ArgumentParser(prog=prog, description="Predict classes for a merged.csv with a saved EmoMA model.")
-    p.add_argument("--model", required=True, help="final_model.pt written by search.py")
+    p.add_argument("--model", required=True,
+                   help="a model file EmoMA wrote: a search's final_model.pt or a cv run's model.pt")
     p.add_argument("--data", required=True, help="merged.csv-layout table to predict")
     p.add_argument("--out", required=True, help="CSV to write: predicted class and per-class probabilities")
     args = p.parse_args(argv)

@@ -24,7 +24,8 @@ SUMMARY_FILE = "repeats.json"
 
 
 def repeat_cv(config: Config, repeats: int | None, out_dir: str | Path | None = None, *, baselines: bool = False,
-              progress: bool = True, verbose: bool = False, resume: bool = False, log=say) -> tuple[dict, Path]:
+              progress: bool = True, verbose: bool = False, resume: bool = False, save_model: bool = True,
+              log=say) -> tuple[dict, Path]:
     """Cross-validate `config` with seeds seed, seed+1, ..., each run in OUT/seed-S; returns the summary (also
     written to OUT/repeats.json and OUT/report.md) and OUT. With `resume`, OUT's finished seeds are kept, an
     interrupted one continues and the rest start (`repeats` None: as recorded)."""
@@ -52,7 +53,8 @@ def repeat_cv(config: Config, repeats: int | None, out_dir: str | Path | None = 
             log(f"seed {seed} ({seed - config.seed + 1}/{repeats})")
             try:
                 cross_validate(apply_overrides(config, {"seed": seed}), folder, baselines=baselines,
-                               progress=progress, verbose=verbose, resume=(folder / RUN_FILE).is_file(), log=log)
+                               progress=progress, verbose=verbose, resume=(folder / RUN_FILE).is_file(), log=log,
+                               save_model=save_model)
             except Interrupted:
                 raise Interrupted(f"--repeats interrupted in seed {seed}; continue it with: python cv.py --resume "
                                   f"{out}") from None

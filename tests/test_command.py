@@ -79,3 +79,31 @@ def test_the_smoke_preset_learns_and_a_collapsed_model_is_named(tmp_path):
     assert "WARNING: the CNN-LSTM predicts a single class" in bad.stdout
     assert json.loads((tmp_path / "bad" / "metrics.json").read_text())["warnings"]
     assert "**WARNING: the CNN-LSTM predicts a single class" in (tmp_path / "bad" / "report.md").read_text()
+
+
+def test_cv_saves_the_fold_models_for_predict(tmp_path):
+    from emoma.synthetic import make_frame
+
+    frame = make_frame()  # the table the smoke preset learns on
+    data = tmp_path / "merged.csv"
+    frame.to_csv(data, index=False)
+    cache = ["--set", f"cv.cache_dir={tmp_path / 'cache'}"]
+    proc = emoma("cv", "--config", "smoke", "--data", data, "--no-progress", "--out", tmp_path / "run", *cache,
+                 cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    import torch
+
+    bundle = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert len(bundle["members"]) == 3 and bundle["weights"] == pytest.approx([1 / 3] * 3)
+    predicted = emoma("predict", "--model", tmp_path / "run" / "model.pt", "--data", data, "--out",
+                      tmp_path / "predictions.csv", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    import pandas as pd
+
+    out = pd.read_csv(tmp_path / "predictions.csv")
+    assert len(out) == len(frame)
+    assert (out[["p_non-stress", "p_stress"]].sum(axis=1) - 1).abs().max() < 1e-5
+    assert out["predicted"].nunique() == 2  # the averaged fold models are not a majority-class predictor
+    off = emoma("cv", "--config", "smoke", "--data", data, "--no-progress", "--out", tmp_path / "off",
+                "--no-save-model", *cache, cwd=tmp_path)
+    assert off.returncode == 0 and not (tmp_path / "off" / "model.pt").exists()
