@@ -1,4 +1,4 @@
-"""The command line: `emoma cv | search | status | predict | prepare`, and the `cv.py` / `search.py` wrappers.
+"""The command line: `emoma cv | search | status | predict | export | prepare`, and the `cv.py` / `search.py` wrappers.
 
 Each subcommand parses its flags and calls one library function; configs and search spaces are YAML files or
 the names of the ones shipped in the package (`--config context`), so every command works from any folder.
@@ -25,6 +25,7 @@ COMMANDS = {
     "search": "search many configurations (Ray Tune + Optuna)",
     "status": "the trials and best so far of a running or finished search",
     "predict": "predict a merged.csv with a saved model",
+    "export": "export a saved model to ONNX or TorchScript for deployment",
     "prepare": "turn a WESAD folder into a merged.csv table (the prepare extra)",
 }
 
@@ -206,6 +207,10 @@ def main(argv=None):
         search_main(rest, prog)
     elif command == "status":
         status_main(rest, prog)
+    elif command == "export":
+        from emoma.export import main as export_main
+
+        export_main(rest, prog)
     elif command == "predict":
         from emoma.predict import main as predict_main
 

@@ -48,7 +48,7 @@ def test_a_missing_config_is_one_line_naming_the_shipped_ones(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("argv, code, text", [
-    ([], 2, "emoma: error: no command: give one of cv, search, status, predict, prepare"),
+    ([], 2, "emoma: error: no command: give one of cv, search, status, predict, export, prepare"),
     (["train"], 2, "emoma: error: unknown command 'train'"),
     (["--help"], 0, "commands:"),
     (["status"], 2, "the following arguments are required: --name"),
