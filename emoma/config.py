@@ -290,10 +290,19 @@ def sampler_seed(config: Config) -> int:
     return config.seed if config.search.sampler_seed is None else config.search.sampler_seed
 
 
+def shipped_folder() -> Path:
+    """The shipped YAML files: package data of an installed EmoMA, else (a clone imported from its root, not
+    installed) the repository's configs/ beside the emoma folder."""
+    try:
+        return Path(str(importlib.resources.files("emoma.configs")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
 def shipped_yaml_names() -> list[str]:
     """Names of the YAML files shipped in the package (`context` for emoma/configs/context.yaml)."""
-    return sorted(p.name[:-len(".yaml")] for p in importlib.resources.files("emoma.configs").iterdir()
-                  if p.name.endswith(".yaml"))
+    folder = shipped_folder()
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def find_yaml(path_or_name: str | Path, what: str = "config file") -> Path:
@@ -303,9 +312,9 @@ def find_yaml(path_or_name: str | Path, what: str = "config file") -> Path:
     if path.is_file():
         return path
     if path.parent == Path(".") and path.suffix in ("", ".yaml"):
-        shipped = importlib.resources.files("emoma.configs") / f"{path.name.removesuffix('.yaml')}.yaml"
+        shipped = shipped_folder() / f"{path.name.removesuffix('.yaml')}.yaml"
         if shipped.is_file():
-            return Path(str(shipped))
+            return shipped
     raise UserError(f"{what} {path} does not exist: give a YAML file or a shipped name "
                     f"({', '.join(shipped_yaml_names())})")
 

@@ -107,3 +107,15 @@ def test_cv_saves_the_fold_models_for_predict(tmp_path):
     off = emoma("cv", "--config", "smoke", "--data", data, "--no-progress", "--out", tmp_path / "off",
                 "--no-save-model", *cache, cwd=tmp_path)
     assert off.returncode == 0 and not (tmp_path / "off" / "model.pt").exists()
+
+
+def test_a_clone_that_is_not_installed_still_finds_the_shipped_configs(monkeypatch):
+    import importlib.resources
+
+    def not_installed(package):
+        raise ModuleNotFoundError(package)
+
+    monkeypatch.setattr(importlib.resources, "files", not_installed)
+    assert find_yaml("context") == ROOT / "configs" / "context.yaml"
+    with pytest.raises(UserError, match=r"shipped name \(context, default"):
+        find_yaml("nope")
