@@ -22,7 +22,6 @@ import pandas as pd
 
 from emoma.config import Config, apply_overrides, load_config
 from emoma.cv import CVResult
-from emoma.errors import UserError
 
 
 @dataclass
@@ -102,9 +101,9 @@ def search(data: pd.DataFrame | str | Path | None = None, config: str | Path = "
 
     Parameters
     ----------
-    data : a merged.csv-layout DataFrame, a path to one, or None for the embedded synthetic table. The trials
-        read a DataFrame from a CSV copy: beside the experiment in a local `storage_path` (so it can be
-        resumed), else in a temporary folder (on a cluster, give a path every node sees instead).
+    data : a merged.csv-layout DataFrame, a path to one, or None for the embedded synthetic table. The driver
+        reads a DataFrame from a CSV copy (trials get the table through Ray's object store): beside the
+        experiment in a local `storage_path`, so the experiment can be resumed, else in a temporary folder.
     config, space, seed_config : the base config, the search space and the reference configuration evaluated
         second: shipped names or YAML paths.
     storage_path : where the experiment is kept (a folder or s3://...); None keeps it in a temporary folder
@@ -123,7 +122,7 @@ def search(data: pd.DataFrame | str | Path | None = None, config: str | Path = "
     from emoma.experiment import search as run_search
     from emoma.experiment import search_settings
 
-    flat = {**(overrides or {}), **{k.replace("__", "."): v for k, v in keys.items()}}
+    flat = _dotted(overrides, keys)
     name = name or f"search-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     with tempfile.TemporaryDirectory(prefix="emoma-search-") as scratch:
         local = storage_path is not None and "://" not in str(storage_path)
@@ -143,10 +142,15 @@ def search(data: pd.DataFrame | str | Path | None = None, config: str | Path = "
 
 def _resolve(data, config, overrides: dict | None, keys: dict) -> tuple[pd.DataFrame | None, Config]:
     cfg = config if isinstance(config, Config) else load_config(config)
-    flat = {**(overrides or {}), **{k.replace("__", "."): v for k, v in keys.items()}}
+    flat = _dotted(overrides, keys)
     frame = data if isinstance(data, pd.DataFrame) else None
     if frame is not None:
         flat["data.path"] = None  # the DataFrame is the data
     elif data is not None:
         flat["data.path"] = str(data)
     return frame, apply_overrides(cfg, flat) if flat else cfg
+
+
+def _dotted(overrides: dict | None, keys: dict) -> dict:
+    """Config keys from a dict of dotted keys and keyword arguments with `__` for the dot."""
+    return {**(overrides or {}), **{k.replace("__", "."): v for k, v in keys.items()}}
