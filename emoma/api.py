@@ -6,7 +6,9 @@ unless an output folder is given.
     cv.metrics          # DataFrame: mean and std over folds, one row per model
     cv.predictions      # DataFrame: every test window's fold, subject, true and predicted class, probabilities
     cv.confusion        # DataFrame: the pooled confusion matrix (rows true, columns predicted)
+    cv.model.predict(new_df)   # the fold models averaged (each with its fold's scaler), as model.pt
     found = emoma.search(df, num_samples=20)   # a SearchResult: trials, the final choice, held-out scores
+    found.final_model.predict(new_df)          # the final choice retrained, as final_model.pt
 
 Config keys are given as keyword arguments with `__` for the dot (`train__lr=5e-4` is `--set train.lr=0.0005`),
 or as a dict: `overrides={"train.lr": 5e-4}`.
@@ -22,6 +24,8 @@ import pandas as pd
 
 from emoma.config import Config, apply_overrides, load_config
 from emoma.cv import CVResult
+from emoma.errors import UserError
+from emoma.predict import TrainedModel
 
 
 @dataclass
@@ -37,6 +41,8 @@ class CrossValidation:
     confusion: pd.DataFrame  # pooled over test folds, rows true, columns predicted
     warnings: list[str]  # protocol notes and signs of a degenerate model, one line each
     out: Path | None  # the output folder, when one was given
+    model: TrainedModel | None  # the fold models averaged, as model.pt (`.predict(frame)`, `.save(path)`); None
+    # with keep_models=False
 
     @property
     def fold_models(self) -> list:
@@ -47,7 +53,7 @@ class CrossValidation:
 
 
 def cross_validate(data: pd.DataFrame | str | Path | None = None, config: str | Path | Config = "default", *,
-                   baselines: bool = False, out: str | Path | None = None, keep_models: bool = False,
+                   baselines: bool = False, out: str | Path | None = None, keep_models: bool = True,
                    progress: bool = False, overrides: dict | None = None, **keys) -> CrossValidation:
     """Cross-validate one configuration, as `emoma cv` does.
 
@@ -57,7 +63,8 @@ def cross_validate(data: pd.DataFrame | str | Path | None = None, config: str | 
     config : a shipped config's name (`default`, `context`, `smoke`, ...), a YAML path, or a Config.
     baselines : also score the tuned same-input baselines on the same folds.
     out : a folder to write the usual outputs to (report.md, metrics.json, ...); None writes nothing.
-    keep_models : keep each fold's trained model (`CrossValidation.fold_models`).
+    keep_models : keep each fold's trained model (`CrossValidation.fold_models`) and their average
+        (`CrossValidation.model`); False frees them.
     progress : print the data summary and a progress bar.
     overrides, **keys : config keys, dotted in `overrides`, with `__` for the dot as keywords.
 
@@ -68,7 +75,7 @@ def cross_validate(data: pd.DataFrame | str | Path | None = None, config: str | 
     from emoma.cv import run_cv
     from emoma.folds import make_plan, smallest_top_k
     from emoma.pipeline import cross_validate as write_cross_validation
-    from emoma.pipeline import model_table
+    from emoma.pipeline import MODEL_FILE, fold_ensemble, model_table
     from emoma.report import cv_evaluation, folds_frame, predictions_frame
 
     frame, cfg = _resolve(data, config, overrides, keys)
@@ -78,9 +85,11 @@ def cross_validate(data: pd.DataFrame | str | Path | None = None, config: str | 
         result, out = write_cross_validation(cfg, out, baselines=baselines, progress=progress, log=log, frame=frame,
                                              keep_models=keep_models)
         out = Path(out)
+        model = TrainedModel.load(out / MODEL_FILE) if keep_models else None
     else:
         plan = make_plan(table, cfg.cv, cfg.seed, smallest_top_k([cfg.model.n_features]))
         result = run_cv(table, plan, cfg, baselines=baselines, progress=progress, keep_models=keep_models)
+        model = TrainedModel(fold_ensemble(result, table, plan, cfg)) if keep_models else None
     evaluation = cv_evaluation(result, table, cfg)
     rows = {"CNN-LSTM": result.summary(), **result.baseline_summary()}
     metrics = pd.DataFrame({name: {f"{m}_{k}": v for m, s in summary.items() for k, v in s.items()}
@@ -89,7 +98,7 @@ def cross_validate(data: pd.DataFrame | str | Path | None = None, config: str | 
                              columns=pd.Index(result.class_names, name="predicted"))
     return CrossValidation(cfg, result, evaluation, metrics, folds_frame(result),
                            predictions_frame(result, table).reset_index(drop=True), confusion,
-                           result.notes + result.degenerate_notes(cfg.train.metric), out)
+                           result.notes + result.degenerate_notes(cfg.train.metric), out, model)
 
 
 def search(data: pd.DataFrame | str | Path | None = None, config: str | Path = "context", *,
@@ -128,6 +137,8 @@ def search(data: pd.DataFrame | str | Path | None = None, config: str | Path = "
         local = storage_path is not None and "://" not in str(storage_path)
         if isinstance(data, pd.DataFrame):
             path = (Path(storage_path) if local else Path(scratch)) / f"{name}-data.csv"
+            if path.exists():
+                raise UserError(f"experiment {name!r} already has a data copy {path}: give another name")
             path.parent.mkdir(parents=True, exist_ok=True)
             data.to_csv(path, index=False)
             data = path
@@ -135,7 +146,11 @@ def search(data: pd.DataFrame | str | Path | None = None, config: str | Path = "
                 "--num-samples", str(num_samples),
                 *(["--data", str(data)] if data is not None else []),
                 *[item for k, v in flat.items() for item in ("--set", f"{k}={json.dumps(v)}")]]
-        settings = search_settings(parse_search_args(argv), SEARCH_DEFAULTS, name,
+        try:
+            args = parse_search_args(argv, prog="emoma.search")
+        except SystemExit:  # argparse has printed why; a notebook should get an exception, not an exit
+            raise UserError(f"emoma.search: invalid arguments {argv}: see the error above") from None
+        settings = search_settings(args, SEARCH_DEFAULTS, name,
                                    str(storage_path) if storage_path is not None else scratch)
         return run_search(settings, address=address, log=lambda *args, **kwargs: None)
 

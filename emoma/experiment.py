@@ -13,11 +13,10 @@ import pandas as pd
 
 from emoma.config import Config, apply_overrides, flatten, get_dotted, load_config, sampler_seed
 from emoma.data import load_table
-from emoma.errors import Interrupted, UserError
+from emoma.errors import Interrupted, UserError, invoked_as
 from emoma.files import write_atomic
 from emoma.manifest import MANIFEST_FILE, SELECTION_KEYS, Manifest, check_resume, data_fingerprint
 from emoma.pipeline import check_folds_flag
-from emoma.predict import save_model
 from emoma.report import (estimate_line, format_search_summary, markdown_table, write_nested_outputs,
                           write_search_outputs)
 from emoma.space import check_fidelity, load_space, space_from_dict, space_to_dict
@@ -89,7 +88,7 @@ def search_settings(args, defaults: dict, name: str, storage_path: str) -> Searc
     space = {k: v for k, v in space.items() if k not in fixed}
     if not space:
         raise UserError("the command line fixes every key of the search space, so nothing is left to search: "
-                        "drop a --set, or run the one configuration with cv.py")
+                        "drop a --set, or run the one configuration with emoma cv")
     if given and not (manifest and not args.seed_config):
         seed_config = load_config(None, [], flags={k: get_dotted(config, k) for k in given},
                                   base=seed_config.to_dict())
@@ -282,14 +281,12 @@ def search_status(name: str, storage_path: str) -> str:
 
 def save_final_model(result) -> None:
     """final_model.pt: the final choice retrained (an ensemble's members with their weights)."""
-    members = [(result.held[f"final {t}"].result.model, result.final_configs[t], result.held[f"final {t}"].fold, w)
-               for t, w in result.selection.weights.items()]
-    save_model(result.folder / FINAL_MODEL, members, result.feature_names, result.class_names, result.window_s)
+    result.final_model.save(result.folder / FINAL_MODEL)
 
 
 def _interruptible(run, settings: SearchSettings, extra: str):
     """Run; on Ctrl-C (or a search stopped with unfinished trials) say how to continue, in one line."""
-    command = f"python search.py {extra}--resume --name {settings.name} --storage-path {settings.storage_path}"
+    command = f"{invoked_as('search')} {extra}--resume --name {settings.name} --storage-path {settings.storage_path}"
     try:
         return run()
     except KeyboardInterrupt:

@@ -14,11 +14,11 @@ from emoma.config import Config, flatten, load_config, read_yaml, save_config
 from emoma.context import check_context, normalise_subjects, order_notes, window_length
 from emoma.cv import CVResult, FoldResult, run_cv
 from emoma.data import Table, load_table, table_from_frame
-from emoma.errors import Interrupted, UserError
+from emoma.errors import Interrupted, UserError, invoked_as
 from emoma.files import atomic_path, unique_folder, write_atomic
 from emoma.folds import make_plan, plan_key, smallest_top_k
 from emoma.manifest import RUNTIME_KEYS, data_fingerprint, first_difference
-from emoma.predict import save_model
+from emoma.predict import bundle_of, write_bundle
 from emoma.report import write_cv_outputs
 
 say = functools.partial(print, flush=True)  # progress lines reach logs and pipes as they happen
@@ -98,23 +98,31 @@ def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselin
             save_fold_models(result, table, plan, config, out / MODEL_FILE, log)
     except KeyboardInterrupt:
         raise Interrupted(f"cross-validation interrupted after {len(_finished_folds(out))} folds; continue it with: "
-                          f"python cv.py --resume {out}") from None
+                          f"{invoked_as('cv')} --resume {out}") from None
     if mlflow:
         log_cv_run(mlflow, out, config, result)
     return result, out
 
 
+def fold_ensemble(result: CVResult, table: Table, plan, config: Config) -> dict | None:
+    """The fold models as one equal-weight ensemble bundle (`emoma.predict.bundle_of`), each with its own fold's
+    scaler and features: the models the CV scored, averaged, with no training beyond the CV's. None when some
+    fold kept no model (it finished in a run that kept none)."""
+    if any(f.model is None for f in result.folds):
+        return None
+    members = [(f.model, config, plan.folds[f.index], 1 / len(result.folds)) for f in result.folds]
+    return bundle_of(members, table.feature_names, table.class_names, window_length(table, config.data.window_s))
+
+
 def save_fold_models(result: CVResult, table: Table, plan, config: Config, path: Path, log=say) -> None:
-    """The fold models as one equal-weight ensemble, each with its own fold's scaler and features: the models
-    the CV scored, averaged, with no training beyond the CV's (`emoma predict --model model.pt`)."""
-    missing = [f.index + 1 for f in result.folds if f.model is None]
-    if missing:
+    """Write `fold_ensemble` to `path` (`emoma predict --model model.pt`)."""
+    bundle = fold_ensemble(result, table, plan, config)
+    if bundle is None:
+        missing = [f.index + 1 for f in result.folds if f.model is None]
         log(f"note: {MODEL_FILE} not written: folds {', '.join(map(str, missing))} finished in a run that kept no "
             "models")
         return
-    members = [(f.model, config, plan.folds[f.index], 1 / len(result.folds)) for f in result.folds]
-    save_model(path, members, table.feature_names, table.class_names,
-               window_length(table, config.data.window_s))
+    write_bundle(path, bundle)
 
 
 def check_tracking(mlflow: str | None) -> None:
@@ -173,7 +181,7 @@ def resume_cv_config(out: str | Path, overrides: list[str], flags: dict) -> Conf
     """The configuration of the interrupted run in `out`; options that contradict it stop with one line."""
     out = Path(out)
     if not (out / "config.yaml").is_file() or not ((out / RUN_FILE).is_file() or (out / REPEATS_FILE).is_file()):
-        raise UserError(f"--resume {out}: not a cv.py output folder (no config.yaml and {RUN_FILE})")
+        raise UserError(f"--resume {out}: not an emoma cv output folder (no config.yaml and {RUN_FILE})")
     raw = read_yaml(out / "config.yaml")
     # a run written before cv.baselines existed fitted its baselines at library defaults: it continues so
     raw.setdefault("cv", {}).setdefault("baselines", "default")

@@ -39,15 +39,54 @@ def model_bundle(model: torch.nn.Module, config: Config, fold: Fold, feature_nam
     }
 
 
+def bundle_of(members: list[tuple[torch.nn.Module, Config, Fold, float]], feature_names: list[str],
+              class_names: list[str], window_s: float | None = None) -> dict:
+    """What a model file holds: one model's bundle, or for several a weighted ensemble of models of different
+    configurations (each member with its own inputs: normalisation, context, features, scaler), given as
+    `(model, config, fold, weight)`."""
+    bundles = [model_bundle(m, c, f, feature_names, class_names, window_s) for m, c, f, _ in members]
+    return bundles[0] if len(bundles) == 1 else {
+        "members": bundles, "weights": [float(w) for *_, w in members], "class_names": list(class_names)}
+
+
 def save_model(path: str | Path, members: list[tuple[torch.nn.Module, Config, Fold, float]], feature_names: list[str],
                class_names: list[str], window_s: float | None = None) -> None:
-    """One model, or a weighted ensemble of models of different configurations (each member with its own inputs:
-    normalisation, context, features, scaler), as `(model, config, fold, weight)`."""
-    bundles = [model_bundle(m, c, f, feature_names, class_names, window_s) for m, c, f, _ in members]
-    bundle = bundles[0] if len(bundles) == 1 else {
-        "members": bundles, "weights": [float(w) for *_, w in members], "class_names": list(class_names)}
+    """Write `bundle_of(members, ...)` to `path` (a model file `load_model` and `emoma predict` read)."""
+    write_bundle(path, bundle_of(members, feature_names, class_names, window_s))
+
+
+def write_bundle(path: str | Path, bundle: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(bundle, tmp)
+
+
+class TrainedModel:
+    """A trained model with everything needed to use it, in memory: what model.pt and final_model.pt hold.
+
+    `predict(frame)` gives the predicted class and per-class probabilities of each row of a merged.csv-layout
+    DataFrame (as `emoma predict`); `save(path)` writes the model file.
+    """
+
+    def __init__(self, bundle: dict):
+        self.bundle = bundle
+        self.net = from_bundle(bundle)  # a module, or for an ensemble the list of its members' modules
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainedModel:
+        return cls(load_model(path)[1])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.bundle["class_names"])
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return predict_frame(self.net, self.bundle, frame)
+
+    def save(self, path: str | Path) -> None:
+        write_bundle(path, self.bundle)
+
+
+MODEL_KEYS = ("state_dict", "config", "features", "mean", "scale", "class_names")
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module | list[torch.nn.Module], dict]:
@@ -55,14 +94,23 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module | list[torch.nn.Module
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file {path} does not exist: give a search's final_model.pt or a cv run's model.pt")
+    not_ours = f"{path} is not an EmoMA model file"
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for files that are not its own
-        raise UserError(f"{path} is not an EmoMA model file ({type(err).__name__}): give a final_model.pt or "
-                        "model.pt") from None
+        raise UserError(f"{not_ours} ({type(err).__name__}): give a final_model.pt or model.pt") from None
+    members = bundle.get("members", [bundle]) if isinstance(bundle, dict) else None
+    if not members or not all(isinstance(m, dict) and all(k in m for k in MODEL_KEYS) for m in members):
+        raise UserError(f"{not_ours} (a torch file without the config, features, scaler and class names EmoMA "
+                        "saves with the weights): give a final_model.pt or model.pt")
+    return from_bundle(bundle), bundle
+
+
+def from_bundle(bundle: dict) -> torch.nn.Module | list[torch.nn.Module]:
+    """The model of a bundle (`bundle_of`); an ensemble's is the list of its members' models."""
     if "members" in bundle:
-        return [_build(member) for member in bundle["members"]], bundle
-    return _build(bundle), bundle
+        return [_build(member) for member in bundle["members"]]
+    return _build(bundle)
 
 
 def _build(bundle: dict) -> torch.nn.Module:

@@ -16,7 +16,7 @@ from emoma.cv import METRICS, CVResult
 from emoma.data import Table
 from emoma.files import atomic_path, write_atomic
 from emoma.folds import FoldPlan
-from emoma.metrics import MIN_HOLDOUT_SUBJECTS, MIN_TEST_SUBJECTS, degenerate_notes, evaluate, per_subject
+from emoma.metrics import MIN_HOLDOUT_SUBJECTS, MIN_TEST_SUBJECTS, evaluate, per_subject
 from emoma.plots import plot_bbc_curve, plot_confusion, plot_importances, plot_learning_curves, plot_search_history
 from emoma.select import describe_choice
 from emoma.space import describe
@@ -193,7 +193,7 @@ def markdown_report(result: CVResult, table: Table, plan: FoldPlan, config: Conf
     data = data_summary(table)
     inputs = inputs_summary(table, config)
     classes = ", ".join(f"{k} {v}" for k, v in data["classes"].items())
-    dropped = "\n".join(f"- `{k}`: {v}" for k, v in table.dropped_columns.items()) or "- none"
+    dropped = "\n".join(f"  - `{k}`: {v}" for k, v in table.dropped_columns.items()) or "  - none"
     lines = [
         f"# Cross-validation report: {config.name}",
         "",
@@ -389,7 +389,7 @@ HELD_NAMES = {"final": FINAL, "base": BASE, "seed": SEED}
 
 
 def final_config_yaml(result: SearchResult) -> str:
-    """The final model's configuration: one complete config (run it with cv.py --config), or for an ensemble
+    """The final model's configuration: one complete config (run it with emoma cv --config), or for an ensemble
     each member's weight, trial and complete config."""
     if len(result.final_configs) == 1:
         return yaml.safe_dump(next(iter(result.final_configs.values())).to_dict(), sort_keys=False)
@@ -435,7 +435,7 @@ def holdout_metrics(result: SearchResult, predictions: pd.DataFrame) -> dict:
             "final_vs_base": paired_noise(evaluation["models"][FINAL]["subjects"],
                                           evaluation["models"][BASE]["subjects"]),
             "naive_best": {"trial": result.best.trial_id, "cv": result.best.mean, "params": result.best.params},
-            "bbc_cv": result.selection.summary["bbc_cv"], "warnings": final_notes(result), "evaluation": evaluation}
+            "bbc_cv": result.selection.summary["bbc_cv"], "warnings": result.degenerate_notes(), "evaluation": evaluation}
 
 
 def paired_noise(a: dict, b: dict) -> dict:
@@ -522,13 +522,6 @@ def live_report(name: str, metric: str, trials: pd.DataFrame, num_samples: int, 
     ])
 
 
-def final_notes(result: SearchResult) -> list[str]:
-    """`emoma.metrics.degenerate_notes` of the final model on the held-out subjects."""
-    final, base = result.held["final"].result, result.held["base"].result
-    return degenerate_notes([final.confusion], result.class_names, result.metric, what="the final model",
-                            baselines={name: m[result.metric] for name, m in base.baselines.items()})
-
-
 def format_search_summary(result: SearchResult) -> str:
     s = result.selection.summary
     subjects = ", ".join(map(str, result.holdout_subjects))
@@ -550,7 +543,7 @@ def format_search_summary(result: SearchResult) -> str:
                      + "  ".join(f"{m} {v:.4f}" for m, v in result.held[key].result.metrics.items()))
     lines.append(f"held-out final - base {result.metric}: {noise['mean_difference']:+.4f} per subject, standard error "
                  f"{noise['standard_error']:.4f} over {noise['n']} subjects (the hold-out's noise)")
-    notes = [n for n in result.notes if "kfold" in n] + final_notes(result)
+    notes = [n for n in result.notes if "kfold" in n] + result.degenerate_notes()
     return "\n".join(lines + [f"WARNING: {n}" for n in notes])
 
 
@@ -615,7 +608,7 @@ def search_markdown(result: SearchResult, config: Config, trials: pd.DataFrame, 
         "window's probabilities: `holdout_predictions.csv`. The baselines get the base configuration's inputs and "
         f"are {BASELINE_TEXT[config.cv.baselines]}.",
         "",
-        *[f"**WARNING: {note}**\n" for note in final_notes(result)],
+        *[f"**WARNING: {note}**\n" for note in result.degenerate_notes()],
         metrics_table({HELD_NAMES[k]: v for k, v in held["models"].items() if k in HELD_NAMES}
                       | {k: v for k, v in held["models"].items() if k not in HELD_NAMES}),
         "",

@@ -38,6 +38,8 @@ from emoma.cv import run_folds_batched, table_context
 from emoma.data import Table, load_table
 from emoma.errors import Interrupted, UserError
 from emoma.folds import FoldPlan, make_plan, outer_splits, plan_key, smallest_top_k
+from emoma.metrics import degenerate_notes
+from emoma.predict import TrainedModel, bundle_of
 from emoma.holdout import HeldOut, choose_holdout, combine, retrain_and_score, subset
 from emoma.manifest import MANIFEST_FILE, Manifest, data_fingerprint
 from emoma.schedulers import (BaselineKeepingASHA, StopOnUserError, StopReasons, TruthfulOptunaSearch,
@@ -172,6 +174,21 @@ class SearchResult:
     @property
     def completed(self) -> list[TrialRecord]:
         return [t for t in self.trials if t.status == "completed"]
+
+    @property
+    def final_model(self) -> TrainedModel:
+        """The final choice retrained on the search subjects (an ensemble's members with their weights), in
+        memory: what final_model.pt holds (`.predict(frame)`, `.save(path)`)."""
+        members = [(self.held[f"final {t}"].result.model, self.final_configs[t], self.held[f"final {t}"].fold, w)
+                   for t, w in self.selection.weights.items()]
+        return TrainedModel(bundle_of(members, self.feature_names, self.class_names, self.window_s))
+
+    def degenerate_notes(self) -> list[str]:
+        """`emoma.metrics.degenerate_notes` of the final model on the held-out subjects, against the base
+        configuration's same-input baselines there."""
+        final, base = self.held["final"].result, self.held["base"].result
+        return degenerate_notes([final.confusion], self.class_names, self.metric, what="the final model",
+                                baselines={name: m[self.metric] for name, m in base.baselines.items()})
 
 
 # ---------------------------------------------------------------- the search

@@ -27,13 +27,29 @@ def test_cross_validate_a_dataframe_without_writing_results(small_frame, tmp_pat
     assert isinstance(cv.fold_models[0], torch.nn.Module) and fold.proba.shape == (fold.n_test, 2)
 
 
+def test_the_returned_model_predicts_as_the_saved_model_pt(small_frame, tmp_path):
+    """cv.model is model.pt in memory: the same probabilities from the object and from the file it saves, with
+    and without an output folder."""
+    from emoma.predict import TrainedModel
+
+    in_memory = _cv(small_frame, tmp_path).model
+    written = _cv(small_frame, tmp_path, out=tmp_path / "out")
+    predicted = in_memory.predict(small_frame)
+    assert list(predicted.columns) == ["subject", "label", "predicted", "p_non-stress", "p_stress"]
+    pd.testing.assert_frame_equal(predicted, TrainedModel.load(written.out / "model.pt").predict(small_frame))
+    pd.testing.assert_frame_equal(predicted, written.model.predict(small_frame))
+    in_memory.save(tmp_path / "saved.pt")
+    pd.testing.assert_frame_equal(predicted, TrainedModel.load(tmp_path / "saved.pt").predict(small_frame))
+    assert _cv(small_frame, tmp_path, keep_models=False).model is None
+
+
 def test_a_path_and_its_dataframe_give_the_same_result(small_frame, tmp_path):
     path = tmp_path / "merged.csv"
     small_frame.to_csv(path, index=False)
     by_frame, by_path = _cv(small_frame, tmp_path), _cv(path, tmp_path)
     pd.testing.assert_frame_equal(by_frame.metrics, by_path.metrics)
     with pytest.raises(ValueError, match="keep_models=True"):
-        by_frame.fold_models
+        _cv(small_frame, tmp_path, keep_models=False).fold_models
 
 
 def test_overrides_as_keywords_or_a_dict_and_bad_keys(small_frame, tmp_path):
@@ -61,6 +77,22 @@ def test_search_a_dataframe_in_a_temporary_experiment(ray_session, small_frame, 
     assert np.isfinite(found.selection.summary["bbc_cv"]["estimate"])
     assert not found.folder.exists()  # the temporary experiment is gone; the result is in memory
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+    predicted = found.final_model.predict(small_frame)  # final_model.pt, kept in memory
+    assert len(predicted) == len(small_frame) and np.allclose(predicted.filter(like="p_").sum(axis=1), 1, atol=1e-5)
+    assert isinstance(found.degenerate_notes(), list)
+
+
+def test_search_refuses_a_reused_name_before_touching_its_data_copy(small_frame, tmp_path):
+    copy = tmp_path / "taken-data.csv"
+    copy.write_text("theirs")
+    with pytest.raises(UserError, match="already has a data copy"):
+        emoma.search(small_frame, storage_path=tmp_path, name="taken")
+    assert copy.read_text() == "theirs"
+
+
+def test_search_arguments_argparse_rejects_raise_instead_of_exiting(small_frame, tmp_path):
+    with pytest.raises(UserError, match="invalid arguments"):
+        emoma.search(small_frame, num_samples=2.5, storage_path=tmp_path, name="bad")
 
 
 def test_emoma_search_is_the_function_and_old_experiment_state_still_loads():
@@ -70,3 +102,18 @@ def test_emoma_search_is_the_function_and_old_experiment_state_still_loads():
 
     assert callable(emoma.search) and emoma.search.__module__ == "emoma.api"
     assert pickle.loads(b"cemoma.search\nSearchResult\n.") is emoma.tuning.SearchResult  # state saved before 0.2
+
+
+def test_the_readme_example_runs_as_written(ray_session, tmp_path, monkeypatch):
+    """The README's notebook example, executed from its text (in a scratch folder: it writes no results)."""
+    import re
+
+    from conftest import ROOT
+
+    block, = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the fold-plan cache goes to the scratch folder
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["cv"].model is not None and namespace["found"].final_model is not None
+    assert not (tmp_path / "results").exists()
