@@ -72,7 +72,7 @@ def cv_main(argv=None, prog=None):
 
     repeated = args.repeats is not None or bool(args.resume and (Path(args.resume) / REPEATS_FILE).is_file())
     if repeated and args.mlflow:
-        raise UserError("--mlflow tracks one run: drop it, or track one seed's run (OUT/seed-S) with plain cv.py")
+        raise UserError("--mlflow tracks one run: drop it, or track one seed's run (OUT/seed-S) with a plain emoma cv")
     flags = {"data.path": args.data, "data.task": args.task, "cv.scheme": args.cv, "cv.folds": args.folds,
              "train.epochs": args.epochs, "seed": args.seed, "train.device": args.device,
              "data.drop_nan": args.drop_nan or None}
@@ -191,10 +191,16 @@ def status_main(argv=None, prog=None):
 def main(argv=None):
     """`emoma COMMAND [options]`."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    usage = ("usage: emoma COMMAND [options]   (emoma COMMAND --help for its options)\n\ncommands:\n"
+    usage = ("usage: emoma COMMAND [options]   (emoma COMMAND --help for its options; emoma --version)\n\n"
+             "commands:\n"
              + "\n".join(f"  {name:<8} {text}" for name, text in COMMANDS.items()))
     if argv[:1] in (["-h"], ["--help"]):
         print(usage)
+        return
+    if argv[:1] in (["-V"], ["--version"]):
+        from emoma import __version__
+
+        print(f"emoma {__version__}")
         return
     if not argv or argv[0] not in COMMANDS:
         what = f"unknown command {argv[0]!r}" if argv else "no command"

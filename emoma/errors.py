@@ -4,6 +4,7 @@ import functools
 import signal
 import sys
 import threading
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -12,6 +13,15 @@ class UserError(Exception):
 
 class Interrupted(Exception):
     """A run stopped before it finished (Ctrl-C, a stopped cluster); what finished is kept and can be continued."""
+
+
+def invoked_as(command: str) -> str:
+    """How the user runs `command` (cv, search), for "continue it with" lines: `python cv.py` through the
+    repository's wrapper, `python -m emoma cv`, else `emoma cv`."""
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if script == f"{command}.py":
+        return f"python {script}"
+    return f"python -m emoma {command}" if script == "__main__.py" else f"emoma {command}"
 
 
 def exit_on_user_error(main):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from emoma.config import METRICS, Config, apply_overrides, save_config
-from emoma.errors import Interrupted, UserError
+from emoma.errors import Interrupted, UserError, invoked_as
 from emoma.files import write_atomic
 from emoma.metrics import MIN_TEST_SUBJECTS, compare_paired
 from emoma.pipeline import REPEATS_FILE, RUN_FILE, cross_validate, new_out_dir, say
@@ -27,12 +27,13 @@ def repeat_cv(config: Config, repeats: int | None, out_dir: str | Path | None = 
               progress: bool = True, verbose: bool = False, resume: bool = False, save_model: bool = True,
               log=say) -> tuple[dict, Path]:
     """Cross-validate `config` with seeds seed, seed+1, ..., each run in OUT/seed-S; returns the summary (also
-    written to OUT/repeats.json and OUT/report.md) and OUT. With `resume`, OUT's finished seeds are kept, an
-    interrupted one continues and the rest start (`repeats` None: as recorded)."""
+    written to OUT/repeats.json and OUT/report.md; each seed's degenerate-model notes under "warnings") and OUT.
+    With `resume`, OUT's finished seeds are kept, an interrupted one continues and the rest start (`repeats`
+    None: as recorded)."""
     if resume:
         out = Path(out_dir)
         if not (out / REPEATS_FILE).is_file():
-            raise UserError(f"--resume {out}: a single cv.py run, not a --repeats one: drop --repeats")
+            raise UserError(f"--resume {out}: a single emoma cv run, not a --repeats one: drop --repeats")
         recorded = json.loads((out / REPEATS_FILE).read_text())
         if repeats is not None and repeats != recorded["repeats"]:
             raise UserError(f"--resume {out}: the run has {recorded['repeats']} seeds, not {repeats}: drop --repeats")
@@ -42,11 +43,11 @@ def repeat_cv(config: Config, repeats: int | None, out_dir: str | Path | None = 
         repeats, baselines = recorded["repeats"], recorded["baselines"]
     else:
         if repeats < 2:
-            raise UserError(f"--repeats {repeats}: give 2 or more seeds (one run is plain cv.py)")
+            raise UserError(f"--repeats {repeats}: give 2 or more seeds (one run is a plain emoma cv)")
         out = new_out_dir(out_dir, config)
         save_config(config, out / "config.yaml")
         write_atomic(out / REPEATS_FILE, json.dumps({"repeats": repeats, "baselines": baselines}))
-    runs = {}
+    runs, warnings = {}, {}
     for seed in range(config.seed, config.seed + repeats):
         folder = out / f"seed-{seed}"
         if not (folder / "metrics.json").is_file():
@@ -56,10 +57,11 @@ def repeat_cv(config: Config, repeats: int | None, out_dir: str | Path | None = 
                                progress=progress, verbose=verbose, resume=(folder / RUN_FILE).is_file(), log=log,
                                save_model=save_model)
             except Interrupted:
-                raise Interrupted(f"--repeats interrupted in seed {seed}; continue it with: python cv.py --resume "
-                                  f"{out}") from None
-        runs[seed] = json.loads((folder / "metrics.json").read_text())["evaluation"]
-    summary = summarise_repeats(runs)
+                raise Interrupted(f"--repeats interrupted in seed {seed}; continue it with: "
+                                  f"{invoked_as('cv')} --resume {out}") from None
+        metrics = json.loads((folder / "metrics.json").read_text())
+        runs[seed], warnings[seed] = metrics["evaluation"], metrics.get("warnings", [])
+    summary = {**summarise_repeats(runs), "warnings": {str(s): w for s, w in warnings.items() if w}}
     write_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2))
     write_atomic(out / "report.md", repeats_report(summary, config))
     return summary, out
@@ -90,7 +92,7 @@ def summarise_repeats(runs: dict[int, dict]) -> dict:
 def repeats_report(summary: dict, config: Config) -> str:
     seeds = summary["seeds"]
     lines = [f"# Cross-validation over {len(seeds)} seeds: {config.name}", "",
-             f"Seeds {', '.join(map(str, seeds))}, one `cv.py` run each in `seed-S/` (its own report there); "
+             f"Seeds {', '.join(map(str, seeds))}, one `emoma cv` run each in `seed-S/` (its own report there); "
              f"protocol {config.cv.scheme}, subject normalisation {config.data.subject_norm}. A seed changes the "
              "validation subjects, the RFE forests, the weights' initialisation and the batch order. A model's "
              "score in one seed is its mean over subjects.", "",
@@ -101,6 +103,8 @@ def repeats_report(summary: dict, config: Config) -> str:
             f"{s['mean']:.3f} ± {s['std']:.3f} ({s['min']:.3f}-{s['max']:.3f})" for s in by_metric.values()) + " |")
     n = len(next(iter(summary["subjects"].values())))
     lines.append("")
+    lines += [f"**WARNING (seed {seed}): {note}**\n" for seed, notes in summary.get("warnings", {}).items()
+              for note in notes]
     if summary["comparisons"]:
         lines += [f"{REFERENCE} against each baseline on per-subject scores averaged over the seeds ({n} subjects): "
                   "mean paired difference with its BCa 95 % interval, then a two-sided paired Wilcoxon test, p "
@@ -122,7 +126,8 @@ def repeats_report(summary: dict, config: Config) -> str:
 
 def format_repeats(summary: dict) -> str:
     """Console lines: each model's macro-F1 and accuracy over seeds."""
-    lines = [f"over {len(summary['seeds'])} seeds (mean ± SD of the per-seed means over subjects):"]
+    lines = [f"WARNING (seed {seed}): {note}" for seed, notes in summary.get("warnings", {}).items() for note in notes]
+    lines.append(f"over {len(summary['seeds'])} seeds (mean ± SD of the per-seed means over subjects):")
     for name, by_metric in summary["models"].items():
         lines.append(f"  {name}: accuracy {by_metric['accuracy']['mean']:.3f} ± {by_metric['accuracy']['std']:.3f}, "
                      f"macro-F1 {by_metric['macro_f1']['mean']:.3f} ± {by_metric['macro_f1']['std']:.3f}")

@@ -51,6 +51,7 @@ def test_a_missing_config_is_one_line_naming_the_shipped_ones(tmp_path, monkeypa
     ([], 2, "emoma: error: no command: give one of cv, search, status, predict, export, prepare"),
     (["train"], 2, "emoma: error: unknown command 'train'"),
     (["--help"], 0, "commands:"),
+    (["--version"], 0, "emoma 0."),
     (["status"], 2, "the following arguments are required: --name"),
     (["cv", "--config", "nope"], 2, "error: config file nope does not exist"),
 ])
@@ -119,3 +120,24 @@ def test_a_clone_that_is_not_installed_still_finds_the_shipped_configs(monkeypat
     assert find_yaml("context") == ROOT / "configs" / "context.yaml"
     with pytest.raises(UserError, match=r"shipped name \(context, default"):
         find_yaml("nope")
+
+
+@pytest.mark.parametrize("saved", [{"weight": [1.0]}, [1, 2], {"members": [{"config": {}}]}],
+                         ids=["a state dict", "a list", "a bundle without weights"])
+def test_a_torch_file_emoma_did_not_write_is_one_line(tmp_path, capsys, saved):
+    import torch
+
+    torch.save(saved, tmp_path / "other.pt")
+    proc = run_in_process(main, ["predict", "--model", str(tmp_path / "other.pt"), "--data", "x.csv", "--out",
+                                 str(tmp_path / "p.csv")], capsys)
+    assert proc.returncode == 2 and "is not an EmoMA model file" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv0, command", [("/repo/cv.py", "python cv.py"), ("/env/bin/emoma", "emoma cv"),
+                                            ("/env/lib/emoma/__main__.py", "python -m emoma cv")])
+def test_continue_lines_name_the_command_the_user_ran(monkeypatch, argv0, command):
+    from emoma.errors import invoked_as
+
+    monkeypatch.setattr(sys, "argv", [argv0, "--resume", "x"])
+    assert invoked_as("cv") == command
