@@ -12,8 +12,9 @@ every member with its own feature columns, scaler and weight:
            it (oldest first); every window real (a stream's first context - 1 windows: use `emoma predict`)
     output "probabilities": (batch, n_classes), classes in `class_names` order
 
-FILE.json beside it says all of that for this model (features, context, subject_norm, smooth, class_names).
-Probability smoothing over consecutive windows (`smooth` > 1) is left to the caller, as is the normalisation.
+FILE.json beside it says all of that for this model (features, context, subject_norm with norm_warmup,
+smooth, class_names, and the time rule: subject_column, time_column, window_s, max_gap_windows). Probability
+smoothing over consecutive windows (`smooth` > 1) is left to the caller, as is the normalisation.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from emoma.config import from_dict
+from emoma.context import MAX_GAP_WINDOWS
 from emoma.errors import UserError
 from emoma.files import atomic_path, write_atomic
 from emoma.predict import load_model
@@ -47,6 +49,9 @@ class DeployedModel(nn.Module):
         self.features = list(dict.fromkeys(f for _, b, _ in members for f in b["features"]))
         self.context = max(c.model.context for c in configs)
         self.subject_norm, self.smooth = norms.pop(), smooths.pop()
+        self.data = configs[0].data  # the columns and the causal warm-up (members share subject_norm)
+        self.norm_warmup = max(c.data.norm_warmup for c in configs)
+        self.window_s = members[0][1].get("window_s") if self.data.window_s is None else self.data.window_s
         self.class_names = list(bundle["class_names"])
         self.nets = nn.ModuleList(m for m, _, _ in members)
         self.spans = [c.model.context for c in configs]
@@ -73,10 +78,17 @@ class DeployedModel(nn.Module):
         return {"input": "windows", "input_shape": ["batch", self.context, len(self.features)],
                 "output": "probabilities", "output_shape": ["batch", len(self.class_names)],
                 "features": self.features, "context": self.context, "subject_norm": self.subject_norm,
+                "norm_warmup": self.norm_warmup if self.subject_norm == "causal" else None,
                 "smooth": self.smooth, "class_names": self.class_names,
-                "notes": "features in this order, normalised by subject as subject_norm says; each sample's "
-                         "window and the context - 1 before it, oldest first, all real; smooth > 1: average "
-                         "the probabilities of that many consecutive windows yourself"}
+                "subject_column": self.data.subject_column, "time_column": self.data.time_column,
+                "window_s": self.window_s, "max_gap_windows": MAX_GAP_WINDOWS,
+                "notes": "features in this order, normalised by subject as subject_norm says (none: raw; subject: "
+                         "z-scores over each subject's own windows; causal: running z-scores over the subject's "
+                         "windows so far, shrunk by n / norm_warmup while n < norm_warmup); each sample's window "
+                         "and the context - 1 before it, oldest first, all real and of one subject, with no step "
+                         "between consecutive windows longer than max_gap_windows * window_s seconds of "
+                         "time_column; smooth > 1: average the probabilities of that many consecutive windows "
+                         "yourself"}
 
 
 def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict:
@@ -91,7 +103,8 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict:
             import onnx  # noqa: F401
             import onnxscript  # noqa: F401
         except ImportError:
-            raise UserError("ONNX export needs onnx and onnxscript: pip install 'emoma[export]'") from None
+            raise UserError("ONNX export needs onnx and onnxscript: pip install onnx onnxscript (the export extra; "
+                            "pip install -e '.[export]' in a clone)") from None
     deployed = DeployedModel(*load_model(model_path)).eval()
     example = torch.zeros(2, deployed.context, len(deployed.features))
     with torch.no_grad(), atomic_path(out) as tmp, warnings.catch_warnings():

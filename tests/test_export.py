@@ -3,6 +3,7 @@ feature columns, scalers and weights), for a cv run's fold ensemble and for a si
 import json
 
 import numpy as np
+import pandas as pd
 import onnxruntime
 import pytest
 import torch
@@ -79,3 +80,36 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     assert proc.returncode == 2 and "model file" in proc.stderr and "does not exist" in proc.stderr
     proc = run_in_process(main, ["export", str(tmp_path / "none.pt"), "--format", "tflite", "--out", "m"], capsys)
     assert proc.returncode == 2 and "invalid choice: 'tflite'" in proc.stderr
+
+
+def _causal_z(frame, features, warmup):
+    """The contract's causal normalisation, written from its text: running z-scores over each subject's windows so
+    far (ddof 0, a constant feature reads 0), shrunk by n / norm_warmup while n < norm_warmup."""
+    out = []
+    for _, block in frame.groupby("subject", sort=False)[features]:
+        values = block.to_numpy(np.float64)
+        n = np.arange(1, len(values) + 1)[:, None]
+        mean = np.cumsum(values, 0) / n
+        std = np.sqrt(np.maximum(np.cumsum(values**2, 0) / n - mean**2, 0))
+        z = np.divide(values - mean, std, out=np.zeros_like(values), where=std > 1e-6 * (1 + np.abs(mean)))
+        out.append(z * np.minimum(n / warmup, 1))
+    return pd.DataFrame(np.concatenate(out), columns=features, index=frame.index).assign(subject=frame["subject"])
+
+
+def test_a_causally_normalised_model_exports_with_what_a_caller_needs(tmp_path):
+    """The contract names the normalisation, its warm-up and the time rule; windows normalised as its text says
+    give the probabilities emoma predict gives."""
+    from emoma.export import export_model
+
+    frame = make_frame(seed=3, windows_scale=0.5)
+    config = load_config("smoke", [f"cv.cache_dir={tmp_path / 'cache'}", f"model.context={CONTEXT}",
+                                   "data.subject_norm=causal", "data.norm_warmup=4"])
+    cross_validate(config, tmp_path / "run", progress=False, frame=frame, log=lambda *a: None)
+    contract = export_model(tmp_path / "run" / "model.pt", "onnx", tmp_path / "m.onnx")
+    assert contract["subject_norm"] == "causal" and contract["norm_warmup"] == 4
+    assert contract["subject_column"] == "subject" and contract["time_column"] == "time_s"
+    assert contract["max_gap_windows"] == 2.0 and contract["window_s"] is None  # no time column: row order
+    windows, rows = _windows(_causal_z(frame, contract["features"], contract["norm_warmup"]), contract["features"])
+    model, bundle = load_model(tmp_path / "run" / "model.pt")
+    expected = predict_frame(model, bundle, frame)[["p_non-stress", "p_stress"]].to_numpy()[rows]
+    np.testing.assert_allclose(_run(tmp_path / "m.onnx", "onnx", windows), expected, atol=1e-4)
