@@ -181,8 +181,9 @@ ONE_CLASS_SHARE = 0.95  # a model that predicts one class for this share of wind
 def degenerate_notes(confusions: list[np.ndarray], class_names: list[str], metric: str, what: str = "the CNN-LSTM",
                      baselines: dict[str, float] | None = None) -> list[str]:
     """One line per sign that a model learned little: it predicts one class for (nearly) every window of a test
-    fold; it scores no better than always predicting each fold's majority class; it scores below a same-input
-    baseline.
+    fold; it scores no better than always predicting each test fold's most frequent class (the best any constant
+    prediction could score there, so a strict reference); it scores below a same-input baseline (by any margin:
+    the report's corrected paired test says whether that is more than noise).
 
     Parameters
     ----------
@@ -209,8 +210,8 @@ def degenerate_notes(confusions: list[np.ndarray], class_names: list[str], metri
         notes.append(f"{what} predicts {one} {where} (balanced accuracy {balanced:.3f}): it learned little beyond "
                      "the class frequencies; give it more epochs or a higher train.lr, or set train.class_weights: true")
     elif model <= chance + 1e-9:
-        notes.append(f"{what} scores no better than always predicting the majority class ({metric} {model:.3f} "
-                     f"against {chance:.3f})")
+        notes.append(f"{what} scores no better than always predicting each test fold's most frequent class "
+                     f"({metric} {model:.3f} against {chance:.3f})")
     if baselines:
         name = max(baselines, key=baselines.get)
         if baselines[name] > model + 1e-9:

@@ -49,6 +49,7 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert "CNN-LSTM" in proc.stdout and "pooled confusion matrix" in proc.stdout
     report = (out / "report.md").read_text()
     assert "subject-wise k-fold" in report and "| LDA |" in report
+    assert "- columns not used as features:\n  - `" in report  # a nested list, not flat bullets
 
 
 def test_row_wise_protocol_is_labelled(cli, tmp_path):

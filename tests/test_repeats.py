@@ -39,3 +39,15 @@ def test_too_few_subjects_for_tests_give_scores_over_seeds_only():
                                  for s in (1, 2)})
     assert not summary["tests"] and not summary["comparisons"]
     assert summary["models"]["CNN-LSTM"]["accuracy"]["per_seed"] == pytest.approx([0.6, 0.6333333])
+
+
+def test_a_seed_whose_model_collapsed_is_named_in_the_report_and_on_the_console():
+    from emoma.config import load_config
+    from emoma.repeats import format_repeats, repeats_report
+
+    summary = summarise_repeats({s: evaluation({"CNN-LSTM": [0.5, 0.5, 0.5], "LDA": [0.7, 0.6, 0.5]}) for s in (1, 2)})
+    summary["warnings"] = {"2": ["the CNN-LSTM predicts a single class for 95% or more of the windows"]}
+    report, console = repeats_report(summary, load_config("smoke")), format_repeats(summary)
+    assert "**WARNING (seed 2): the CNN-LSTM predicts a single class" in report
+    assert console.splitlines()[0].startswith("WARNING (seed 2): the CNN-LSTM predicts")
+    assert "seed 1" not in report
