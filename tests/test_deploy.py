@@ -11,6 +11,8 @@ import jsonschema
 import ray
 import yaml
 
+import emoma
+
 from conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -35,7 +37,21 @@ def test_rayjob_runs_the_search_on_its_cluster():
     assert cluster["rayVersion"] == ray.__version__
     pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
     images = {c["image"] for pod in pods for c in pod["spec"]["containers"]}
-    assert images == {"emoma:0.2.0"}
+    assert images == {f"emoma:{emoma.__version__}"}
+    # the fields KubeRay's v1 CRD (ray-operator/config/crd/bases/ray.io_rayjobs.yaml) requires, level by level,
+    # and its types where a YAML slip would break them: no kubectl here to validate against the CRD itself
+    assert "entrypoint" in job["spec"] and "headGroupSpec" in cluster
+    assert {"rayStartParams", "template"} <= set(cluster["headGroupSpec"])
+    for group in cluster["workerGroupSpecs"]:
+        assert {"groupName", "minReplicas", "maxReplicas", "rayStartParams", "template"} <= set(group)
+        assert all(isinstance(group[k], int) for k in ("replicas", "minReplicas", "maxReplicas"))
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for params in (g["rayStartParams"] for g in groups):
+        assert all(isinstance(v, str) for v in params.values())  # the CRD: a map of strings
+    for pod in pods:
+        assert all(c.get("name") for c in pod["spec"]["containers"])
+        assert all(v.get("name") for v in pod["spec"].get("volumes", []))
 
 
 def test_dockerfile_installs_the_tested_versions_and_runs_emoma():
