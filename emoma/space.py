@@ -1,5 +1,8 @@
 """The search space: configs/search_space.yaml -> Optuna distributions, validated before Ray starts.
 
+Optuna is imported where distributions are built, so the modules that only read a space (reports, selection)
+import without it.
+
 Only hyperparameters of a trial may be searched: `model.*` and `train.*` keys, and `data.subject_norm` (one
 fold plan is computed per normalisation). Every bound and every choice is checked against the config's types
 and rules, so a bad value stops the search with one line instead of failing inside trials.
@@ -9,8 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-
-import optuna
 
 from emoma.config import Config, apply_overrides, find_yaml, flatten, from_dict, get_dotted, read_yaml
 from emoma.errors import UserError
@@ -55,6 +56,8 @@ def check_key(key: str) -> None:
 
 
 def _distribution(key: str, spec) -> optuna.distributions.BaseDistribution:
+    import optuna
+
     kinds = ("float", "int", "choice")
     if not isinstance(spec, dict) or sum(k in spec for k in kinds) != 1 or set(spec) - {*kinds, "log"}:
         raise UserError(f"search space entry {key}: expected one of {{float: [low, high]}}, {{int: [low, high]}}, "
@@ -162,6 +165,8 @@ def describe(dist) -> str:
 
 def space_to_dict(space: dict) -> dict:
     """Distributions back to the YAML form (for the manifest)."""
+    import optuna
+
     out = {}
     for key, dist in space.items():
         if hasattr(dist, "choices"):

@@ -1,0 +1,71 @@
+"""The house's boundaries: Ray and Optuna are imported by the search modules only, so everything else (and
+`emoma cv`) works where neither is installed; no import cycle at module level."""
+import ast
+import subprocess
+import sys
+
+from conftest import ROOT
+
+RAY_BOUNDARY = {"tuning", "schedulers", "watch"}  # the Tune/Optuna wiring, the pruners, the live report
+BLOCK = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('ray', 'optuna'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def _modules():
+    return sorted(p.stem for p in (ROOT / "emoma").glob("*.py") if p.stem != "__main__")
+
+
+def _top_level_imports(name):
+    """The emoma modules and the top-level packages a module imports at module level (not inside functions)."""
+    tree = ast.parse((ROOT / "emoma" / f"{name}.py").read_text())
+    found = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_only_the_search_modules_import_ray_or_optuna_at_module_level():
+    importing = {m for m in _modules() if any(i.split(".")[0] in ("ray", "optuna") for i in _top_level_imports(m))}
+    assert importing <= RAY_BOUNDARY, importing - RAY_BOUNDARY
+
+
+def test_the_core_imports_and_cv_runs_without_ray_or_optuna(tmp_path):
+    core = [m for m in _modules() if m not in RAY_BOUNDARY]
+    script = BLOCK + f"""
+import importlib
+for m in {core!r}:
+    importlib.import_module('emoma.' + m)
+from emoma.cli import main
+main(['cv', '--config', 'smoke', '--no-progress', '--out', {str(tmp_path / 'run')!r},
+      '--set', 'cv.cache_dir={tmp_path / 'cache'}', '--set', 'train.epochs=1'])
+assert not any(k.split('.')[0] in ('ray', 'optuna') for k in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "report.md").is_file()
+
+
+def test_no_import_cycle_at_module_level():
+    graph = {m: {i.removeprefix("emoma.") for i in _top_level_imports(m) if i.startswith("emoma.")} for m in _modules()}
+    state = {}
+
+    def visit(m, path):
+        if state.get(m) == "done":
+            return
+        assert state.get(m) != "open", " -> ".join(path + [m])
+        state[m] = "open"
+        for n in sorted(graph.get(m, ())):
+            visit(n, path + [m])
+        state[m] = "done"
+
+    for m in graph:
+        visit(m, [])
