@@ -24,7 +24,7 @@ import pandas as pd
 
 from emoma.config import Config, apply_overrides, load_config
 from emoma.cv import CVResult
-from emoma.errors import UserError
+from emoma.errors import Interrupted, UserError
 from emoma.predict import TrainedModel
 
 
@@ -41,8 +41,7 @@ class CrossValidation:
     confusion: pd.DataFrame  # pooled over test folds, rows true, columns predicted
     warnings: list[str]  # protocol notes and signs of a degenerate model, one line each
     out: Path | None  # the output folder, when one was given
-    model: TrainedModel | None  # the fold models averaged, as model.pt (`.predict(frame)`, `.save(path)`); None
-    # with keep_models=False
+    model: TrainedModel | None  # the fold models averaged, as model.pt; None with keep_models=False
 
     @property
     def fold_models(self) -> list:
@@ -62,7 +61,8 @@ def cross_validate(data: pd.DataFrame | str | Path | None = None, config: str | 
     data : a merged.csv-layout DataFrame, a path to one, or None for the embedded synthetic table.
     config : a shipped config's name (`default`, `context`, `smoke`, ...), a YAML path, or a Config.
     baselines : also score the tuned same-input baselines on the same folds.
-    out : a folder to write the usual outputs to (report.md, metrics.json, ...); None writes nothing.
+    out : a folder to write the usual outputs to (report.md, metrics.json, model.pt unless keep_models=False,
+        ...); None writes nothing.
     keep_models : keep each fold's trained model (`CrossValidation.fold_models`) and their average
         (`CrossValidation.model`); False frees them.
     progress : print the data summary and a progress bar.
@@ -82,8 +82,14 @@ def cross_validate(data: pd.DataFrame | str | Path | None = None, config: str | 
     table = model_table(cfg, frame)
     if out is not None:
         log = print if progress else (lambda *args, **kwargs: None)
-        result, out = write_cross_validation(cfg, out, baselines=baselines, progress=progress, log=log, frame=frame,
-                                             keep_models=keep_models)
+        try:
+            result, out = write_cross_validation(cfg, out, baselines=baselines, progress=progress, log=log,
+                                                 frame=frame, keep_models=keep_models, save_model=keep_models)
+        except Interrupted:
+            if frame is None:
+                raise
+            raise Interrupted("cross-validation interrupted; it read a DataFrame, which `emoma cv --resume` cannot "
+                              "read again: call cross_validate again (the fold plan is cached)") from None
         out = Path(out)
         model = TrainedModel.load(out / MODEL_FILE) if keep_models else None
     else:
@@ -127,7 +133,7 @@ def search(data: pd.DataFrame | str | Path | None = None, config: str | Path = "
     import secrets
     import time
 
-    from emoma.cli import SEARCH_DEFAULTS, parse_search_args
+    from emoma.cli import SEARCH_DEFAULTS, RaisingParser, parse_search_args
     from emoma.experiment import search as run_search
     from emoma.experiment import search_settings
 
@@ -135,24 +141,34 @@ def search(data: pd.DataFrame | str | Path | None = None, config: str | Path = "
     name = name or f"search-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     with tempfile.TemporaryDirectory(prefix="emoma-search-") as scratch:
         local = storage_path is not None and "://" not in str(storage_path)
-        if isinstance(data, pd.DataFrame):
-            path = (Path(storage_path) if local else Path(scratch)) / f"{name}-data.csv"
-            if path.exists():
-                raise UserError(f"experiment {name!r} already has a data copy {path}: give another name")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            data.to_csv(path, index=False)
-            data = path
+        copy = (Path(storage_path) if local else Path(scratch)) / f"{name}-data.csv"
+        frame = data if isinstance(data, pd.DataFrame) else None
+        if frame is not None:
+            data = copy
         argv = ["--config", str(config), "--space", str(space), "--seed-config", str(seed_config),
                 "--num-samples", str(num_samples),
                 *(["--data", str(data)] if data is not None else []),
                 *[item for k, v in flat.items() for item in ("--set", f"{k}={json.dumps(v)}")]]
+        args = parse_search_args(argv, prog="emoma.search", parser=RaisingParser)
+        if frame is not None:
+            if copy.exists():
+                raise UserError(f"experiment {name!r} already has a data copy {copy}: give another name")
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(copy, index=False)
         try:
-            args = parse_search_args(argv, prog="emoma.search")
-        except SystemExit:  # argparse has printed why; a notebook should get an exception, not an exit
-            raise UserError(f"emoma.search: invalid arguments {argv}: see the error above") from None
-        settings = search_settings(args, SEARCH_DEFAULTS, name,
-                                   str(storage_path) if storage_path is not None else scratch)
-        return run_search(settings, address=address, log=lambda *args, **kwargs: None)
+            settings = search_settings(args, SEARCH_DEFAULTS, name,
+                                       str(storage_path) if storage_path is not None else scratch)
+        except UserError:
+            if frame is not None:
+                copy.unlink()  # nothing started: the name stays free
+            raise
+        try:
+            return run_search(settings, address=address, log=lambda *args, **kwargs: None)
+        except Interrupted:
+            if storage_path is not None:
+                raise
+            raise Interrupted("search interrupted; its temporary experiment went with it: give storage_path= to keep "
+                              "one that `emoma search --resume` can continue") from None
 
 
 def _resolve(data, config, overrides: dict | None, keys: dict) -> tuple[pd.DataFrame | None, Config]:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from emoma.config import FIDELITIES, METRICS, PRUNERS, SCHEMES, SELECTION_RULES, TASKS, load_config
-from emoma.errors import UserError, exit_on_user_error
+from emoma.errors import UserError, exit_on_user_error, invoked_as
 
 CV_DESCRIPTION = "Cross-validate one CNN-LSTM configuration."
 SEARCH_DESCRIPTION = """Search many CNN-LSTM configurations with Optuna on Ray Tune; every trial is a full cross-validation.
@@ -72,7 +72,8 @@ def cv_main(argv=None, prog=None):
 
     repeated = args.repeats is not None or bool(args.resume and (Path(args.resume) / REPEATS_FILE).is_file())
     if repeated and args.mlflow:
-        raise UserError("--mlflow tracks one run: drop it, or track one seed's run (OUT/seed-S) with a plain emoma cv")
+        raise UserError(f"--mlflow tracks one run: drop it, or track one seed's run (OUT/seed-S) with a plain "
+                        f"{invoked_as('cv')}")
     flags = {"data.path": args.data, "data.task": args.task, "cv.scheme": args.cv, "cv.folds": args.folds,
              "train.epochs": args.epochs, "seed": args.seed, "train.device": args.device,
              "data.drop_nan": args.drop_nan or None}
@@ -97,9 +98,15 @@ def cv_main(argv=None, prog=None):
     print(f"results written to {out}")
 
 
-def parse_search_args(argv=None, prog=None):
-    p = argparse.ArgumentParser(prog=prog, description=SEARCH_DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+class RaisingParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise UserError instead of exiting (the Python API's)."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def parse_search_args(argv=None, prog=None, parser=argparse.ArgumentParser):
+    p = parser(prog=prog, description=SEARCH_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help=f"base config, a YAML file or a shipped name: runs first, and sampled trials "
                                     f"change it (default: {SEARCH_DEFAULTS['config']})")
     p.add_argument("--space", help=f"search space (default: {SEARCH_DEFAULTS['space']})")

@@ -16,12 +16,12 @@ class Interrupted(Exception):
 
 
 def invoked_as(command: str) -> str:
-    """How the user runs `command` (cv, search), for "continue it with" lines: `python cv.py` through the
-    repository's wrapper, `python -m emoma cv`, else `emoma cv`."""
-    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
-    if script == f"{command}.py":
-        return f"python {script}"
-    return f"python -m emoma {command}" if script == "__main__.py" else f"emoma {command}"
+    """How the user runs `command` (cv, search), for hints and "continue it with" lines: `python PATH/cv.py`
+    through the repository's wrapper (the path as typed), `python -m emoma cv`, else `emoma cv`."""
+    typed = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if Path(typed).name == f"{command}.py":
+        return f"python {typed}"
+    return f"python -m emoma {command}" if Path(typed).name == "__main__.py" else f"emoma {command}"
 
 
 def exit_on_user_error(main):

@@ -88,7 +88,7 @@ def search_settings(args, defaults: dict, name: str, storage_path: str) -> Searc
     space = {k: v for k, v in space.items() if k not in fixed}
     if not space:
         raise UserError("the command line fixes every key of the search space, so nothing is left to search: "
-                        "drop a --set, or run the one configuration with emoma cv")
+                        f"drop a --set, or run the one configuration with {invoked_as('cv')}")
     if given and not (manifest and not args.seed_config):
         seed_config = load_config(None, [], flags={k: get_dotted(config, k) for k in given},
                                   base=seed_config.to_dict())

@@ -41,16 +41,16 @@ class DeployedModel(nn.Module):
         super().__init__()
         members = list(zip(model, bundle["members"], bundle["weights"])) if "members" in bundle else [(model, bundle, 1.0)]
         configs = [from_dict(b["config"]) for _, b, _ in members]
-        norms = {c.data.subject_norm for c in configs}
+        norms = {(c.data.subject_norm, c.data.norm_warmup if c.data.subject_norm == "causal" else None)
+                 for c in configs}
         smooths = {c.model.smooth for c in configs}
         if len(norms) > 1 or len(smooths) > 1:
-            raise UserError("the model's members differ in data.subject_norm or model.smooth, so one input cannot "
-                            "serve them all: export is for members that share both")
+            raise UserError("the model's members differ in data.subject_norm (or its norm_warmup) or model.smooth, so "
+                            "one input cannot serve them all: export is for members that share them")
         self.features = list(dict.fromkeys(f for _, b, _ in members for f in b["features"]))
         self.context = max(c.model.context for c in configs)
-        self.subject_norm, self.smooth = norms.pop(), smooths.pop()
-        self.data = configs[0].data  # the columns and the causal warm-up (members share subject_norm)
-        self.norm_warmup = max(c.data.norm_warmup for c in configs)
+        (self.subject_norm, self.norm_warmup), self.smooth = norms.pop(), smooths.pop()
+        self.data = configs[0].data  # the subject and time columns
         self.window_s = members[0][1].get("window_s") if self.data.window_s is None else self.data.window_s
         self.class_names = list(bundle["class_names"])
         self.nets = nn.ModuleList(m for m, _, _ in members)
@@ -78,7 +78,7 @@ class DeployedModel(nn.Module):
         return {"input": "windows", "input_shape": ["batch", self.context, len(self.features)],
                 "output": "probabilities", "output_shape": ["batch", len(self.class_names)],
                 "features": self.features, "context": self.context, "subject_norm": self.subject_norm,
-                "norm_warmup": self.norm_warmup if self.subject_norm == "causal" else None,
+                "norm_warmup": self.norm_warmup,
                 "smooth": self.smooth, "class_names": self.class_names,
                 "subject_column": self.data.subject_column, "time_column": self.data.time_column,
                 "window_s": self.window_s, "max_gap_windows": MAX_GAP_WINDOWS,

@@ -210,7 +210,8 @@ def degenerate_notes(confusions: list[np.ndarray], class_names: list[str], metri
         notes.append(f"{what} predicts {one} {where} (balanced accuracy {balanced:.3f}): it learned little beyond "
                      "the class frequencies; give it more epochs or a higher train.lr, or set train.class_weights: true")
     elif model <= chance + 1e-9:
-        notes.append(f"{what} scores no better than always predicting each test fold's most frequent class "
+        reference = "each test fold's" if len(folds) > 1 else "the scored windows'"
+        notes.append(f"{what} scores no better than always predicting {reference} most frequent class "
                      f"({metric} {model:.3f} against {chance:.3f})")
     if baselines:
         name = max(baselines, key=baselines.get)

@@ -1,5 +1,5 @@
 """The stages chained for `cv.py`: table -> subject normalisation -> fold plan -> CV -> report. Each finished
-fold is kept on disk as it finishes, so an interrupted run continues with `cv.py --resume OUT`."""
+fold is kept on disk as it finishes, so an interrupted run continues with `emoma cv --resume OUT`."""
 from __future__ import annotations
 
 import functools
@@ -181,7 +181,7 @@ def resume_cv_config(out: str | Path, overrides: list[str], flags: dict) -> Conf
     """The configuration of the interrupted run in `out`; options that contradict it stop with one line."""
     out = Path(out)
     if not (out / "config.yaml").is_file() or not ((out / RUN_FILE).is_file() or (out / REPEATS_FILE).is_file()):
-        raise UserError(f"--resume {out}: not an emoma cv output folder (no config.yaml and {RUN_FILE})")
+        raise UserError(f"--resume {out}: not a {invoked_as('cv')} output folder (no config.yaml and {RUN_FILE})")
     raw = read_yaml(out / "config.yaml")
     # a run written before cv.baselines existed fitted its baselines at library defaults: it continues so
     raw.setdefault("cv", {}).setdefault("baselines", "default")

@@ -28,7 +28,8 @@ def model_bundle(model: torch.nn.Module, config: Config, fold: Fold, feature_nam
     length the time-gap rule used in training."""
     cols = fold.selected(config.model.n_features)
     return {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        # a copy, so that editing the model later changes neither the bundle nor a file saved from it
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "config": config.to_dict(),
         "features": [feature_names[j] for j in cols],
         "set_aside": [feature_names[j] for j in cols if j in fold.set_aside],
@@ -49,13 +50,8 @@ def bundle_of(members: list[tuple[torch.nn.Module, Config, Fold, float]], featur
         "members": bundles, "weights": [float(w) for *_, w in members], "class_names": list(class_names)}
 
 
-def save_model(path: str | Path, members: list[tuple[torch.nn.Module, Config, Fold, float]], feature_names: list[str],
-               class_names: list[str], window_s: float | None = None) -> None:
-    """Write `bundle_of(members, ...)` to `path` (a model file `load_model` and `emoma predict` read)."""
-    write_bundle(path, bundle_of(members, feature_names, class_names, window_s))
-
-
 def write_bundle(path: str | Path, bundle: dict) -> None:
+    """Write a bundle (`bundle_of`) as a model file `load_model` and `emoma predict` read."""
     with atomic_path(path) as tmp:
         torch.save(bundle, tmp)
 
@@ -64,46 +60,70 @@ class TrainedModel:
     """A trained model with everything needed to use it, in memory: what model.pt and final_model.pt hold.
 
     `predict(frame)` gives the predicted class and per-class probabilities of each row of a merged.csv-layout
-    DataFrame (as `emoma predict`); `save(path)` writes the model file.
+    DataFrame (as `emoma predict`); `save(path)` writes the model file. The networks are built on first use.
     """
 
     def __init__(self, bundle: dict):
         self.bundle = bundle
-        self.net = from_bundle(bundle)  # a module, or for an ensemble the list of its members' modules
+        self._nets = None
 
     @classmethod
     def load(cls, path: str | Path) -> TrainedModel:
-        return cls(load_model(path)[1])
+        return cls(read_bundle(path))
 
     @property
     def class_names(self) -> list[str]:
         return list(self.bundle["class_names"])
 
+    @property
+    def nets(self) -> torch.nn.Module | list[torch.nn.Module]:
+        """The network, or an ensemble's members' networks in order."""
+        if self._nets is None:
+            self._nets = from_bundle(self.bundle)
+        return self._nets
+
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return predict_frame(self.net, self.bundle, frame)
+        return predict_frame(self.nets, self.bundle, frame)
 
     def save(self, path: str | Path) -> None:
         write_bundle(path, self.bundle)
 
 
 MODEL_KEYS = ("state_dict", "config", "features", "mean", "scale", "class_names")
+ENSEMBLE_KEYS = ("members", "weights", "class_names")
+NOT_OURS = ("{path} is not an EmoMA model file ({why}): give a search's final_model.pt or a cv run's model.pt")
+
+
+def read_bundle(path: str | Path) -> dict:
+    """The bundle of a model file, checked to be one EmoMA wrote (one line otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist: give a search's final_model.pt or a cv run's model.pt")
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for files that are not its own
+        raise UserError(NOT_OURS.format(path=path, why=type(err).__name__)) from None
+    if not isinstance(bundle, dict):
+        members = None
+    elif "members" in bundle:
+        members = bundle["members"] if all(k in bundle for k in ENSEMBLE_KEYS) else None
+    else:
+        members = [bundle]
+    if not isinstance(members, list) or not members or not all(
+            isinstance(m, dict) and all(k in m for k in MODEL_KEYS) for m in members):
+        raise UserError(NOT_OURS.format(path=path, why="a torch file without the config, features, scaler and "
+                                                         "class names EmoMA saves with the weights"))
+    return bundle
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module | list[torch.nn.Module], dict]:
     """(model, bundle) of a saved model; for an ensemble, the model is the list of its members' models."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"model file {path} does not exist: give a search's final_model.pt or a cv run's model.pt")
-    not_ours = f"{path} is not an EmoMA model file"
+    bundle = read_bundle(path)
     try:
-        bundle = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for files that are not its own
-        raise UserError(f"{not_ours} ({type(err).__name__}): give a final_model.pt or model.pt") from None
-    members = bundle.get("members", [bundle]) if isinstance(bundle, dict) else None
-    if not members or not all(isinstance(m, dict) and all(k in m for k in MODEL_KEYS) for m in members):
-        raise UserError(f"{not_ours} (a torch file without the config, features, scaler and class names EmoMA "
-                        "saves with the weights): give a final_model.pt or model.pt")
-    return from_bundle(bundle), bundle
+        return from_bundle(bundle), bundle
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:  # weights that do not fit their config
+        raise UserError(NOT_OURS.format(path=path, why=f"its weights do not fit its config: {type(err).__name__}")) \
+            from None
 
 
 def from_bundle(bundle: dict) -> torch.nn.Module | list[torch.nn.Module]:

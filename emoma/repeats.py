@@ -1,4 +1,4 @@
-"""One configuration cross-validated with several seeds (`cv.py --repeats N`): the spread a single run hides.
+"""One configuration cross-validated with several seeds (`emoma cv --repeats N`): the spread a single run hides.
 
 Each seed is a whole `cv.py` run in its own folder (`OUT/seed-S/`: the seed changes the validation subjects,
 the RFE forests, the weight initialisation and the batch order; subject-wise test folds stay the same). The
@@ -33,7 +33,7 @@ def repeat_cv(config: Config, repeats: int | None, out_dir: str | Path | None = 
     if resume:
         out = Path(out_dir)
         if not (out / REPEATS_FILE).is_file():
-            raise UserError(f"--resume {out}: a single emoma cv run, not a --repeats one: drop --repeats")
+            raise UserError(f"--resume {out}: a single {invoked_as('cv')} run, not a --repeats one: drop --repeats")
         recorded = json.loads((out / REPEATS_FILE).read_text())
         if repeats is not None and repeats != recorded["repeats"]:
             raise UserError(f"--resume {out}: the run has {recorded['repeats']} seeds, not {repeats}: drop --repeats")
@@ -43,7 +43,7 @@ def repeat_cv(config: Config, repeats: int | None, out_dir: str | Path | None = 
         repeats, baselines = recorded["repeats"], recorded["baselines"]
     else:
         if repeats < 2:
-            raise UserError(f"--repeats {repeats}: give 2 or more seeds (one run is a plain emoma cv)")
+            raise UserError(f"--repeats {repeats}: give 2 or more seeds (one run is a plain {invoked_as('cv')})")
         out = new_out_dir(out_dir, config)
         save_config(config, out / "config.yaml")
         write_atomic(out / REPEATS_FILE, json.dumps({"repeats": repeats, "baselines": baselines}))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pandas as pd
 import ray
 from joblib import parallel_config
 from ray import tune
@@ -38,10 +39,10 @@ from emoma.cv import run_folds_batched, table_context
 from emoma.data import Table, load_table
 from emoma.errors import Interrupted, UserError
 from emoma.folds import FoldPlan, make_plan, outer_splits, plan_key, smallest_top_k
-from emoma.metrics import degenerate_notes
-from emoma.predict import TrainedModel, bundle_of
 from emoma.holdout import HeldOut, choose_holdout, combine, retrain_and_score, subset
 from emoma.manifest import MANIFEST_FILE, Manifest, data_fingerprint
+from emoma.metrics import degenerate_notes
+from emoma.predict import TrainedModel, bundle_of
 from emoma.schedulers import (BaselineKeepingASHA, StopOnUserError, StopReasons, TruthfulOptunaSearch,
                               WilcoxonFoldPruner, read_stop_reasons)
 from emoma.select import (OOF_DIR, OOFStore, Selection, TrialJudge, describe_choice, read_trial_oof,
@@ -174,6 +175,36 @@ class SearchResult:
     @property
     def completed(self) -> list[TrialRecord]:
         return [t for t in self.trials if t.status == "completed"]
+
+    @property
+    def trials_frame(self) -> pd.DataFrame:
+        """One row per trial: status, the rule that stopped it, mean ± std, parameters, fold scores (trials.csv)."""
+        from emoma.report import trials_frame
+
+        return trials_frame(self)
+
+    @property
+    def holdout_scores(self) -> pd.DataFrame:
+        """One row per model scored on the held-out subjects (final, base, seed, the baselines), one column per
+        metric, pooled over the held-out windows (holdout_metrics.json's models)."""
+        from emoma.report import HELD_NAMES
+
+        rows = {HELD_NAMES[k]: self.held[k].result.metrics for k in HELD_NAMES} | self.held["base"].result.baselines
+        return pd.DataFrame(rows).T
+
+    @property
+    def holdout_predictions(self) -> pd.DataFrame:
+        """One row per held-out window: subject, true class index, each model's class probabilities (as
+        holdout_predictions.csv)."""
+        from emoma.report import holdout_predictions
+
+        return holdout_predictions(self)
+
+    @property
+    def confusion(self) -> pd.DataFrame:
+        """The final model's confusion matrix on the held-out windows, rows true, columns predicted."""
+        return pd.DataFrame(self.held["final"].result.confusion, index=pd.Index(self.class_names, name="true"),
+                            columns=pd.Index(self.class_names, name="predicted"))
 
     @property
     def final_model(self) -> TrainedModel:

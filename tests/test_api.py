@@ -90,9 +90,12 @@ def test_search_refuses_a_reused_name_before_touching_its_data_copy(small_frame,
     assert copy.read_text() == "theirs"
 
 
-def test_search_arguments_argparse_rejects_raise_instead_of_exiting(small_frame, tmp_path):
-    with pytest.raises(UserError, match="invalid arguments"):
+def test_bad_search_arguments_raise_with_the_reason_and_leave_the_name_free(small_frame, tmp_path):
+    with pytest.raises(UserError, match="emoma.search: argument --num-samples: invalid int value: '2.5'"):
         emoma.search(small_frame, num_samples=2.5, storage_path=tmp_path, name="bad")
+    with pytest.raises(UserError, match="nope"):
+        emoma.search(small_frame, storage_path=tmp_path, name="bad", train__nope=1)
+    assert list(tmp_path.iterdir()) == []  # no data copy left to block the name
 
 
 def test_emoma_search_is_the_function_and_old_experiment_state_still_loads():

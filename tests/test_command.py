@@ -62,6 +62,15 @@ def test_command_line_errors_and_help(capsys, argv, code, text):
     assert "Traceback" not in proc.stderr
 
 
+def test_the_installed_version_is_the_package_version(capsys):
+    import importlib.metadata
+
+    import emoma as package
+
+    assert importlib.metadata.version("emoma") == package.__version__
+    assert run_in_process(main, ["--version"], capsys).stdout == f"emoma {package.__version__}\n"
+
+
 def test_status_of_a_missing_experiment_is_one_line(tmp_path, capsys):
     proc = run_in_process(main, ["status", "--name", "none", "--storage-path", str(tmp_path)], capsys)
     assert proc.returncode == 2 and "no experiment 'none'" in proc.stderr
@@ -122,19 +131,30 @@ def test_a_clone_that_is_not_installed_still_finds_the_shipped_configs(monkeypat
         find_yaml("nope")
 
 
-@pytest.mark.parametrize("saved", [{"weight": [1.0]}, [1, 2], {"members": [{"config": {}}]}],
-                         ids=["a state dict", "a list", "a bundle without weights"])
-def test_a_torch_file_emoma_did_not_write_is_one_line(tmp_path, capsys, saved):
+@pytest.mark.parametrize("saved", [{"weight": [1.0]}, [1, 2], {"members": [{"config": {}}]},
+                                   "an ensemble without weights", "weights that do not fit the config"],
+                         ids=["a state dict", "a list", "a bundle without weights", "no ensemble weights",
+                              "wrong shapes"])
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_a_torch_file_emoma_did_not_write_is_one_line(tmp_path, capsys, saved, command):
     import torch
 
+    from emoma.predict import MODEL_KEYS
+
+    member = {k: None for k in MODEL_KEYS} | {"config": {}, "features": ["a"], "class_names": ["x", "y"],
+                                               "state_dict": {"weight": torch.zeros(1)}}
+    saved = {"an ensemble without weights": {"members": [member], "class_names": ["x", "y"]},
+             "weights that do not fit the config": member}.get(saved, saved) if isinstance(saved, str) else saved
     torch.save(saved, tmp_path / "other.pt")
-    proc = run_in_process(main, ["predict", "--model", str(tmp_path / "other.pt"), "--data", "x.csv", "--out",
-                                 str(tmp_path / "p.csv")], capsys)
+    argv = {"predict": ["predict", "--model", str(tmp_path / "other.pt"), "--data", "x.csv", "--out", "p.csv"],
+            "export": ["export", str(tmp_path / "other.pt"), "--format", "pt2", "--out", str(tmp_path / "m.pt2")]}
+    proc = run_in_process(main, argv[command], capsys)
     assert proc.returncode == 2 and "is not an EmoMA model file" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("argv0, command", [("/repo/cv.py", "python cv.py"), ("/env/bin/emoma", "emoma cv"),
+@pytest.mark.parametrize("argv0, command", [("cv.py", "python cv.py"), ("../repo/cv.py", "python ../repo/cv.py"),
+                                            ("/env/bin/emoma", "emoma cv"),
                                             ("/env/lib/emoma/__main__.py", "python -m emoma cv")])
 def test_continue_lines_name_the_command_the_user_ran(monkeypatch, argv0, command):
     from emoma.errors import invoked_as

@@ -281,7 +281,7 @@ def test_statistics_agree_with_scipy():
 
 
 def test_predict_rebuilds_normalisation_and_context(small_frame, smoke_config, tmp_path):
-    from emoma.predict import save_model
+    from emoma.predict import bundle_of, write_bundle
 
     config = apply_overrides(smoke_config, {"model.context": 3, "data.subject_norm": "causal", "train.epochs": 2,
                                             "model.smooth": 3})
@@ -289,7 +289,8 @@ def test_predict_rebuilds_normalisation_and_context(small_frame, smoke_config, t
     plan = make_plan(table, config.cv, config.seed)
     fold = plan.folds[0]
     result = run_fold(table, fold, 0, config, table_context(table, config), keep_model=True)
-    save_model(tmp_path / "m.pt", [(result.model, config, fold, 1.0)], table.feature_names, table.class_names)
+    write_bundle(tmp_path / "m.pt", bundle_of([(result.model, config, fold, 1.0)], table.feature_names,
+                                              table.class_names))
     from emoma.predict import load_model
 
     model, bundle = load_model(tmp_path / "m.pt")
@@ -306,7 +307,7 @@ def test_columns_constant_or_duplicated_on_training_rows_are_set_aside_by_the_fo
                                                                                    tmp_path):
     """The table keeps a column that varies somewhere; a fold whose training rows hold it constant (or equal to an
     earlier column) reads it as 0 everywhere, in training, scoring, baselines and the saved model."""
-    from emoma.predict import load_model, save_model
+    from emoma.predict import bundle_of, load_model, write_bundle
 
     config = apply_overrides(smoke_config, {"train.epochs": 2, "model.n_features": 0})  # every feature
     table = table_from_frame(small_frame, config.data, "t")
@@ -325,7 +326,8 @@ def test_columns_constant_or_duplicated_on_training_rows_are_set_aside_by_the_fo
     assert not scaled[:, [0, 2]].any() and scaled[:, 1].any()
     result = run_fold(table, fold, 0, config, table_context(table, config), keep_model=True, baselines=True)
     assert first not in result.features and third not in result.features and second in result.features
-    save_model(tmp_path / "m.pt", [(result.model, config, fold, 1.0)], table.feature_names, table.class_names)
+    write_bundle(tmp_path / "m.pt", bundle_of([(result.model, config, fold, 1.0)], table.feature_names,
+                                              table.class_names))
     model, bundle = load_model(tmp_path / "m.pt")
     assert bundle["set_aside"] == [first, third]
     predicted = predict_frame(model, bundle, frame)
@@ -336,7 +338,7 @@ def test_columns_constant_or_duplicated_on_training_rows_are_set_aside_by_the_fo
 def test_an_ensemble_of_configurations_predicts_with_each_members_own_inputs(small_frame, smoke_config, tmp_path):
     """The final model of ensemble selection: members of different normalisation, context and features, saved
     with their weights; predict averages each member's own predictions."""
-    from emoma.predict import load_model, save_model
+    from emoma.predict import bundle_of, load_model, write_bundle
 
     configs = [apply_overrides(smoke_config, {"train.epochs": 2, "model.n_features": 4}),
                apply_overrides(smoke_config, {"train.epochs": 2, "model.n_features": 6, "model.context": 2,
@@ -347,10 +349,10 @@ def test_an_ensemble_of_configurations_predicts_with_each_members_own_inputs(sma
         fold = make_plan(table, config.cv, config.seed).folds[0]
         result = run_fold(table, fold, 0, config, table_context(table, config), keep_model=True)
         members.append((result.model, config, fold, [0.75, 0.25][i]))
-        save_model(tmp_path / f"alone{i}.pt", [(result.model, config, fold, 1.0)], table.feature_names,
-                   table.class_names)
+        write_bundle(tmp_path / f"alone{i}.pt", bundle_of([(result.model, config, fold, 1.0)], table.feature_names,
+                                                          table.class_names))
         alone.append(predict_frame(*load_model(tmp_path / f"alone{i}.pt"), small_frame))
-    save_model(tmp_path / "ensemble.pt", members, table.feature_names, table.class_names)
+    write_bundle(tmp_path / "ensemble.pt", bundle_of(members, table.feature_names, table.class_names))
     model, bundle = load_model(tmp_path / "ensemble.pt")
     assert len(model) == 2 and bundle["weights"] == [0.75, 0.25]
     assert [len(m["features"]) for m in bundle["members"]] == [4, 6]

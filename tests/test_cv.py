@@ -54,7 +54,7 @@ def test_an_ensemble_averages_members_trained_from_their_own_seeds(small_frame, 
     from emoma.cv import run_folds_batched
     from emoma.data import table_from_frame
     from emoma.model import Ensemble
-    from emoma.predict import load_model, predict_frame, save_model
+    from emoma.predict import bundle_of, load_model, predict_frame, write_bundle
     from emoma.train import predict_proba
 
     config = apply_overrides(smoke_config, {"train.epochs": 3, "model.dropout": 0.0})
@@ -72,8 +72,8 @@ def test_an_ensemble_averages_members_trained_from_their_own_seeds(small_frame, 
     np.testing.assert_allclose(ensemble.proba, np.mean(members, axis=0), atol=1e-6)
     batched = run_folds_batched(table, [fold], [0], ensemble_config, context)[0]  # members as rows of one batch
     np.testing.assert_allclose(batched.proba, ensemble.proba, atol=2e-3)
-    save_model(tmp_path / "m.pt", [(ensemble.model, ensemble_config, fold, 1.0)], table.feature_names,
-               table.class_names)
+    write_bundle(tmp_path / "m.pt", bundle_of([(ensemble.model, ensemble_config, fold, 1.0)], table.feature_names,
+                                              table.class_names))
     model, bundle = load_model(tmp_path / "m.pt")
     predicted = predict_frame(model, bundle, small_frame)
     np.testing.assert_allclose(predicted[["p_non-stress", "p_stress"]].to_numpy()[table.row_ids[fold.test]],

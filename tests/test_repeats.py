@@ -41,13 +41,24 @@ def test_too_few_subjects_for_tests_give_scores_over_seeds_only():
     assert summary["models"]["CNN-LSTM"]["accuracy"]["per_seed"] == pytest.approx([0.6, 0.6333333])
 
 
-def test_a_seed_whose_model_collapsed_is_named_in_the_report_and_on_the_console():
-    from emoma.config import load_config
-    from emoma.repeats import format_repeats, repeats_report
+def test_a_seed_whose_model_collapsed_is_named_in_the_report_and_on_the_console(tmp_path):
+    """The notes come from each seed's metrics.json (here finished seeds that --resume reads, no training)."""
+    import json
 
-    summary = summarise_repeats({s: evaluation({"CNN-LSTM": [0.5, 0.5, 0.5], "LDA": [0.7, 0.6, 0.5]}) for s in (1, 2)})
-    summary["warnings"] = {"2": ["the CNN-LSTM predicts a single class for 95% or more of the windows"]}
-    report, console = repeats_report(summary, load_config("smoke")), format_repeats(summary)
-    assert "**WARNING (seed 2): the CNN-LSTM predicts a single class" in report
-    assert console.splitlines()[0].startswith("WARNING (seed 2): the CNN-LSTM predicts")
-    assert "seed 1" not in report
+    from emoma.config import load_config, save_config
+    from emoma.pipeline import REPEATS_FILE
+    from emoma.repeats import format_repeats, repeat_cv
+
+    config = load_config("smoke")
+    save_config(config, tmp_path / "config.yaml")
+    (tmp_path / REPEATS_FILE).write_text(json.dumps({"repeats": 2, "baselines": True}))
+    note = "the CNN-LSTM predicts a single class for 95% or more of the windows in 2 of 3 test folds"
+    for seed, notes in ((config.seed, []), (config.seed + 1, [note])):
+        (tmp_path / f"seed-{seed}").mkdir()
+        metrics = {"evaluation": evaluation({"CNN-LSTM": [0.5, 0.5, 0.5], "LDA": [0.7, 0.6, 0.5]}), "warnings": notes}
+        (tmp_path / f"seed-{seed}" / "metrics.json").write_text(json.dumps(metrics))
+    summary, _ = repeat_cv(config, None, tmp_path, resume=True, log=lambda *a: None)
+    assert summary["warnings"] == {str(config.seed + 1): [note]}
+    assert f"**WARNING (seed {config.seed + 1}): {note}**" in (tmp_path / "report.md").read_text()
+    assert format_repeats(summary).splitlines()[0] == f"WARNING (seed {config.seed + 1}): {note}"
+    assert f"seed {config.seed})" not in (tmp_path / "report.md").read_text()
