@@ -16,16 +16,6 @@ METADATA_PATTERNS = ("age", "height", "weight", "gender_*", "coffee_*", "sport_*
 STRESS_LABEL = 2
 CSV_BLOCK_ROWS = 20_000  # read_csv parses this many rows at a time: small parser buffers on big tables
 THREE_CLASS_NAMES = {0: "amusement", 1: "baseline", 2: "stress"}
-# The published WESAD merged.csv layout, column for column (emoma.prepare and emoma.synthetic write it).
-MERGED_SIGNAL_COLUMNS = [
-    f"{signal}_{stat}"
-    for signal in ("net_acc", "ACC_x", "ACC_y", "ACC_z", "BVP", "EDA", "EDA_phasic", "EDA_smna", "EDA_tonic",
-                   "Resp", "TEMP")
-    for stat in ("mean", "std", "min", "max")
-] + ["BVP_peak_freq", "TEMP_slope"]
-MERGED_METADATA_COLUMNS = ["age", "height", "weight", "gender_ female", "gender_ male", "coffee_today_YES",
-                           "sport_today_YES", "smoker_NO", "smoker_YES", "feel_ill_today_YES"]
-MERGED_COLUMNS = MERGED_SIGNAL_COLUMNS + ["subject", "label"] + MERGED_METADATA_COLUMNS
 
 
 @dataclass

@@ -28,7 +28,7 @@ from joblib import Parallel, delayed
 from scipy import ndimage, signal
 from tqdm.auto import tqdm
 
-from emoma.data import MERGED_METADATA_COLUMNS, MERGED_SIGNAL_COLUMNS
+from emoma.layout import MERGED_METADATA_COLUMNS, MERGED_SIGNAL_COLUMNS
 from emoma.errors import UserError, exit_on_user_error
 from emoma.files import atomic_path
 from emoma.wesad import (CHEST_HZ, CHEST_SIGNALS, LABEL_HZ, WRIST_HZ, Recording, SubjectFiles, find_subjects, load_recording,

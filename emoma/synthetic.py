@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from emoma.data import MERGED_COLUMNS, MERGED_SIGNAL_COLUMNS
+from emoma.layout import MERGED_COLUMNS, MERGED_SIGNAL_COLUMNS
 from emoma.files import atomic_path
 
 SUBJECTS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17)

@@ -80,6 +80,11 @@ def test_search_a_dataframe_in_a_temporary_experiment(ray_session, small_frame, 
     predicted = found.final_model.predict(small_frame)  # final_model.pt, kept in memory
     assert len(predicted) == len(small_frame) and np.allclose(predicted.filter(like="p_").sum(axis=1), 1, atol=1e-5)
     assert isinstance(found.degenerate_notes(), list)
+    assert len(found.trials_frame) == 2 and "mean" in found.trials_frame
+    scores = found.holdout_scores
+    assert {"LDA", "LogisticRegression", "RandomForest"} <= set(scores.index) and "macro_f1" in scores
+    assert len(scores) == 6  # final, base, seed and three baselines
+    assert int(found.confusion.to_numpy().sum()) == len(found.holdout_predictions)
 
 
 def test_search_refuses_a_reused_name_before_touching_its_data_copy(small_frame, tmp_path):

@@ -10,7 +10,8 @@ import emoma.cv
 from emoma.config import DataConfig, apply_overrides
 from emoma.context import check_context, context_index, normalise_subjects, run_starts, smooth_probabilities
 from emoma.cv import TUNED_GRIDS, run_cv, run_fold, table_context
-from emoma.data import MERGED_SIGNAL_COLUMNS, table_from_frame
+from emoma.data import table_from_frame
+from emoma.layout import MERGED_SIGNAL_COLUMNS
 from emoma.errors import UserError
 from emoma.folds import make_plan
 from emoma.metrics import bootstrap_ci, paired_wilcoxon

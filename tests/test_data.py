@@ -4,7 +4,8 @@ import pytest
 
 import emoma.data
 from emoma.config import DataConfig
-from emoma.data import MERGED_COLUMNS, MERGED_METADATA_COLUMNS, load_table, read_csv, table_from_frame
+from emoma.data import load_table, read_csv, table_from_frame
+from emoma.layout import MERGED_COLUMNS, MERGED_METADATA_COLUMNS
 from emoma.errors import UserError
 
 

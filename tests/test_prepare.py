@@ -11,7 +11,8 @@ import pytest
 from conftest import REAL_DATA, ROOT
 
 from emoma.config import DataConfig
-from emoma.data import MERGED_COLUMNS, load_table
+from emoma.data import load_table
+from emoma.layout import MERGED_COLUMNS
 from emoma.errors import UserError
 from emoma.prepare import (ACC_FIR, PrepareOptions, decompose_eda, peak_frequency, plan_windows, prepare, slope,
                            window_stats)

@@ -5,7 +5,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from emoma.config import DataConfig
-from emoma.data import MERGED_COLUMNS, table_from_frame
+from emoma.data import table_from_frame
+from emoma.layout import MERGED_COLUMNS
 from emoma.synthetic import SUBJECTS, make_frame, main
 
 
