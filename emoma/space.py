@@ -12,9 +12,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emoma.config import Config, apply_overrides, find_yaml, flatten, from_dict, get_dotted, read_yaml
 from emoma.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
 
 CONV_KEYS = ("model.conv_blocks", "model.conv_width")  # derived keys that build model.conv_channels
 SEARCHABLE_DATA = ("data.subject_norm",)

@@ -33,7 +33,7 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 from ray.util.joblib import register_ray
 
-from emoma.config import Config, apply_overrides, at_fidelity, flatten, sampler_seed
+from emoma.config import Config, at_fidelity, flatten, sampler_seed
 from emoma.context import check_context, normalise_subjects, order_notes, window_length
 from emoma.cv import run_folds_batched, table_context
 from emoma.data import Table, load_table
@@ -47,7 +47,7 @@ from emoma.schedulers import (BaselineKeepingASHA, StopOnUserError, StopReasons,
                               WilcoxonFoldPruner, read_stop_reasons)
 from emoma.select import (OOF_DIR, OOFStore, Selection, TrialJudge, describe_choice, read_trial_oof,
                           write_trial_oof)
-from emoma.space import (TrialConfigs, candidate_values, params_to_overrides, same_params, seed_trial_config,
+from emoma.space import (TrialConfigs, candidate_values, same_params, seed_trial_config,
                          space_max_context, space_norms, space_point, space_to_dict)
 from emoma.storage import ExperimentStorage
 from emoma.watch import (UNFINISHED, LiveResults, MlflowTrials, ProgressLine, TrialRecord, checkpoint_oof,

@@ -49,7 +49,7 @@ def test_a_path_and_its_dataframe_give_the_same_result(small_frame, tmp_path):
     by_frame, by_path = _cv(small_frame, tmp_path), _cv(path, tmp_path)
     pd.testing.assert_frame_equal(by_frame.metrics, by_path.metrics)
     with pytest.raises(ValueError, match="keep_models=True"):
-        _cv(small_frame, tmp_path, keep_models=False).fold_models
+        _ = _cv(small_frame, tmp_path, keep_models=False).fold_models
 
 
 def test_overrides_as_keywords_or_a_dict_and_bad_keys(small_frame, tmp_path):
