@@ -55,7 +55,8 @@ def test_rayjob_runs_the_search_on_its_cluster():
 
 
 def test_every_image_tag_is_the_package_version():
-    texts = [p.read_text() for p in sorted(DEPLOY.iterdir())] + [(ROOT / "README.md").read_text()]
+    files = [*sorted(DEPLOY.iterdir()), ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    texts = [p.read_text() for p in files]
     tags = {tag for text in texts for tag in re.findall(r"\bemoma:([\w.]+)", text)}
     assert tags == {emoma.__version__}
 
