@@ -1,3 +1,4 @@
+import inspect
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,6 +11,21 @@ from emoma.synthetic import make_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("EMOMA_REAL_DATA", ROOT.parent / "shared" / "data" / "wesad_merged.csv"))
+
+
+FIXTURE_MARKS = {"ray_session": ("ray",), "cluster": ("ray", "cluster"), "s3": ("s3",), "real_data": ("real_data",)}
+STARTS_A_SEARCH = ("search.py", "search_command(", '"search", ')  # Ray in a subprocess or here
+
+
+def pytest_collection_modifyitems(items):
+    """The tier markers a test's fixtures and code imply (pyproject.toml lists them; slow is set by hand)."""
+    for item in items:
+        marks = {m for fixture in getattr(item, "fixturenames", ()) for m in FIXTURE_MARKS.get(fixture, ())}
+        function = getattr(item, "function", None)
+        if function is not None and any(text in inspect.getsource(function) for text in STARTS_A_SEARCH):
+            marks.add("ray")
+        for mark in sorted(marks):
+            item.add_marker(mark)
 
 
 @pytest.fixture(scope="session")
