@@ -30,6 +30,8 @@ BASELINE_MODES = ("tuned", "default")
 
 @dataclass
 class DataConfig:
+    """What to read and how: the table, the task's classes, the features, the columns and the subject normalisation
+    (`data.*`)."""
     path: str | None = None  # merged.csv to read; None = the embedded synthetic WESAD-like table
     task: str = "binary"  # binary (stress vs rest) | 3class (amusement/baseline/stress) | multiclass (labels as they are)
     label_map: dict | None = None  # raw label -> class name (several labels may share a name); overrides task
@@ -47,6 +49,7 @@ class DataConfig:
 
 @dataclass
 class CVConfig:
+    """How folds are made and fitted: the protocol, validation split, RFE, workers and the fold-plan cache (`cv.*`)."""
     scheme: str = "loso"  # loso | group-kfold | stratified-group-kfold (subject-wise) | kfold (row-wise, the seed's)
     folds: int = 10  # K for the k-fold schemes (loso uses one fold per subject)
     val_subjects: int = 2  # training subjects held out of each fold for early stopping (subject-wise schemes)
@@ -63,6 +66,8 @@ class CVConfig:
 
 @dataclass
 class ModelConfig:
+    """The CNN-LSTM's shape: context windows, smoothing, features read, conv blocks, CBAM, LSTM, head, ensemble
+    (`model.*`)."""
     context: int = 1  # windows per sample: the current one and the context-1 before it, same subject, in time order
     smooth: int = 1  # average each window's predicted probabilities with the smooth-1 windows before it (causal); 1 = off
     n_features: int = 20  # top-k features of each fold's RFE ranking the model reads; 0 = all
@@ -83,6 +88,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
+    """How each model is trained: Adam, batches, epochs, early stopping, class weights, refit, device (`train.*`)."""
     lr: float = 1e-3  # Adam learning rate
     weight_decay: float = 0.0  # Adam L2 weight decay
     batch_size: int = 25  # mini-batch size
@@ -97,6 +103,8 @@ class TrainConfig:
 
 @dataclass
 class SearchConfig:
+    """How many configurations are tried and how the final one is chosen: objective, hold-out, pruning, resources,
+    selection rule, fidelity (`search.*`)."""
     metric: str = "macro_f1"  # objective, mean over folds: accuracy | balanced_accuracy | macro_f1
     num_samples: int = 20  # configurations to try (the seed configuration is the first)
     holdout: int = 3  # subjects held out of the whole search, drawn with the seed so every class is present
@@ -124,6 +132,8 @@ class SearchConfig:
 
 @dataclass
 class Config:
+    """A whole configuration: YAML maps onto these sections one to one (`emoma.config.load_config`); every run's is
+    saved as config.yaml."""
     name: str = "default"  # a label for outputs
     seed: int = 0  # drives every random choice: splits, RFE forest, weight init, batch order
     data: DataConfig = field(default_factory=DataConfig)
@@ -133,6 +143,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
 
     def to_dict(self) -> dict:
+        """The configuration as nested plain dicts, as YAML writes it (`from_dict` reads it back)."""
         return dataclasses.asdict(self)
 
 
@@ -208,6 +219,7 @@ def apply_overrides(config: Config, flat: dict) -> Config:
 
 
 def save_config(config: Config, path: str | Path) -> None:
+    """Write `config` as YAML to `path`, atomically."""
     write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
@@ -369,6 +381,7 @@ def flatten(raw: dict, prefix: str = "") -> dict:
 
 
 def get_dotted(obj, key: str):
+    """The value of a dotted key (`train.lr`) of a Config or one of its sections."""
     for part in key.split("."):
         obj = getattr(obj, part)
     return obj

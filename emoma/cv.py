@@ -44,6 +44,8 @@ SKLEARN_SCORING = {"macro_f1": "f1_macro", "balanced_accuracy": "balanced_accura
 
 @dataclass
 class FoldResult:
+    """One test fold scored once: its sizes, features, metrics, confusion matrix, epochs, predictions and
+    probabilities, the baselines' scores on the same rows, and the model when kept."""
     index: int
     test_subjects: list  # subject ids in the test fold (row-wise kfold: all subjects present there)
     n_train: int
@@ -66,6 +68,7 @@ class FoldResult:
 
 @dataclass
 class CVResult:
+    """One configuration's cross-validation: every FoldResult, the protocol, class names and notes."""
     scheme: str
     class_names: list[str]
     folds: list[FoldResult]
@@ -87,6 +90,7 @@ class CVResult:
                                 len(table.class_names))[0] for f in self.folds])
 
     def baseline_summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """{baseline: {metric: {"mean", "std"}}} over folds (population std), as `summary()`."""
         names = self.folds[0].baselines.keys() if self.folds else []
         return {name: _mean_std([f.baselines[name] for f in self.folds]) for name in names}
 
@@ -120,6 +124,7 @@ class Progress:
             if enabled and sys.stderr.isatty() else None
 
     def update(self, n: int, note: str) -> None:
+        """Count `n` more folds done, with `note` (the latest fold's score) beside the count."""
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
@@ -128,6 +133,7 @@ class Progress:
             print(f"{self.desc}: {self.done}/{self.total} folds, {note}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        """Remove the live bar (plain lines need no closing)."""
         if self.bar is not None:
             self.bar.close()
 

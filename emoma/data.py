@@ -36,6 +36,7 @@ class Table:
 
     @property
     def subjects(self) -> np.ndarray:
+        """(n_subjects,) the distinct subject ids, sorted."""
         return np.unique(self.groups)
 
     @property
@@ -44,6 +45,7 @@ class Table:
         return "by the time_s column" if self.time_s is not None else "by row order within each subject"
 
     def class_counts(self) -> dict[str, int]:
+        """{class name: number of windows}, for data summaries."""
         counts = np.bincount(self.y, minlength=len(self.class_names))
         return {name: int(c) for name, c in zip(self.class_names, counts)}
 

@@ -112,6 +112,8 @@ class Samples:
 
 @dataclass
 class FoldPlan:
+    """Every fold of one protocol with its fitted scaler and RFE ranking, computed once per table and settings and
+    shared by every model, trial and baseline (cached by `key`)."""
     scheme: str
     folds: list[Fold]
     key: str  # content hash of data + settings; names the cache file
@@ -121,6 +123,7 @@ class FoldPlan:
 
     @property
     def subject_wise(self) -> bool:
+        """True unless the protocol is row-wise kfold (then a subject's windows are on both sides of a fold)."""
         return self.scheme != "kfold"
 
 
@@ -160,6 +163,8 @@ def make_plan(table: Table, cfg: CVConfig, seed: int, smallest_k: int = 0) -> Fo
 
 
 def plan_key(table: Table, cfg: CVConfig, seed: int, smallest_k: int = 0) -> str:
+    """The 16-hex content hash of the table (features, labels, subjects) and every setting a fold plan depends on: it
+    names the plan's cache file, so a changed input never reuses a plan."""
     h = hashlib.sha256()
     for array in (table.X, table.y, table.groups.astype(str)):
         h.update(np.ascontiguousarray(array).tobytes())
@@ -261,6 +266,7 @@ def rank_features(X: np.ndarray, y: np.ndarray, cfg: CVConfig, seed: int, smalle
 
 
 def resolve_jobs(jobs: int) -> int:
+    """Worker processes for `cv.jobs`: the number given, or one per CPU this process may use when 0."""
     return jobs if jobs > 0 else len(os.sched_getaffinity(0))
 
 

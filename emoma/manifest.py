@@ -36,6 +36,9 @@ SELECTION_KEYS = ("search.select", "search.bbc_bootstrap", "search.ensemble_size
 
 @dataclass
 class Manifest:
+    """What defines a search, written before any trial: the configurations, space, data fingerprint, fold plans,
+    held-out subjects, fold order, seed, budget, command and versions; `--resume` continues only what it
+    describes."""
     name: str
     config: dict  # the resolved base configuration (Config.to_dict())
     seed_config: dict  # the resolved --seed-config
@@ -54,10 +57,13 @@ class Manifest:
     version: int = MANIFEST_VERSION
 
     def to_json(self) -> str:
+        """The manifest as indented JSON (manifest.json)."""
         return json.dumps(asdict(self), indent=2, default=str)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> Manifest:
+        """Read manifest.json's text; a file that is not a manifest, or one an earlier EmoMA wrote, is a UserError
+        naming `where`."""
         try:
             raw = json.loads(text)
             manifest = cls(**raw)
@@ -70,13 +76,16 @@ class Manifest:
         return manifest
 
     def base_config(self) -> Config:
+        """The base configuration the search started from."""
         return from_dict(self.config)
 
     def seed_configuration(self) -> Config:
+        """The seed configuration the search evaluated as its reference."""
         return from_dict(self.seed_config)
 
 
 def package_versions() -> dict:
+    """{package: version} of Python and the packages a result depends on, for the manifest."""
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         try:

@@ -239,6 +239,7 @@ class EpochSelector:
         return False
 
     def should_stop(self, epoch: int) -> bool:
+        """True once `patience` epochs have passed without a new best (never when patience is 0)."""
         return bool(self.patience) and epoch - self.best_epoch >= self.patience
 
 

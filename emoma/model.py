@@ -25,6 +25,7 @@ class ChannelAttention(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels))
 
     def forward(self, x):  # x: (B, C, L)
+        """(B, C, L) -> (B, C, L): each channel scaled by its attention weight."""
         weights = torch.sigmoid(self.mlp(x.mean(dim=2)) + self.mlp(x.amax(dim=2)))  # (B, C)
         return x * weights.unsqueeze(2)
 
@@ -37,11 +38,13 @@ class SpatialAttention(nn.Module):
         self.conv = nn.Conv1d(2, 1, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x):  # x: (B, C, L)
+        """(B, C, L) -> (B, C, L): each position scaled by its attention weight."""
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)  # (B, 2, L)
         return x * torch.sigmoid(self.conv(pooled))  # (B, 1, L) broadcast over channels
 
 
 class ConvBlock(nn.Module):
+    """Conv1d and ReLU, CBAM attention when asked, then pooling that halves the length (ceil)."""
     def __init__(self, c_in: int, c_out: int, *, kernel_size: int, pool: str, cbam: bool, cbam_reduction: int):
         super().__init__()
         layers = [nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.ReLU()]
@@ -53,6 +56,7 @@ class ConvBlock(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x):  # (B, c_in, L) -> (B, c_out, ceil(L / 2) or L)
+        """(B, c_in, L) -> (B, c_out, ceil(L / 2)), or (B, c_out, L) without pooling."""
         return self.layers(x)
 
 
@@ -64,6 +68,7 @@ class AttentionPool(nn.Module):
         self.score = nn.Linear(dim, 1)
 
     def forward(self, h, mask=None):  # h: (B, L, D), mask: (B, L) bool or None
+        """h (B, L, D) and mask (B, L) bool or None -> (B, D): the attention-weighted sum over positions."""
         scores = self.score(h)  # (B, L, 1)
         if mask is not None:
             scores = scores.masked_fill(~mask.unsqueeze(2), float("-inf"))
@@ -72,6 +77,8 @@ class AttentionPool(nn.Module):
 
 
 class CNNLSTM(nn.Module):
+    """The EmoMA-Net CNN-LSTM: Conv1d/CBAM blocks over each window's features, an LSTM over positions or context
+    windows, attention pooling, a dense head (`ModelConfig` documents each setting)."""
     def __init__(self, n_inputs: int, n_classes: int, *, conv_channels=(16, 32), kernel_size=3, pool="max",
                  cbam=True, cbam_reduction=4, lstm_hidden=50, lstm_layers=1, bidirectional=False,
                  attention=True, fc=128, dropout=0.5, lstm_over="positions"):
@@ -149,6 +156,8 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, x, mask=None):
+        """(B, F) or (B, T, F), mask (B, T) or None -> (B, n_classes): the log of the members' mean class
+        probabilities."""
         log_p = torch.stack([m(x, mask).log_softmax(dim=-1) for m in self.members])
         return torch.logsumexp(log_p, dim=0) - math.log(len(self.members))  # finite where a softmax underflows
 
@@ -161,6 +170,7 @@ def build_predictor(cfg: ModelConfig, n_inputs: int, n_classes: int) -> nn.Modul
 
 
 def build_model(cfg: ModelConfig, n_inputs: int, n_classes: int) -> CNNLSTM:
+    """A fresh CNN-LSTM of `cfg`'s shape for `n_inputs` features and `n_classes` classes."""
     return CNNLSTM(n_inputs, n_classes, conv_channels=tuple(cfg.conv_channels), kernel_size=cfg.kernel_size,
                    pool=cfg.pool, cbam=cfg.cbam, cbam_reduction=cfg.cbam_reduction, lstm_hidden=cfg.lstm_hidden,
                    lstm_layers=cfg.lstm_layers, bidirectional=cfg.bidirectional, attention=cfg.attention,

@@ -36,6 +36,8 @@ def load_space(path: str | Path, base: Config | None = None) -> dict[str, optuna
 
 
 def space_from_dict(raw: dict, base: Config) -> dict[str, optuna.distributions.BaseDistribution]:
+    """A search space's YAML mapping as Optuna distributions keyed by config key; each key is checked to be
+    searchable and each value to be valid on `base` (one line naming the entry otherwise)."""
     for key in raw:
         check_key(key)
     space = {key: _distribution(key, spec) for key, spec in raw.items()}
@@ -52,6 +54,7 @@ def space_from_dict(raw: dict, base: Config) -> dict[str, optuna.distributions.B
 
 
 def check_key(key: str) -> None:
+    """Refuse, in one line, a key that is not a trial's hyperparameter (data and protocol keys are the experiment's)."""
     if key in NOT_SEARCHABLE:
         raise UserError(f"search space entry {key}: not a hyperparameter to search ({NOT_SEARCHABLE[key]})")
     if not (key.startswith(("model.", "train.")) or key in SEARCHABLE_DATA):
@@ -162,6 +165,7 @@ def space_max_context(config: Config, space: dict) -> int:
 
 
 def describe(dist) -> str:
+    """A distribution in words for reports: `one of a, b` or `low to high (log)`."""
     if hasattr(dist, "choices"):
         return "one of " + ", ".join(map(str, dist.choices))
     return f"{dist.low} to {dist.high}{' (log)' if getattr(dist, 'log', False) else ''}"

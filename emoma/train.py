@@ -20,6 +20,7 @@ EVAL_CHUNK = 2048  # samples per forward pass when scoring: bounds activation me
 
 @dataclass
 class FoldFit:
+    """One trained fold model: the weights kept, their epoch, the epochs run and the per-epoch history."""
     model: nn.Module  # weights of the best validation epoch (or of the refit), in eval mode
     best_epoch: int  # 1-based epoch whose weights were kept
     epochs_run: int
@@ -27,6 +28,7 @@ class FoldFit:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for `train.device` (auto: CUDA when available); cuda without a GPU is a UserError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -45,11 +47,13 @@ class SampleTensors:
 
     @classmethod
     def of(cls, samples: Samples, device) -> SampleTensors:
+        """`samples` (features, context index, mask, labels) as tensors on `device`."""
         mask = torch.as_tensor(samples.mask, device=device) if samples.padded else None
         return cls(torch.as_tensor(samples.X, device=device), torch.as_tensor(samples.index, device=device), mask,
                    torch.as_tensor(samples.y, device=device))
 
     def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The windows (B, k, F) and mask (B, k) or None of the samples at `rows`."""
         return self.X[self.index[rows]], None if self.mask is None else self.mask[rows]
 
 
@@ -116,6 +120,7 @@ def train_fold(train: Samples, val: Samples | None, *, n_classes: int, model_cfg
 
 
 def epoch_line(row: dict, metric: str) -> str:
+    """One epoch's training (and validation) loss and scores as a log line (`-v`)."""
     line = f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}"
     if "val_loss" not in row:  # a refit: no validation rows
         return line + "  (refit)"

@@ -87,3 +87,20 @@ def test_no_import_cycle_even_through_imports_inside_functions():
 
     for m in graph:
         visit(m, [])
+
+
+CORE = ("config", "data", "layout", "context", "folds", "model", "train", "cv", "holdout", "space", "manifest",
+        "metrics")
+
+
+def test_every_public_function_and_class_of_the_core_has_a_docstring():
+    missing = []
+    for name in CORE:
+        for node in ast.parse((ROOT / "emoma" / f"{name}.py").read_text()).body:
+            if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) or node.name.startswith("_"):
+                continue
+            methods = [n for n in node.body if isinstance(n, ast.FunctionDef)] if isinstance(node, ast.ClassDef) else []
+            for item, label in [(node, node.name)] + [(m, f"{node.name}.{m.name}") for m in methods]:
+                if not item.name.startswith("_") and not ast.get_docstring(item):
+                    missing.append(f"{name}.{label}")
+    assert not missing, missing
