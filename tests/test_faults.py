@@ -117,7 +117,7 @@ def test_ctrl_c_or_sigterm_during_cv_keeps_finished_folds(tmp_path, stop):
                             stderr=subprocess.PIPE, text=True)
     first = wait_for(lambda: sorted((out / "folds").glob("fold-*.pkl")), proc)[0]
     proc.send_signal(stop)
-    assert f"python cv.py --resume {out}" in interrupted(proc)
+    assert f"python {ROOT / 'cv.py'} --resume {out}" in interrupted(proc)  # the script as it was typed
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "folds").glob("fold-*.pkl")}
     assert first.name in kept and len(kept) < 3 and not (out / "metrics.json").exists()
 
@@ -174,7 +174,7 @@ def test_an_interrupted_nested_search_resumes_where_it_stopped(tmp_path):
     wait_for(lambda: (tmp_path / "n" / "outer-3" / "manifest.json").is_file(), proc)
     proc.send_signal(signal.SIGINT)  # outer fold 2 finished, outer fold 3 started
     last = interrupted(proc)
-    assert "python search.py --outer loso --resume --name n" in last
+    assert f"python {ROOT / 'search.py'} --outer loso --resume --name n" in last
     finished = (tmp_path / "n" / "outer-2" / "holdout_predictions.csv").stat().st_mtime_ns
     assert not (tmp_path / "n" / "outer-4").exists()
 
