@@ -25,7 +25,7 @@ COMMANDS = {
     "search": "search many configurations (Ray Tune + Optuna)",
     "status": "the trials and best so far of a running or finished search",
     "predict": "predict a merged.csv with a saved model",
-    "export": "export a saved model to ONNX or TorchScript for deployment",
+    "export": "export a saved model to ONNX, torch.export (pt2) or TorchScript for deployment",
     "prepare": "turn a WESAD folder into a merged.csv table (the prepare extra)",
 }
 

@@ -92,7 +92,7 @@ class DeployedModel(nn.Module):
 
 
 def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict:
-    """Write MODEL as ONNX or TorchScript to `out` and its contract to `out`.json; returns the contract."""
+    """Write MODEL as ONNX, a torch.export program or TorchScript to `out` and its contract to `out`.json; returns the contract."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: give one of {', '.join(FORMATS)}")
     out = Path(out)
@@ -130,7 +130,8 @@ def main(argv=None, prog="python -m emoma.export") -> None:
 
     @exit_on_user_error
     def run():
-        p = argparse.ArgumentParser(prog=prog, description="Export a saved EmoMA model to ONNX or TorchScript.")
+        p = argparse.ArgumentParser(prog=prog, description="Export a saved EmoMA model to ONNX, torch.export (pt2) or "
+                                                           "TorchScript.")
         p.add_argument("model", help="a model file EmoMA wrote: a search's final_model.pt or a cv run's model.pt")
         p.add_argument("--format", required=True, choices=FORMATS,
                        help="onnx (onnxruntime, ...), pt2 (torch.export) or torchscript (deprecated by PyTorch)")
