@@ -18,12 +18,15 @@ STARTS_A_SEARCH = ("search.py", "search_command(", '"search", ')  # Ray in a sub
 
 
 def pytest_collection_modifyitems(items):
-    """The tier markers a test's fixtures and code imply (pyproject.toml lists them; slow is set by hand)."""
+    """The tier markers a test's fixtures and code imply (pyproject.toml lists them): a test that starts Ray or
+    reads the real table is slow; other slow tests are marked by hand."""
     for item in items:
         marks = {m for fixture in getattr(item, "fixturenames", ()) for m in FIXTURE_MARKS.get(fixture, ())}
         function = getattr(item, "function", None)
         if function is not None and any(text in inspect.getsource(function) for text in STARTS_A_SEARCH):
             marks.add("ray")
+        if marks & {"ray", "real_data"}:
+            marks.add("slow")  # Ray's start alone is seconds, the real table's runs a minute: each took 7 s or more
         for mark in sorted(marks):
             item.add_marker(mark)
 

@@ -13,6 +13,7 @@ def _cv(frame, tmp_path, **kwargs):
     return emoma.cross_validate(frame, config="smoke", cv__cache_dir=str(tmp_path / "cache"), **kwargs)
 
 
+@pytest.mark.slow
 def test_cross_validate_a_dataframe_without_writing_results(small_frame, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cv = _cv(small_frame, tmp_path, baselines=True, keep_models=True)

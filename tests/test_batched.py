@@ -96,6 +96,7 @@ def test_validation_reads_each_distinct_window_once_and_scores_every_sample(monk
         torch.testing.assert_close(got[k, :2], torch.stack([loss, accuracy]), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_batched_folds_match_sequential(small_table, smoke_config, variant):
     config = apply_overrides(smoke_config, {
@@ -120,6 +121,7 @@ def test_batched_folds_match_sequential(small_table, smoke_config, variant):
     assert stopped_early, "expected patience to stop a fold, so that folds leave the batch"
 
 
+@pytest.mark.slow
 def test_a_folds_result_does_not_depend_on_its_batch_neighbours(small_table, smoke_config):
     """With dropout, LOSO folds of different sizes (so different steps per epoch), neighbours that stop early."""
     config = apply_overrides(smoke_config, {"model.dropout": 0.3, "train.epochs": 10, "train.patience": 1,
@@ -149,6 +151,7 @@ def test_dropout_everywhere_trains_and_scores(small_table, smoke_config, lstm_ov
         assert r.history[-1]["train_loss"] != r.history[0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_run_cv_trainers_agree(small_table, smoke_config):
     config = apply_overrides(smoke_config, {"model.dropout": 0.0, "cv.jobs": 2})
     plan = make_plan(small_table, config.cv, config.seed)

@@ -1,5 +1,6 @@
 """The house's boundaries: Ray and Optuna are imported by the search modules only, so everything else (and
 `emoma cv`) works where neither is installed; no import cycle, not even through imports inside functions."""
+import pytest
 import ast
 import subprocess
 import sys
@@ -38,6 +39,7 @@ def test_only_the_search_modules_import_ray_or_optuna_at_module_level():
     assert importing <= RAY_BOUNDARY, importing - RAY_BOUNDARY
 
 
+@pytest.mark.slow
 def test_the_core_imports_and_cv_runs_without_ray_or_optuna(tmp_path):
     core = [m for m in _modules() if m not in RAY_BOUNDARY]
     script = BLOCK + f"""

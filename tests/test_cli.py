@@ -36,6 +36,7 @@ def cli(capsys):
     return run
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_output(tmp_path):
     out = tmp_path / "out"
     proc = run_cv("--config", str(ROOT / "configs/smoke.yaml"), "--baselines", "--out", str(out), tmp_path=tmp_path)
@@ -65,6 +66,7 @@ def test_row_wise_protocol_is_labelled(cli, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["class_names"] == ["amusement", "baseline", "stress"]
 
 
+@pytest.mark.slow
 def test_repeats_summarise_whole_runs_over_seeds(cli, tmp_path):
     out = tmp_path / "out"
     proc = cli("--config", ROOT / "configs/smoke.yaml", "--repeats", 2, "--seed", 3, "--baselines", "--out", out,

@@ -20,6 +20,7 @@ def emoma(*args, cwd):
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cv_runs_from_any_folder_with_a_shipped_config_by_name(tmp_path):
     proc = emoma("cv", "--config", "smoke", "--no-progress", "--set", f"cv.cache_dir={tmp_path / 'cache'}",
                  cwd=tmp_path)
@@ -76,6 +77,7 @@ def test_status_of_a_missing_experiment_is_one_line(tmp_path, capsys):
     assert proc.returncode == 2 and "no experiment 'none'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_smoke_preset_learns_and_a_collapsed_model_is_named(tmp_path):
     cache = ["--set", f"cv.cache_dir={tmp_path / 'cache'}"]
     good = emoma("cv", "--config", "smoke", "--no-progress", "--out", tmp_path / "good", *cache, cwd=tmp_path)
@@ -91,6 +93,7 @@ def test_the_smoke_preset_learns_and_a_collapsed_model_is_named(tmp_path):
     assert "**WARNING: the CNN-LSTM predicts a single class" in (tmp_path / "bad" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_cv_saves_the_fold_models_for_predict(tmp_path):
     from emoma.synthetic import make_frame
 

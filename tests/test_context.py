@@ -144,6 +144,7 @@ def test_smoothing_averages_known_earlier_windows_of_the_same_run():
     np.testing.assert_array_equal(smooth_probabilities(changed, rows, starts, k=3)[:2], out[:2])
 
 
+@pytest.mark.slow
 def test_smoothing_changes_only_the_scored_probabilities(small_table, smoke_config):
     config = apply_overrides(smoke_config, {"model.context": 2, "data.subject_norm": "subject", "train.epochs": 2})
     table = normalise_subjects(small_table, config.data)
@@ -163,6 +164,7 @@ def test_smoothing_changes_only_the_scored_probabilities(small_table, smoke_conf
         apply_overrides(config, {"model.context": 4, "cv.scheme": "kfold"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, refit", [("tuned", False), ("tuned", True), ("default", False)])
 def test_tuned_baselines_choose_on_the_folds_training_subjects_only(small_table, smoke_config, monkeypatch, mode,
                                                                      refit):

@@ -9,6 +9,7 @@ from emoma.folds import make_plan
 from emoma.pipeline import RUN_FILE, resume_cv_config
 
 
+@pytest.mark.slow
 def test_cv_result_shapes_and_pooled_confusion(small_table, smoke_config):
     plan = make_plan(small_table, smoke_config.cv, smoke_config.seed)
     result = run_cv(small_table, plan, smoke_config, baselines=True, progress=False)
@@ -23,6 +24,7 @@ def test_cv_result_shapes_and_pooled_confusion(small_table, smoke_config):
     assert all(len(f.features) == smoke_config.model.n_features for f in result.folds)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["batched", "sequential"])
 def test_same_seed_same_metrics_whatever_the_workers(small_table, smoke_config, trainer):
     config = apply_overrides(smoke_config, {"cv.trainer": trainer, "model.context": 2})
@@ -80,6 +82,7 @@ def test_an_ensemble_averages_members_trained_from_their_own_seeds(small_frame, 
                                ensemble.proba, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_refit_retrains_on_training_and_validation_rows_for_the_best_epoch(small_table, smoke_config, monkeypatch):
     import emoma.cv
     from emoma.cv import run_folds_batched

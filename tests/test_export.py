@@ -46,6 +46,7 @@ def _run(exported, fmt, windows):
         return torch.jit.load(str(exported))(torch.as_tensor(windows)).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript"])
 def test_exported_fold_ensemble_matches_predict(saved, tmp_path, capsys, fmt):
     model_path, frame = saved
@@ -60,6 +61,7 @@ def test_exported_fold_ensemble_matches_predict(saved, tmp_path, capsys, fmt):
     np.testing.assert_allclose(_run(out, fmt, windows), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_single_saved_model_exports_too(saved, tmp_path):
     model_path, frame = saved
     single = torch.load(model_path, weights_only=True)["members"][1]  # one member, as a one-model search saves
@@ -96,6 +98,7 @@ def _causal_z(frame, features, warmup):
     return pd.DataFrame(np.concatenate(out), columns=features, index=frame.index).assign(subject=frame["subject"])
 
 
+@pytest.mark.slow
 def test_a_causally_normalised_model_exports_with_what_a_caller_needs(tmp_path):
     """The contract names the normalisation, its warm-up and the time rule; windows normalised as its text says
     give the probabilities emoma predict gives."""

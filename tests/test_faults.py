@@ -107,6 +107,7 @@ def test_ctrl_c_during_the_plan_and_the_retraining_loses_nothing(tmp_path):
     assert (tmp_path / "c" / "final_model.pt").is_file() and (tmp_path / "c" / "report.md").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_during_cv_keeps_finished_folds(tmp_path, stop):
     out = tmp_path / "run"

@@ -68,6 +68,7 @@ def test_scaler_fitted_on_train_rows_only(small_table):
     assert len(fold.selected(0)) == small_table.X.shape[1]
 
 
+@pytest.mark.slow
 def test_plan_is_cached_and_parallel_gives_the_same(small_table, tmp_path):
     cfg = cv_config(tmp_path, scheme="group-kfold", folds=3)
     first = make_plan(small_table, cfg, seed=0)
@@ -96,6 +97,7 @@ def test_rfe_subsamples_only_big_folds(small_table):
     assert sorted(capped) == list(range(X.shape[1])) and not np.array_equal(capped, full)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", [1, 3])
 def test_rfe_stops_early_without_changing_the_selected_features(small_table, step):
     cfg = cv_config(scheme="group-kfold", folds=3, rfe_step=step)

@@ -156,6 +156,7 @@ def test_windows_stay_inside_one_condition_segment():
     assert np.allclose(starts[:5], [1, 11, 21, 31, 52])  # the second baseline segment starts at 52 s
 
 
+@pytest.mark.slow
 def test_prepared_table_feeds_cv_unchanged(prepared, tmp_path):
     csv = tmp_path / "merged.csv"
     prepared.to_csv(csv)
@@ -167,6 +168,7 @@ def test_prepared_table_feeds_cv_unchanged(prepared, tmp_path):
     assert "CNN-LSTM" in proc.stdout and (tmp_path / "out" / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_cli_writes_the_table(wesad_dir, tmp_path, prepared):
     out = tmp_path / "merged.csv"
     proc = run_prepare("--wesad-dir", wesad_dir, "--out", out, "--jobs", 2)
@@ -192,6 +194,7 @@ def damage(root, kind):
             pickle.dump(recording, f)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, message", [
     ("no readme", "S3: readme"), ("no pickle", "S3: pickle"), ("truncated", "S3: "),
     ("labels", "S3: label codes 9"),
@@ -211,6 +214,7 @@ def test_bad_subjects_stop_with_one_line_or_are_skipped(wesad_dir, tmp_path, kin
     assert set(pd.read_csv(tmp_path / "m.csv")["subject"]) == {2}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--wesad-dir", "nowhere"], "WESAD folder nowhere does not exist"),
     (["--conditions", "baseline,joy"], "--conditions: unknown joy"),

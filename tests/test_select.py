@@ -156,6 +156,7 @@ def test_ensemble_selection_averages_trials_that_are_right_on_different_subjects
     assert mixed > c.scores["accuracy"].mean(1).max() + 0.1
 
 
+@pytest.mark.slow
 def test_bbc_cv_stays_at_chance_on_a_table_with_no_signal_while_the_naive_best_does_not():
     store, rng = empty_store(seed=3)
     probas = [proba_with_skill(store, rng, 0.0) for _ in range(30)]  # random guesses: balanced accuracy 0.5
@@ -182,6 +183,7 @@ def test_bbc_cv_finds_a_known_best_configuration_and_estimates_it():
         assert estimate == pytest.approx(truth, abs=0.02), rule
 
 
+@pytest.mark.slow
 def test_select_reports_every_rule_the_gains_and_the_curve():
     store, rng = empty_store(seed=5)
     probas = [proba_with_skill(store, rng, s) for s in (0.6, 0.62, 0.7, 0.55, 0.65)]

@@ -95,6 +95,7 @@ def test_an_unreachable_tracking_uri_stops_before_the_search(tmp_path):
     assert not (tmp_path / "x" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_a_tracking_failure_is_reported_once_and_never_stops_the_run(tmp_path, capsys, monkeypatch):
     from emoma.tracking import Tracker
 
@@ -114,6 +115,7 @@ def test_a_tracking_failure_is_reported_once_and_never_stops_the_run(tmp_path, c
     assert err.count("warning: MLflow tracking failed (tracking server went away)") == 1 and len(calls) == 1
 
 
+@pytest.mark.slow
 def test_cv_run_is_tracked_and_mlflow_is_optional(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'cv.db'}"
     proc = subprocess.run([sys.executable, str(ROOT / "cv.py"), "--config", str(SMOKE), "--no-progress", "--out",
