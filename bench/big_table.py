@@ -67,7 +67,7 @@ def main():
     if not big.is_file():
         raw = work / "WESAD"
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "emoma.synthetic_wesad", str(raw), "--subjects", SUBJECTS], cwd=ROOT,
+        subprocess.run([sys.executable, "-m", "emoma.prepare.synthetic", str(raw), "--subjects", SUBJECTS], cwd=ROOT,
                        check=True, capture_output=True)
         made = time.perf_counter() - start
         wall, peak = run([sys.executable, "-m", "emoma.prepare", "--wesad-dir", str(raw), "--out", str(big),

@@ -26,10 +26,11 @@ from emoma.config import SELECTION_RULES, from_dict  # noqa: E402
 from emoma.holdout import combine, retrain_and_score  # noqa: E402
 from emoma.manifest import Manifest  # noqa: E402
 from emoma.metrics import MIN_TEST_SUBJECTS, holm, paired_wilcoxon, score  # noqa: E402
-from emoma.tuning import prepare_experiment  # noqa: E402
-from emoma.select import OOFStore, TrialJudge  # noqa: E402
+from emoma.tune.search import prepare_experiment  # noqa: E402
+from emoma.results import OOFStore  # noqa: E402
+from emoma.select import TrialJudge  # noqa: E402
 from emoma.space import space_from_dict  # noqa: E402
-from emoma.watch import read_trials  # noqa: E402
+from emoma.tune.watch import read_trials  # noqa: E402
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 

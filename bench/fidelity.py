@@ -25,9 +25,9 @@ from emoma.config import from_dict  # noqa: E402
 from emoma.cv import run_cv  # noqa: E402
 from emoma.folds import make_plan  # noqa: E402
 from emoma.manifest import Manifest  # noqa: E402
-from emoma.tuning import prepare_experiment  # noqa: E402
+from emoma.tune.search import prepare_experiment  # noqa: E402
 from emoma.space import same_params, space_from_dict  # noqa: E402
-from emoma.watch import read_trials  # noqa: E402
+from emoma.tune.watch import read_trials  # noqa: E402
 
 
 def chosen_trials(trials: list, points: list[dict], n: int) -> list:

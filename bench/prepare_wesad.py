@@ -1,6 +1,6 @@
 """Benchmark, run by hand: python bench/prepare_wesad.py [--repeats 3] [--scale 1.0]
 
-Writes one synthetic subject of full WESAD length (scale 1: ~100 minutes, emoma.synthetic_wesad) and times
+Writes one synthetic subject of full WESAD length (scale 1: ~100 minutes, emoma.prepare.synthetic) and times
 `python -m emoma.prepare` on it, each setting in its own process: wall time (median of repeats, including
 the interpreter start and imports) and that process's peak resident memory (VmHWM). Figures go to stdout as
 Markdown rows; copy them into bench/RESULTS.md.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from emoma.synthetic_wesad import write_subject
+from emoma.prepare.synthetic import write_subject
 
 SETTINGS = {
     "default (wrist + resp, 30 s windows)": [],
@@ -32,7 +32,7 @@ def run_once(wesad: Path, out: Path, extra: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one prepare process."""
     start = time.perf_counter()
     # VmHWM, not getrusage: ru_maxrss would include this parent's RSS at the fork
-    proc = subprocess.run([sys.executable, "-c", "import sys; from emoma.prepare import main\n"
+    proc = subprocess.run([sys.executable, "-c", "import sys; from emoma.prepare.features import main\n"
                            "try:\n    main(sys.argv[1:])\nfinally:\n"
                            "    print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0], file=sys.stderr)",
                            "--wesad-dir", str(wesad), "--out", str(out), "--jobs", "1", "--no-progress", *extra],

@@ -111,7 +111,7 @@ def part_b(data: str, ref_fold_epoch_s: float):
 def part_c(data: str | None):
     import ray
 
-    from emoma.tuning import run_search
+    from emoma.tune.search import run_search
     from emoma.space import load_space
 
     space_file = Path(tempfile.mkdtemp()) / "space.yaml"

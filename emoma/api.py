@@ -23,9 +23,9 @@ from pathlib import Path
 import pandas as pd
 
 from emoma.config import Config, apply_overrides, load_config
-from emoma.cv import CVResult
 from emoma.errors import Interrupted, UserError
 from emoma.predict import TrainedModel
+from emoma.results import CVResult
 
 
 @dataclass
@@ -128,7 +128,7 @@ def search(data: pd.DataFrame | str | Path | None = None, config: str | Path = "
 
     Returns
     -------
-    emoma.tuning.SearchResult
+    emoma.tune.search.SearchResult
     """
     import secrets
     import time

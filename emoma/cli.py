@@ -229,6 +229,6 @@ def main(argv=None):
 
         predict_main(rest, prog)
     else:
-        from emoma.prepare import main as prepare_main
+        from emoma.prepare.features import main as prepare_main
 
         prepare_main(rest, prog)

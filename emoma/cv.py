@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -16,12 +16,13 @@ from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold
 from tqdm.auto import tqdm
 
 from emoma.batched import train_folds
-from emoma.config import METRICS, Config
+from emoma.config import Config
 from emoma.context import context_index, order_notes, run_starts, smooth_probabilities
 from emoma.data import Table
 from emoma.folds import Fold, FoldPlan, Samples, resolve_jobs
-from emoma.metrics import degenerate_notes, score
+from emoma.metrics import score
 from emoma.model import Ensemble
+from emoma.results import CVResult, FoldResult
 from emoma.train import FoldFit, predict_proba, resolve_device, train_fold
 
 # Classical models given exactly the CNN-LSTM's inputs: the fold's scaled RFE features of the (subject-
@@ -40,79 +41,6 @@ TUNED_GRIDS = {
 }
 INNER_FOLDS = 3
 SKLEARN_SCORING = {"macro_f1": "f1_macro", "balanced_accuracy": "balanced_accuracy", "accuracy": "accuracy"}
-
-
-@dataclass
-class FoldResult:
-    """One test fold scored once: its sizes, features, metrics, confusion matrix, epochs, predictions and
-    probabilities, the baselines' scores on the same rows, and the model when kept."""
-    index: int
-    test_subjects: list  # subject ids in the test fold (row-wise kfold: all subjects present there)
-    n_train: int
-    n_val: int
-    n_test: int
-    features: list[str]  # the fold's selected features that carry values (set-aside columns not among them)
-    metrics: dict[str, float]  # accuracy, balanced_accuracy, macro_f1 on the test rows
-    confusion: np.ndarray  # (n_classes, n_classes) rows = true class, columns = predicted
-    epochs_run: int  # ensembles: the most any member ran
-    best_epoch: int  # ensembles: the median over members
-    seconds: float
-    history: list[dict]  # per epoch (ensembles: the first member's)
-    test_rows: np.ndarray  # (n_test,) row indices of the table
-    y_pred: np.ndarray  # (n_test,)
-    proba: np.ndarray  # (n_test, n_classes)
-    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> metrics on the same fold
-    baseline_proba: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_test, n_classes)
-    model: torch.nn.Module | None = None  # the trained model, when asked for
-
-
-@dataclass
-class CVResult:
-    """One configuration's cross-validation: every FoldResult, the protocol, class names and notes."""
-    scheme: str
-    class_names: list[str]
-    folds: list[FoldResult]
-    seconds: float
-    notes: list[str] = field(default_factory=list)
-    smooth: int = 1  # model.smooth of the run: its fold probabilities are already smoothed when > 1
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        """{metric: {"mean": ..., "std": ...}} over folds (population std)."""
-        return _mean_std([f.metrics for f in self.folds])
-
-    def smoothed_summary(self, table: Table, k: int, window_s: float | None = None) -> dict[str, dict[str, float]]:
-        """`summary()` of a run without smoothing had its CNN-LSTM probabilities been smoothed over k windows
-        (`model.smooth` does not change training, so every value can be scored from one run)."""
-        if self.smooth != 1:
-            raise ValueError(f"this run's probabilities are already smoothed over {self.smooth} windows")
-        starts = run_starts(table, window_s)
-        return _mean_std([score(table.y[f.test_rows], smooth_probabilities(f.proba, f.test_rows, starts, k).argmax(1),
-                                len(table.class_names))[0] for f in self.folds])
-
-    def baseline_summary(self) -> dict[str, dict[str, dict[str, float]]]:
-        """{baseline: {metric: {"mean", "std"}}} over folds (population std), as `summary()`."""
-        names = self.folds[0].baselines.keys() if self.folds else []
-        return {name: _mean_std([f.baselines[name] for f in self.folds]) for name in names}
-
-    def degenerate_notes(self, metric: str) -> list[str]:
-        """`emoma.metrics.degenerate_notes` of the CNN-LSTM: collapsed to one class, no better than the majority
-        class, or below a same-input baseline."""
-        baselines = {name: s[metric]["mean"] for name, s in self.baseline_summary().items()}
-        return degenerate_notes([f.confusion for f in self.folds], self.class_names, metric, baselines=baselines)
-
-    @property
-    def confusion(self) -> np.ndarray:
-        """Pooled confusion matrix: the sum over folds."""
-        return np.sum([f.confusion for f in self.folds], axis=0)
-
-    def pooled(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Test rows of every fold (n,) and {model: (n, n_classes) probabilities}: the CNN-LSTM and each
-        baseline, rows in the same order."""
-        rows = np.concatenate([f.test_rows for f in self.folds])
-        proba = {"CNN-LSTM": np.concatenate([f.proba for f in self.folds])}
-        for name in self.folds[0].baseline_proba if self.folds else []:
-            proba[name] = np.concatenate([f.baseline_proba[name] for f in self.folds])
-        return rows, proba
 
 
 class Progress:
@@ -290,8 +218,3 @@ def fit_baseline(name: str, config: Config, seed: int, X: np.ndarray, y: np.ndar
     search = GridSearchCV(BASELINES[name](seed), TUNED_GRIDS[name], cv=inner,
                           scoring=SKLEARN_SCORING[config.train.metric], n_jobs=1)
     return search.fit(X, y, groups=groups if n_groups >= 2 else None)
-
-
-def _mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    return {m: {"mean": float(np.mean([r[m] for r in rows])), "std": float(np.std([r[m] for r in rows]))}
-            for m in METRICS}

@@ -1,5 +1,5 @@
 """The stages chained for `search.py`: settings (from the command line, or from the experiment's manifest
-when resuming) -> search (emoma.tuning, on Ray) -> outputs, model and tracking; the nested search with one
+when resuming) -> search (emoma.tune.search, on Ray) -> outputs, model and tracking; the nested search with one
 experiment per outer subject, each written as soon as it finishes; `--status` of a running experiment."""
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def _set_keys(items: list[str]) -> set[str]:
 
 def search(settings: SearchSettings, *, address=None, verbose=False, log=say):
     """One search: run it (or continue it), write its outputs into the experiment folder, print the summary."""
-    from emoma.tuning import run_search
+    from emoma.tune.search import run_search
 
     storage = ExperimentStorage(settings.storage_path, settings.name, create=False)
     if not settings.resume and storage.exists(MANIFEST_FILE):
@@ -195,7 +195,7 @@ def outer_sampler_seed(seed: int, subject: str) -> int:
 def nested_search(settings: SearchSettings, *, address=None, verbose=False, log=say):
     """Nested CV: the whole search once per subject, that subject held out; each outer fold writes its outputs
     as soon as it finishes, and --resume skips finished outer folds, resumes the interrupted one, starts the rest."""
-    from emoma.tuning import run_search
+    from emoma.tune.search import run_search
     config = settings.config
     root = ExperimentStorage(settings.storage_path, settings.name)
     table = load_table(config.data)

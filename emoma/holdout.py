@@ -3,16 +3,17 @@ configurations retrained on every search subject and scored once on the held-out
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from emoma.config import Config, SearchConfig
-from emoma.cv import FoldResult, run_fold, table_context
+from emoma.cv import run_fold, table_context
 from emoma.data import Table
 from emoma.errors import UserError
 from emoma.folds import Fold, fit_fold, smallest_top_k
 from emoma.metrics import score
+from emoma.results import HeldOut
 
 
 def choose_holdout(table: Table, cfg: SearchConfig, seed: int) -> list:
@@ -46,16 +47,6 @@ def subset(table: Table, rows: np.ndarray) -> Table:
     return replace(table, X=table.X[rows], y=table.y[rows], groups=table.groups[rows],
                    time_s=None if table.time_s is None else table.time_s[rows],
                    row_ids=None if table.row_ids is None else table.row_ids[rows])
-
-
-@dataclass
-class HeldOut:
-    """One configuration retrained on the search subjects and scored on the held-out subjects."""
-
-    result: FoldResult  # scores, probabilities (and the model when kept) on the held-out windows
-    fold: Fold  # the retraining split (search subjects: train + validation) and its scaler and RFE
-    groups: np.ndarray  # (n_held,) subject of each held-out window, in result order
-    y: np.ndarray  # (n_held,) true class of each held-out window
 
 
 def retrain_and_score(tables: dict[str, Table], holdout: list, configs: dict[str, Config], experiment: Config,

@@ -12,7 +12,7 @@ import pandas as pd
 
 from emoma.config import Config, flatten, load_config, read_yaml, save_config
 from emoma.context import check_context, normalise_subjects, order_notes, window_length
-from emoma.cv import CVResult, FoldResult, run_cv
+from emoma.cv import run_cv
 from emoma.data import Table, load_table, table_from_frame
 from emoma.errors import Interrupted, UserError, invoked_as
 from emoma.files import atomic_path, unique_folder, write_atomic
@@ -20,6 +20,7 @@ from emoma.folds import make_plan, plan_key, smallest_top_k
 from emoma.manifest import RUNTIME_KEYS, data_fingerprint, first_difference
 from emoma.predict import bundle_of, write_bundle
 from emoma.report import write_cv_outputs
+from emoma.results import CVResult, FoldResult
 
 say = functools.partial(print, flush=True)  # progress lines reach logs and pipes as they happen
 RUN_FILE = "run.json"  # cv.py: what defines the run (data fingerprint, plan key), for --resume

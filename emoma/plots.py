@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 from emoma.files import atomic_path  # noqa: E402
 
 if TYPE_CHECKING:
-    from emoma.cv import CVResult
+    from emoma.results import CVResult
 
 
 def save(fig, path: Path, dpi: int) -> None:

@@ -11,18 +11,18 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from emoma.config import Config, save_config
-from emoma.cv import METRICS, CVResult
+from emoma.config import METRICS, Config, save_config
 from emoma.data import Table
 from emoma.files import atomic_path, write_atomic
 from emoma.folds import FoldPlan
 from emoma.metrics import MIN_HOLDOUT_SUBJECTS, MIN_TEST_SUBJECTS, evaluate, per_subject
 from emoma.plots import plot_bbc_curve, plot_confusion, plot_importances, plot_learning_curves, plot_search_history
+from emoma.results import BASE, FINAL, HELD_NAMES, CVResult
 from emoma.select import describe_choice
 from emoma.space import describe
 
 if TYPE_CHECKING:
-    from emoma.tuning import SearchResult
+    from emoma.results import SearchResult
 
 PROTOCOLS = {
     "loso": "leave-one-subject-out: each fold tests one subject never seen in training",
@@ -366,11 +366,11 @@ def write_search_outputs(result: SearchResult, config: Config) -> Path:
     out = result.folder
     save_config(result.best_config, out / "best_config.yaml")
     write_atomic(out / "final_config.yaml", final_config_yaml(result))
-    trials = trials_frame(result)
+    trials = result.trials_frame
     write_csv(trials, out / "trials.csv")
     metrics = search_metrics(result)
     write_atomic(out / "search_metrics.json", json.dumps(metrics, indent=2, default=str))
-    predictions = holdout_predictions(result)
+    predictions = result.holdout_predictions
     held = holdout_metrics(result, predictions)
     write_atomic(out / "holdout_metrics.json", json.dumps(held, indent=2, default=str))
     write_csv(predictions, out / "holdout_predictions.csv")
@@ -384,8 +384,6 @@ def write_search_outputs(result: SearchResult, config: Config) -> Path:
     return out
 
 
-FINAL, BASE, SEED = "CNN-LSTM (final)", "CNN-LSTM (base config)", "CNN-LSTM (seed config)"
-HELD_NAMES = {"final": FINAL, "base": BASE, "seed": SEED}
 
 
 def final_config_yaml(result: SearchResult) -> str:
@@ -403,18 +401,6 @@ def search_metrics(result: SearchResult) -> dict:
     rules' choices), the estimate against the number of trials, the trials' fidelity, parameter importances."""
     return {"name": result.name, "partial": False, **result.selection.summary, "curve": result.curve,
             "fidelity": result.fidelity, "importances": result.importances}
-
-
-def holdout_predictions(result: SearchResult) -> pd.DataFrame:
-    """One row per held-out window: subject, true class index, and each model's class probabilities."""
-    final = result.held["final"]
-    frame = pd.DataFrame({"subject": [str(s) for s in final.groups], "true": final.y})
-    probas = {HELD_NAMES[k]: result.held[k].result.proba for k in HELD_NAMES}
-    probas.update(result.held["base"].result.baseline_proba)
-    for name, proba in probas.items():
-        for c, cls in enumerate(result.class_names):
-            frame[f"{name}|{cls}"] = proba[:, c]
-    return frame
 
 
 def holdout_metrics(result: SearchResult, predictions: pd.DataFrame) -> dict:
@@ -462,24 +448,6 @@ def holdout_evaluation(frames: list[pd.DataFrame], class_names: list[str],
     probas = {m: frame[[f"{m}|{c}" for c in class_names]].to_numpy() for m in models}
     return evaluate(frame["subject"].to_numpy(), frame["true"].to_numpy(), probas, class_names, reference=FINAL,
                     min_subjects=min_subjects)
-
-
-def trials_frame(result: SearchResult) -> pd.DataFrame:
-    ids = [t.trial_id if t else None for t in (result.base_trial, result.seed_trial)]
-    return trials_table(result.trials, len(result.plan.folds), *ids)
-
-
-def trials_table(trials: list, n_folds: int, base_trial: str | None, seed_trial: str | None) -> pd.DataFrame:
-    """One row per trial (TrialRecord): status, the rule that stopped it, mean ± std, parameters, fold scores."""
-    rows = []
-    for t in trials:
-        row = {"trial": t.trial_id, "status": t.status, "stopped_by": t.stopped_by,
-               "base_config": t.trial_id == base_trial, "seed_config": t.trial_id == seed_trial, "mean": t.mean,
-               "std": t.std, "folds_done": len(t.fold_scores), "seconds": round(t.seconds, 2), "node": t.node,
-               **{f"param.{k}": v for k, v in sorted(t.params.items())}}
-        row.update({f"fold_{i + 1}": t.fold_scores.get(i) for i in range(n_folds)})
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def top_trials(trials: pd.DataFrame, n: int = 10) -> pd.DataFrame:

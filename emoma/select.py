@@ -23,120 +23,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from scipy import stats
 
 from emoma.config import SELECTION_RULES, Config, SearchConfig
 from emoma.errors import UserError
-from emoma.files import atomic_path
 from emoma.metrics import CONFIDENCE, MIN_TEST_SUBJECTS, holm, metrics_from_confusion, paired_wilcoxon
 from emoma.model import prediction_cost
+from emoma.results import OOFStore
 from emoma.space import same_params
 
-OOF_DIR = "oof"  # in the experiment folder
-OOF_FILE = "oof.npz"  # in a trial's checkpoint
 
-
-# ---------------------------------------------------------------- the out-of-fold store
-
-@dataclass
-class OOFStore:
-    """Every scored window of a search and each trial's class probabilities for it."""
-
-    rows: np.ndarray  # (n,) the window's row in the search table
-    subjects: np.ndarray  # (n,) its subject (as str)
-    folds: np.ndarray  # (n,) the fold that scored it
-    y: np.ndarray  # (n,) its true class index
-    class_names: list[str]
-    trials: dict[str, np.ndarray] = field(default_factory=dict)  # trial id -> (n, C); NaN rows: fold not run
-    baselines: dict[str, np.ndarray] = field(default_factory=dict)  # same-input baselines, the base trial's folds
-
-    @classmethod
-    def for_plan(cls, groups: np.ndarray, y: np.ndarray, fold_tests: list[np.ndarray],
-                 class_names: list[str]) -> OOFStore:
-        """The windows of a fold plan's test folds (each row of the search table is tested once)."""
-        folds = np.full(len(y), -1)
-        for i, test in enumerate(fold_tests):
-            folds[test] = i
-        rows = np.flatnonzero(folds >= 0)
-        return cls(rows, np.asarray(groups)[rows].astype(str), folds[rows], np.asarray(y)[rows], list(class_names))
-
-    def place(self, rows: np.ndarray, proba: np.ndarray) -> np.ndarray:
-        """(n, C) with `proba` (m, C) at the windows of table rows `rows` (m,), NaN elsewhere."""
-        rows = np.asarray(rows, dtype=int)
-        position = np.full(max(int(self.rows.max()), int(rows.max(initial=0))) + 1, -1)
-        position[self.rows] = np.arange(len(self.rows))
-        if (position[rows] < 0).any():
-            raise ValueError(f"rows {rows[position[rows] < 0][:5].tolist()} are not windows of this store")
-        out = np.full((len(self.rows), len(self.class_names)), np.nan)
-        out[position[rows]] = proba
-        return out
-
-    def add_trial(self, trial_id: str, arrays: dict[str, np.ndarray], baselines: bool = False) -> None:
-        """A trial's out-of-fold arrays as its checkpoint keeps them: `rows` (m,), `proba` (m, C) and `baseline_NAME`
-        (m, C) where it scored the baselines, kept with `baselines` (the base trial's, when it scored every window).
-        A trial with no finished fold adds nothing."""
-        if "rows" not in arrays:
-            return
-        self.trials[trial_id] = self.place(arrays["rows"], arrays["proba"])
-        if baselines and self.complete(trial_id):
-            for key, proba in arrays.items():
-                if key.startswith("baseline_"):
-                    self.baselines[key.removeprefix("baseline_")] = self.place(arrays["rows"], proba)
-
-    def complete(self, trial_id: str) -> bool:
-        return trial_id in self.trials and not np.isnan(self.trials[trial_id]).any()
-
-    def save(self, folder: Path, trials: list[str] | None = None) -> list[str]:
-        """Write windows.csv, classes.txt, the baselines and one .npy per trial (`trials`, default all) into
-        `folder/oof`; returns the files written, relative to `folder`."""
-        out = Path(folder) / OOF_DIR
-        out.mkdir(parents=True, exist_ok=True)
-        frame = pd.DataFrame({"row": self.rows, "subject": self.subjects, "fold": self.folds, "true": self.y})
-        with atomic_path(out / "windows.csv") as tmp:
-            frame.to_csv(tmp, index=False)
-        with atomic_path(out / "classes.txt") as tmp:
-            tmp.write_text("\n".join(self.class_names) + "\n")
-        arrays = {f"baseline_{k}": v for k, v in self.baselines.items()}
-        arrays |= {f"trial_{t}": self.trials[t] for t in (self.trials if trials is None else trials)}
-        for name, array in arrays.items():
-            with atomic_path(out / f"{name}.npy") as tmp, tmp.open("wb") as f:
-                np.save(f, array)
-        return [f"{OOF_DIR}/{name}" for name in ("windows.csv", "classes.txt", *(f"{a}.npy" for a in arrays))]
-
-    @classmethod
-    def load(cls, folder: Path) -> OOFStore | None:
-        """The store saved in `folder/oof`, or None when there is none."""
-        out = Path(folder) / OOF_DIR
-        if not (out / "windows.csv").is_file():
-            return None
-        frame = pd.read_csv(out / "windows.csv", dtype={"subject": str})
-        class_names = (out / "classes.txt").read_text().split("\n")[:-1]
-        store = cls(frame["row"].to_numpy(), frame["subject"].to_numpy(), frame["fold"].to_numpy(),
-                    frame["true"].to_numpy(), class_names)
-        for path in sorted(out.glob("trial_*.npy")):
-            store.trials[path.stem.removeprefix("trial_")] = np.load(path)
-        for path in sorted(out.glob("baseline_*.npy")):
-            store.baselines[path.stem.removeprefix("baseline_")] = np.load(path)
-        return store
-
-
-def write_trial_oof(folder: Path, arrays: dict[str, np.ndarray]) -> None:
-    """A trial's out-of-fold predictions in its checkpoint: `rows` (m,) of the search table, `proba` (m, C),
-    and `baseline_NAME` (m, C) where the trial scored the baselines."""
-    np.savez(folder / OOF_FILE, **arrays)
-
-
-def read_trial_oof(folder: Path) -> dict[str, np.ndarray]:
-    path = folder / OOF_FILE
-    if not path.is_file():
-        return {}
-    with np.load(path) as saved:
-        return {k: saved[k] for k in saved.files}
 
 
 # ---------------------------------------------------------------- per-subject scores
@@ -434,7 +333,7 @@ def trials_curve(store: OOFStore, ids: list[str], costs: list[float], base: str 
 class TrialJudge:
     """One search's selection settings applied to its trials: live after each finished trial, and at the end.
 
-    Trials are records with `trial_id`, `params`, `status` and `mean` (`emoma.watch.TrialRecord`)."""
+    Trials are records with `trial_id`, `params`, `status` and `mean` (`emoma.tune.watch.TrialRecord`)."""
 
     store: OOFStore  # the search's windows; trials are added as they finish
     configs: Callable[[dict], Config]  # a trial's parameters -> the configuration it stands for

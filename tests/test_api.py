@@ -107,10 +107,16 @@ def test_bad_search_arguments_raise_with_the_reason_and_leave_the_name_free(smal
 def test_emoma_search_is_the_function_and_old_experiment_state_still_loads():
     import pickle
 
-    import emoma.tuning
+    import emoma.results
+    import emoma.tune.schedulers
+    import emoma.tune.watch
 
     assert callable(emoma.search) and emoma.search.__module__ == "emoma.api"
-    assert pickle.loads(b"cemoma.search\nSearchResult\n.") is emoma.tuning.SearchResult  # state saved before 0.2
+    # Tune's saved state names classes by the module they lived in when the experiment began
+    for old in ("emoma.search", "emoma.tuning"):
+        assert pickle.loads(f"c{old}\nSearchResult\n.".encode()) is emoma.results.SearchResult
+    assert pickle.loads(b"cemoma.schedulers\nTruthfulOptunaSearch\n.") is emoma.tune.schedulers.TruthfulOptunaSearch
+    assert pickle.loads(b"cemoma.watch\nLiveResults\n.") is emoma.tune.watch.LiveResults
 
 
 def test_the_readme_example_runs_as_written(ray_session, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from emoma.config import load_config
 from emoma.errors import exit_on_user_error, sigterm_as_ctrl_c
 from emoma.experiment import outer_sampler_seed
 from emoma.synthetic import make_frame
-from emoma.watch import read_trials
+from emoma.tune.watch import read_trials
 
 from conftest import ROOT, interruptible
 

@@ -11,7 +11,8 @@ from emoma.config import apply_overrides
 from emoma.context import normalise_subjects
 from emoma.holdout import combine, retrain_and_score
 from emoma.metrics import MIN_HOLDOUT_SUBJECTS, score
-from emoma.report import FINAL, evaluation_sections, holdout_evaluation
+from emoma.report import evaluation_sections, holdout_evaluation
+from emoma.results import FINAL
 
 
 def test_retraining_shares_runs_keeps_models_and_combines_members(small_table, smoke_config):

@@ -14,10 +14,10 @@ from emoma.config import DataConfig
 from emoma.data import load_table
 from emoma.layout import MERGED_COLUMNS
 from emoma.errors import UserError
-from emoma.prepare import (ACC_FIR, PrepareOptions, decompose_eda, peak_frequency, plan_windows, prepare, slope,
+from emoma.prepare.features import (ACC_FIR, PrepareOptions, decompose_eda, peak_frequency, plan_windows, prepare, slope,
                            window_stats)
-from emoma.synthetic_wesad import main as synthetic_wesad_main
-from emoma.synthetic_wesad import write_subject
+from emoma.prepare.synthetic import main as synthetic_wesad_main
+from emoma.prepare.synthetic import write_subject
 
 # Seconds per segment, in WESAD's order: baseline 130, amusement 70, meditation 2 x 45, stress 100.
 TINY = ((0, 20), (1, 130), (0, 10), (3, 70), (0, 10), (4, 45), (0, 10), (2, 100), (0, 10), (4, 45), (6, 10))

@@ -19,8 +19,8 @@ from emoma.errors import UserError
 from emoma.predict import load_model, predict_frame
 from emoma.experiment import save_final_model
 from emoma.report import write_search_outputs
-from emoma.tuning import load_study, run_search
-from emoma.select import OOFStore
+from emoma.tune.search import load_study, run_search
+from emoma.results import OOFStore
 from emoma.space import load_space, params_to_overrides, space_point
 from emoma.synthetic import make_frame
 
@@ -111,16 +111,16 @@ def test_a_search_of_a_table_with_no_signal_is_estimated_at_chance(local_ray, tm
 
 
 def test_searched_normalisation_gets_one_plan_each_and_held_out_statistics(local_ray, tmp_path, monkeypatch):
-    import emoma.tuning
+    import emoma.tune.search
 
     made = []
-    real_make_plan = emoma.tuning.make_plan
+    real_make_plan = emoma.tune.search.make_plan
 
     def counting_make_plan(table, cfg, seed, smallest_k=0):
         made.append(table.normalisation)
         return real_make_plan(table, cfg, seed, smallest_k)
 
-    monkeypatch.setattr(emoma.tuning, "make_plan", counting_make_plan)
+    monkeypatch.setattr(emoma.tune.search, "make_plan", counting_make_plan)
     space_file = tmp_path / "space.yaml"
     space_file.write_text("data.subject_norm: {choice: [none, subject, causal]}\nmodel.context: {choice: [1, 3]}\n")
     config = smoke(tmp_path, "search.num_samples=5", "search.prune=false")
@@ -289,7 +289,7 @@ def test_nested_search_holds_out_each_subject_once(local_ray, tmp_path):
 def test_asha_never_stops_the_base_or_the_seed_configuration(tmp_path):
     from types import SimpleNamespace
 
-    from emoma.schedulers import BaselineKeepingASHA, StopReasons
+    from emoma.tune.schedulers import BaselineKeepingASHA, StopReasons
 
     scheduler = BaselineKeepingASHA([{"train.lr": 0.5}, {"train.lr": 1e-7}], StopReasons(tmp_path / "r.json"),
                                     time_attr="folds_done", max_t=8, grace_period=1, reduction_factor=2)
@@ -311,7 +311,7 @@ def test_asha_never_stops_the_base_or_the_seed_configuration(tmp_path):
 def test_wilcoxon_pruner_compares_like_with_like(tmp_path):
     from types import SimpleNamespace
 
-    from emoma.schedulers import StopReasons, WilcoxonFoldPruner
+    from emoma.tune.schedulers import StopReasons, WilcoxonFoldPruner
 
     reasons = StopReasons(tmp_path / "reasons.json")
     pruner = WilcoxonFoldPruner([{"train.lr": 1e-7}], reasons, min_folds=4, p_threshold=0.1, folds_total=8)
@@ -340,7 +340,7 @@ def test_wilcoxon_pruner_compares_like_with_like(tmp_path):
 
 def test_a_trials_folds_are_trained_in_as_few_batched_models_as_pruning_allows():
     from emoma.config import SearchConfig
-    from emoma.tuning import fold_groups
+    from emoma.tune.search import fold_groups
 
     order = [4, 0, 3, 1, 2, 5]
     assert fold_groups(order, {}, SearchConfig(prune=False)) == [order]
@@ -358,7 +358,7 @@ def test_a_rerun_of_a_trial_optuna_had_finished_keeps_optunas_end_and_learns_its
     # the driver died after telling Optuna a trial's end and before Tune saved it: Tune reruns the trial
     from ray import tune
 
-    from emoma.schedulers import TruthfulOptunaSearch
+    from emoma.tune.schedulers import TruthfulOptunaSearch
     searcher = TruthfulOptunaSearch(space={"x": tune.uniform(0, 1)}, metric="score", mode="max",
                                     sampler=optuna.samplers.RandomSampler(seed=0))
     searcher.suggest("t")

@@ -9,9 +9,9 @@ import ray
 import ray._private.services as ray_services
 from ray.cluster_utils import Cluster
 
-import emoma.tuning
+import emoma.tune.search
 from emoma.config import load_config
-from emoma.tuning import run_search
+from emoma.tune.search import run_search
 from emoma.space import load_space
 from emoma.synthetic import make_frame
 
@@ -46,14 +46,14 @@ def cluster(tmp_path_factory):
 def test_trials_spread_over_nodes_and_never_read_the_csv(cluster, tmp_path, monkeypatch):
     csv = tmp_path / "merged.csv"
     make_frame(seed=2).to_csv(csv)
-    real_fingerprint = emoma.tuning.data_fingerprint
+    real_fingerprint = emoma.tune.search.data_fingerprint
 
     def fingerprint_then_delete(table, path):  # the driver's last read: trials that read the CSV would fail
         fingerprint = real_fingerprint(table, path)
         csv.unlink()
         return fingerprint
 
-    monkeypatch.setattr(emoma.tuning, "data_fingerprint", fingerprint_then_delete)
+    monkeypatch.setattr(emoma.tune.search, "data_fingerprint", fingerprint_then_delete)
     smoke = ROOT / "configs" / "smoke.yaml"
     config = load_config(smoke, [f"data.path={csv}", f"cv.cache_dir={tmp_path / 'cache'}", "cv.folds=2",
                                  "search.num_samples=6", "search.max_concurrent=3", "cv.jobs=2",

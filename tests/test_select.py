@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from emoma.metrics import holm, score
-from emoma.select import Candidates, OOFStore, Subjects, bbc_cv, choose, guard_test, select, trials_curve
+from emoma.results import OOFStore
+from emoma.select import Candidates, Subjects, bbc_cv, choose, guard_test, select, trials_curve
 
 N_SUBJECTS, WINDOWS = 12, 40
 

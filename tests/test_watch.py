@@ -134,3 +134,26 @@ def test_cv_run_is_tracked_and_mlflow_is_optional(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
     with pytest.raises(UserError, match=r"--mlflow needs MLflow: pip install -e '.\[mlflow\]'"):
         require_mlflow()
+
+
+def test_the_progress_line_counts_a_resumed_experiments_finished_trials(capsys):
+    from types import SimpleNamespace
+
+    from emoma.tune.watch import ProgressLine
+
+    def trial(trial_id, status, **result):
+        return SimpleNamespace(trial_id=trial_id, status=status, last_result=result)
+
+    line = ProgressLine(num_samples=50)
+    earlier = [trial("a", "TERMINATED", score=0.86, folds_done=12, folds_total=12),
+               trial("b", "TERMINATED", score=0.90, folds_done=12, folds_total=12),
+               trial("c", "TERMINATED", score=0.95, folds_done=4, folds_total=12),  # pruned: not a best
+               trial("d", "ERROR"), trial("e", "PENDING")]
+    line.on_step_begin(0, earlier)
+    line.on_step_begin(1, earlier)  # counted once
+    new = trial("f", "TERMINATED", score=0.41, folds_done=12, folds_total=12)
+    line.on_trial_result(2, earlier + [new], new, new.last_result)
+    line.on_trial_complete(2, earlier + [new], new)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == "trials 5/50 finished (3 completed, 1 pruned, 1 errored), 0 running; best 0.9000"
+    assert len(lines) == 2

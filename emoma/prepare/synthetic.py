@@ -6,7 +6,7 @@ WESAD asks. The physiology follows the condition: heart rate, skin conductance r
 rise under stress, skin temperature falls. For tests, demos of ``python -m emoma.prepare`` without the
 download, and benchmarks (``--scale 1`` is a full ~100-minute recording).
 
-Usage: ``python -m emoma.synthetic_wesad OUT_DIR [--subjects 2,3] [--scale 1.0] [--seed 0]``
+Usage: ``python -m emoma.prepare.synthetic OUT_DIR [--subjects 2,3] [--scale 1.0] [--seed 0]``
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import signal
 
-from emoma.wesad import CHEST_HZ, LABEL_HZ, WRIST_HZ
+from emoma.prepare.recordings import CHEST_HZ, LABEL_HZ, WRIST_HZ
 
 # WESAD's order of conditions as (label code, seconds): ~100 minutes, as a real session.
 PROTOCOL = ((0, 480), (1, 1200), (0, 300), (3, 392), (0, 300), (4, 420), (0, 600), (2, 630), (0, 600),
@@ -137,7 +137,7 @@ def write_subject(root: str | Path, subject: int, seed: int = 0, protocol=PROTOC
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m emoma.synthetic_wesad",
+    p = argparse.ArgumentParser(prog="python -m emoma.prepare.synthetic",
                                 description="Write synthetic subjects in the raw WESAD format.")
     p.add_argument("out_dir", help="folder to write S2/, S3/, ... into")
     p.add_argument("--subjects", default="2,3", help="comma-separated subject numbers (default: %(default)s)")

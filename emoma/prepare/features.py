@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from emoma.layout import MERGED_METADATA_COLUMNS, MERGED_SIGNAL_COLUMNS
 from emoma.errors import UserError, exit_on_user_error
 from emoma.files import atomic_path
-from emoma.wesad import (CHEST_HZ, CHEST_SIGNALS, LABEL_HZ, WRIST_HZ, Recording, SubjectFiles, find_subjects, load_recording,
+from emoma.prepare.recordings import (CHEST_HZ, CHEST_SIGNALS, LABEL_HZ, WRIST_HZ, Recording, SubjectFiles, find_subjects, load_recording,
                          read_readme, subject_files)
 
 # condition name -> (WESAD label code, label in the output table); the output keeps merged.csv's coding.
@@ -386,7 +386,3 @@ def main(argv=None, prog="python -m emoma.prepare"):
     counts = result.table["label"].value_counts().sort_index().to_dict()
     print(f"wrote {out}: {len(result.table)} windows of {result.table['subject'].nunique()} subjects, "
           f"labels {counts}, {time.perf_counter() - start:.1f} s")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,5 @@
 """Stage 4b: many configurations on Ray Tune, sampled by Optuna; every trial is a full cross-validation over
-one shared fold plan (one per subject normalisation). The Tune/Optuna glue; with `emoma.schedulers` the only
-code that imports Ray. The Ray-free parts live in `emoma.space` (the space), `emoma.holdout` (held-out
+one shared fold plan (one per subject normalisation). The Tune/Optuna glue. The Ray-free parts live in `emoma.space` (the space), `emoma.holdout` (held-out
 subjects, the final retraining) and `emoma.manifest` (what defines an experiment).
 
 Flow: manifest (written at the start, or read back by --resume) -> table -> held-out subjects removed -> fold
@@ -16,17 +15,15 @@ import logging
 import math
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import optuna
-import pandas as pd
 import ray
 from joblib import parallel_config
 from ray import tune
@@ -39,23 +36,17 @@ from emoma.cv import run_folds_batched, table_context
 from emoma.data import Table, load_table
 from emoma.errors import Interrupted, UserError
 from emoma.folds import FoldPlan, make_plan, outer_splits, plan_key, smallest_top_k
-from emoma.holdout import HeldOut, choose_holdout, combine, retrain_and_score, subset
+from emoma.holdout import choose_holdout, combine, retrain_and_score, subset
 from emoma.manifest import MANIFEST_FILE, Manifest, data_fingerprint
-from emoma.metrics import degenerate_notes
-from emoma.predict import TrainedModel, bundle_of
-from emoma.schedulers import (BaselineKeepingASHA, StopOnUserError, StopReasons, TruthfulOptunaSearch,
+from emoma.results import OOF_DIR, OOFStore, SearchResult, TrialRecord, read_trial_oof, write_trial_oof
+from emoma.tune.schedulers import (BaselineKeepingASHA, StopOnUserError, StopReasons, TruthfulOptunaSearch,
                               WilcoxonFoldPruner, read_stop_reasons)
-from emoma.select import (OOF_DIR, OOFStore, Selection, TrialJudge, describe_choice, read_trial_oof,
-                          write_trial_oof)
+from emoma.select import TrialJudge, describe_choice
 from emoma.space import (TrialConfigs, candidate_values, same_params, seed_trial_config,
                          space_max_context, space_norms, space_point, space_to_dict)
 from emoma.storage import ExperimentStorage
-from emoma.watch import (UNFINISHED, LiveResults, MlflowTrials, ProgressLine, TrialRecord, checkpoint_oof,
+from emoma.tune.watch import (UNFINISHED, LiveResults, MlflowTrials, ProgressLine, checkpoint_oof,
                          finished_status, read_trials)
-
-# This module was emoma.search until 0.2 (the name is now the API's `emoma.search`): Tune's saved state of an
-# experiment begun before then names emoma.search, so the old name still loads here and it stays resumable.
-sys.modules.setdefault("emoma.search", sys.modules[__name__])
 
 STUDY_FILE = "optuna_study.log"
 STOP_REASONS_FILE = "stop_reasons.json"
@@ -136,90 +127,6 @@ def fold_groups(fold_order: list[int], done: dict, s) -> list[list[int]]:
     size = s.fold_batch or len(fold_order)
     return [part[a:a + size] for part in parts for a in range(0, len(part), size)]
 
-
-# ---------------------------------------------------------------- results
-
-@dataclass
-class SearchResult:
-    name: str
-    storage: ExperimentStorage  # the experiment's folder (its local side holds EmoMA's outputs)
-    metric: str
-    holdout_subjects: list
-    search_subjects: list
-    plan: FoldPlan
-    trials: list[TrialRecord]
-    base_trial: TrialRecord | None  # the base configuration's trial
-    seed_trial: TrialRecord | None  # the seed configuration's trial
-    best: TrialRecord  # the completed trial with the best mean (the naive choice)
-    best_config: Config
-    base_config: Config  # the base configuration (what the final retraining of "base" runs)
-    seed_config: Config  # what the seed trial ran
-    selection: Selection  # the final choice (rule, trials and weights) and its BBC-CV estimate
-    final_configs: dict[str, Config]  # trial id -> configuration of each member of the final model
-    curve: list[dict]  # best-so-far CV and BBC-CV estimate against the number of completed trials
-    held: dict[str, HeldOut]  # "final", "base" (with baselines), "seed" and "final TRIAL" per member, on held-out subjects
-    feature_names: list[str]
-    class_names: list[str]
-    space: dict
-    importances: dict[str, float]  # Optuna's fANOVA parameter importances ({} with too few completed trials)
-    seconds: float
-    pruner: str
-    fidelity: str  # what trials trained: low (one model per fold, no refit) or full
-    notes: list[str] = field(default_factory=list)
-    window_s: float | None = None  # the window length of the time-gap rule (None: no time column)
-
-    @property
-    def folder(self) -> Path:
-        return self.storage.local
-
-    @property
-    def completed(self) -> list[TrialRecord]:
-        return [t for t in self.trials if t.status == "completed"]
-
-    @property
-    def trials_frame(self) -> pd.DataFrame:
-        """One row per trial: status, the rule that stopped it, mean ± std, parameters, fold scores (trials.csv)."""
-        from emoma.report import trials_frame
-
-        return trials_frame(self)
-
-    @property
-    def holdout_scores(self) -> pd.DataFrame:
-        """One row per model scored on the held-out subjects (final, base, seed, the baselines), one column per
-        metric, pooled over the held-out windows (holdout_metrics.json's models)."""
-        from emoma.report import HELD_NAMES
-
-        rows = {HELD_NAMES[k]: self.held[k].result.metrics for k in HELD_NAMES} | self.held["base"].result.baselines
-        return pd.DataFrame(rows).T
-
-    @property
-    def holdout_predictions(self) -> pd.DataFrame:
-        """One row per held-out window: subject, true class index, each model's class probabilities (as
-        holdout_predictions.csv)."""
-        from emoma.report import holdout_predictions
-
-        return holdout_predictions(self)
-
-    @property
-    def confusion(self) -> pd.DataFrame:
-        """The final model's confusion matrix on the held-out windows, rows true, columns predicted."""
-        return pd.DataFrame(self.held["final"].result.confusion, index=pd.Index(self.class_names, name="true"),
-                            columns=pd.Index(self.class_names, name="predicted"))
-
-    @property
-    def final_model(self) -> TrainedModel:
-        """The final choice retrained on the search subjects (an ensemble's members with their weights), in
-        memory: what final_model.pt holds (`.predict(frame)`, `.save(path)`)."""
-        members = [(self.held[f"final {t}"].result.model, self.final_configs[t], self.held[f"final {t}"].fold, w)
-                   for t, w in self.selection.weights.items()]
-        return TrainedModel(bundle_of(members, self.feature_names, self.class_names, self.window_s))
-
-    def degenerate_notes(self) -> list[str]:
-        """`emoma.metrics.degenerate_notes` of the final model on the held-out subjects, against the base
-        configuration's same-input baselines there."""
-        final, base = self.held["final"].result, self.held["base"].result
-        return degenerate_notes([final.confusion], self.class_names, self.metric, what="the final model",
-                                baselines={name: m[self.metric] for name, m in base.baselines.items()})
 
 
 # ---------------------------------------------------------------- the search

@@ -6,34 +6,14 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass, field
 
-import numpy as np
 from ray import tune
 
 from emoma.files import write_atomic
+from emoma.results import OOFStore, TrialRecord, read_trial_oof, trials_table
 
 
 UNFINISHED = "stopped before its last fold by the time budget or a user error"
-
-
-@dataclass
-class TrialRecord:
-    trial_id: str
-    params: dict
-    fold_scores: dict[int, float] = field(default_factory=dict)  # fold index -> score of the search metric
-    status: str = "running"  # running | completed | pruned | error
-    seconds: float = math.nan
-    node: str = ""
-    stopped_by: str = ""  # the pruning rule that stopped it (pruned trials)
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(list(self.fold_scores.values()))) if self.fold_scores else math.nan
-
-    @property
-    def std(self) -> float:
-        return float(np.std(list(self.fold_scores.values()))) if self.fold_scores else math.nan
 
 
 def finished_status(result: dict | None, error: bool = False) -> str:
@@ -51,18 +31,33 @@ class ProgressLine(tune.Callback):
         self.num_samples = num_samples  # no stream kept: the Tuner pickles its callbacks
         self.best, self.states = None, {}
 
+    def on_step_begin(self, iteration, trials, **info):
+        # a resumed experiment's finished trials fire no callback again: count them from Tune's list of trials
+        earlier = [t for t in trials if t.trial_id not in self.states and t.status in ("TERMINATED", "ERROR")]
+        for trial in earlier:
+            self._score(trial.last_result or {})
+            self._finish(trial, error=trial.status == "ERROR")
+        if earlier:
+            self._draw()
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.states[trial.trial_id] = "running"
-        if result.get("folds_done") == result.get("folds_total") and not result.get("user_error"):
-            if self.best is None or result["score"] > self.best:
-                self.best = result["score"]
+        self._score(result)
         if sys.stderr.isatty():
             self._draw()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        status = finished_status(trial.last_result)
-        self.states[trial.trial_id] = "done" if status == "completed" else status
+        self._finish(trial)
         self._draw()
+
+    def _score(self, result: dict) -> None:
+        if "score" in result and result.get("folds_done") == result.get("folds_total") and not result.get("user_error"):
+            if self.best is None or result["score"] > self.best:
+                self.best = result["score"]
+
+    def _finish(self, trial, error: bool = False) -> None:
+        status = finished_status(trial.last_result, error)
+        self.states[trial.trial_id] = "done" if status == "completed" else status
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.states[trial.trial_id] = "error"
@@ -97,8 +92,6 @@ class LiveResults(tune.Callback):
         self.records: dict[str, TrialRecord] = {}
 
     def setup(self, **info):
-        from emoma.select import OOFStore
-
         self.records.update(read_trials(self.storage.local / "trials.csv"))  # earlier runs and interrupted ones
         saved = OOFStore.load(self.storage.local)
         if saved is not None:
@@ -124,8 +117,8 @@ class LiveResults(tune.Callback):
 
     def _finish(self, trial, status: str) -> None:
         from emoma.plots import plot_search_history
-        from emoma.report import live_report, trials_table, write_csv
-        from emoma.schedulers import read_stop_reasons
+        from emoma.report import live_report, write_csv
+        from emoma.tune.schedulers import read_stop_reasons
 
         record = self._record(trial)
         record.status = status
@@ -167,8 +160,6 @@ class LiveResults(tune.Callback):
 def checkpoint_oof(checkpoint) -> dict:
     """The out-of-fold predictions in a trial's (latest) Tune checkpoint ({} when it has none)."""
     from pathlib import Path
-
-    from emoma.select import read_trial_oof
 
     if checkpoint is None:
         return {}
