@@ -12,6 +12,7 @@ Usage: python bench/block_order.py --data ../shared/data/wesad_merged.csv --work
        [--config configs/context.yaml] [--contexts 4 10] [--task binary] [--permutations 1] [--set KEY=VALUE ...]
        [--out results/bench/block-order.json]
 """
+
 import argparse
 import json
 import sys
@@ -46,15 +47,19 @@ def permute_blocks(frame: pd.DataFrame, seed: int, subject: str = "subject", lab
     return pd.concat(parts).reset_index(drop=True)
 
 
-def run(config_path: str, data: Path, conditions: np.ndarray, task: str, context: int, sets: list[str],
-        out: Path) -> dict:
+def run(
+    config_path: str, data: Path, conditions: np.ndarray, task: str, context: int, sets: list[str], out: Path
+) -> dict:
     """One cv.py run on the written table `data`, whose rows hold `conditions` (the raw labels)."""
     config = load_config(config_path, [f"data.path={data}", f"data.task={task}", f"model.context={context}", *sets])
     start = time.perf_counter()
     result, folder = cross_validate(config, out, progress=False, log=lambda *a: None)
     predictions = pd.read_csv(folder / "predictions.csv").sort_values("row").reset_index(drop=True)
-    return {"seconds": time.perf_counter() - start, "summary": result.summary(),
-            "boundary": boundary_scores(predictions, context, conditions[predictions["row"]])}
+    return {
+        "seconds": time.perf_counter() - start,
+        "summary": result.summary(),
+        "boundary": boundary_scores(predictions, context, conditions[predictions["row"]]),
+    }
 
 
 def main():
@@ -73,31 +78,48 @@ def main():
     frame = read_csv(args.data)
     columns = load_config(args.config).data
     if columns.time_column in frame.columns:
-        print(f"error: {args.data} has a {columns.time_column} column, and rows are put in its order, which would undo "
-              "the permutation: give a table without it", file=sys.stderr)
+        print(
+            f"error: {args.data} has a {columns.time_column} column, and rows are put in its order, which would undo "
+            "the permutation: give a table without it",
+            file=sys.stderr,
+        )
         sys.exit(2)
     orders = {"original": frame.reset_index(drop=True)} | {
         f"permuted {seed}": permute_blocks(frame, seed, columns.subject_column, columns.label_column)
-        for seed in range(1, args.permutations + 1)}
+        for seed in range(1, args.permutations + 1)
+    }
     tables = {}
     for name, table in orders.items():  # rows are written in order: a row id is its position
         tables[name] = work / f"{name.replace(' ', '-')}.csv"
         table.to_csv(tables[name])
     figures = {}
-    print("| context | block order | accuracy | macro-F1 | boundary windows (n): acc / F1 | other windows: acc / F1 "
-          "| s |")
+    print(
+        "| context | block order | accuracy | macro-F1 | boundary windows (n): acc / F1 | other windows: acc / F1 | s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for k in args.contexts:
         for name, path in tables.items():
-            fig = run(args.config, path, orders[name][columns.label_column].to_numpy(), args.task, k, args.set,
-                      work / f"context-{k}-{name.replace(' ', '-')}")
+            fig = run(
+                args.config,
+                path,
+                orders[name][columns.label_column].to_numpy(),
+                args.task,
+                k,
+                args.set,
+                work / f"context-{k}-{name.replace(' ', '-')}",
+            )
             figures[f"context {k}, {name}"] = fig
-            near, other = (fig["boundary"][key] for key in ("windows whose context crosses a condition change",
-                                                            "all other windows"))
+            near, other = (
+                fig["boundary"][key]
+                for key in ("windows whose context crosses a condition change", "all other windows")
+            )
             summary = fig["summary"]
-            print(f"| {k} | {name} | {summary['accuracy']['mean']:.3f} | {summary['macro_f1']['mean']:.3f} "
-                  f"| ({near['n']}) {near['accuracy']:.3f} / {near['macro_f1']:.3f} | {other['accuracy']:.3f} / "
-                  f"{other['macro_f1']:.3f} | {fig['seconds']:.0f} |", flush=True)
+            print(
+                f"| {k} | {name} | {summary['accuracy']['mean']:.3f} | {summary['macro_f1']['mean']:.3f} "
+                f"| ({near['n']}) {near['accuracy']:.3f} / {near['macro_f1']:.3f} | {other['accuracy']:.3f} / "
+                f"{other['macro_f1']:.3f} | {fig['seconds']:.0f} |",
+                flush=True,
+            )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"args": vars(args), "figures": figures}, indent=2))

@@ -7,6 +7,7 @@ that reads labels; nothing here feeds back into training).
 
 Usage: python bench/boundary_windows.py RESULTS_FOLDER [--context 4]
 """
+
 import argparse
 import json
 from pathlib import Path
@@ -27,8 +28,7 @@ def main():
     k = args.context or metrics["inputs"]["context_windows"]
     print(f"{folder}: context {k}")
     for label, scores in boundary_scores(predictions, k).items():
-        print(f"  {label:<50} n={scores['n']:4d}  accuracy {scores['accuracy']:.3f}  "
-              f"macro-F1 {scores['macro_f1']:.3f}")
+        print(f"  {label:<50} n={scores['n']:4d}  accuracy {scores['accuracy']:.3f}  macro-F1 {scores['macro_f1']:.3f}")
 
 
 def boundary_scores(predictions: pd.DataFrame, k: int, conditions: np.ndarray | None = None) -> dict[str, dict]:
@@ -40,13 +40,19 @@ def boundary_scores(predictions: pd.DataFrame, k: int, conditions: np.ndarray | 
     for _, rows in predictions.groupby("subject", sort=False):  # rows of a subject, in table (time) order
         labels = condition[rows.index]
         for start in np.flatnonzero(labels[1:] != labels[:-1]) + 1:  # the first window of each new block
-            near[rows.index[start:start + k - 1]] = True
+            near[rows.index[start : start + k - 1]] = True
     out = {}
-    for label, part in (("windows whose context crosses a condition change", near), ("all other windows", ~near),
-                        ("all windows", np.ones_like(near))):
+    for label, part in (
+        ("windows whose context crosses a condition change", near),
+        ("all other windows", ~near),
+        ("all windows", np.ones_like(near)),
+    ):
         rows = predictions[part]
-        out[label] = {"n": int(len(rows)), "accuracy": float(accuracy_score(rows["true"], rows["predicted"])),
-                      "macro_f1": float(f1_score(rows["true"], rows["predicted"], average="macro"))}
+        out[label] = {
+            "n": int(len(rows)),
+            "accuracy": float(accuracy_score(rows["true"], rows["predicted"])),
+            "macro_f1": float(f1_score(rows["true"], rows["predicted"], average="macro")),
+        }
     return out
 
 

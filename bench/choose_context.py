@@ -7,6 +7,7 @@ the chosen preset is an honest estimate. The winner is the best mean macro-F1 ov
 
 Usage: python bench/choose_context.py [--seeds 1 2 3] [--candidates A E F] [--tasks binary 3class]
 """
+
 import argparse
 import time
 from pathlib import Path
@@ -21,8 +22,7 @@ from emoma.folds import make_plan
 from emoma.synthetic import make_frame
 
 ROOT = Path(__file__).resolve().parents[1]
-A = {"model.context": 4, "data.subject_norm": "subject", "model.n_features": 20, "model.dropout": 0.3,
-     "train.lr": 1e-3}
+A = {"model.context": 4, "data.subject_norm": "subject", "model.n_features": 20, "model.dropout": 0.3, "train.lr": 1e-3}
 CANDIDATES = {
     "A": A,
     "B (10 features)": {**A, "model.n_features": 10},
@@ -39,8 +39,9 @@ CANDIDATES = {
 
 def macro_f1(seed: int, task: str, overrides: dict, smooth: list[int]) -> dict[int, float]:
     """{smooth: mean macro-F1 over LOSO folds} of one candidate on one synthetic table."""
-    config = apply_overrides(load_config(ROOT / "configs" / "default.yaml", []),
-                             {**overrides, "data.task": task, "cv.scheme": "loso"})
+    config = apply_overrides(
+        load_config(ROOT / "configs" / "default.yaml", []), {**overrides, "data.task": task, "cv.scheme": "loso"}
+    )
     table = table_from_frame(make_frame(seed=seed), config.data, source=f"synthetic seed {seed}")
     table = normalise_subjects(table, config.data)
     plan = make_plan(table, config.cv, config.seed)

@@ -10,6 +10,7 @@ configuration and the same-input baselines (Holm-corrected over the comparisons;
 
 Usage: python bench/compare_rules.py results/search/NAME [--out results/bench/rules-NAME.json]
 """
+
 import argparse
 import json
 import sys
@@ -26,10 +27,10 @@ from emoma.config import SELECTION_RULES, from_dict  # noqa: E402
 from emoma.holdout import combine, retrain_and_score  # noqa: E402
 from emoma.manifest import Manifest  # noqa: E402
 from emoma.metrics import MIN_TEST_SUBJECTS, holm, paired_wilcoxon, score  # noqa: E402
-from emoma.tune.search import prepare_experiment  # noqa: E402
 from emoma.results import OOFStore  # noqa: E402
 from emoma.select import TrialJudge  # noqa: E402
 from emoma.space import space_from_dict  # noqa: E402
+from emoma.tune.search import prepare_experiment  # noqa: E402
 from emoma.tune.watch import read_trials  # noqa: E402
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -44,8 +45,15 @@ def outer_fold(folder: Path) -> dict:
     trials = list(read_trials(folder / "trials.csv").values())
     store = OOFStore.load(folder)
     table = next(iter(exp.search_tables.values()))
-    judge = TrialJudge(store, exp.trial_configs(config), exp.base_point, exp.seed_point, config.search,
-                       len(table.feature_names), config.seed)
+    judge = TrialJudge(
+        store,
+        exp.trial_configs(config),
+        exp.base_point,
+        exp.seed_point,
+        config.search,
+        len(table.feature_names),
+        config.seed,
+    )
     choices = {rule: judge.choice(trials, rule) for rule in SELECTION_RULES}
     params = {t.trial_id: t.params for t in trials}
     configs = {f"{rule} {t}": exp.trial_configs(config)(params[t]) for rule, w in choices.items() for t in w}
@@ -85,38 +93,53 @@ def main():
     metric = json.loads((folds[0] / "search_metrics.json").read_text())["metric"]
     models = list(rows[0]["scores"])
     subjects = [s for r in rows for s in r["scores"][models[0]]]
-    score = {name: {m: np.array([v[m] for r in rows for v in r["scores"][name].values()]) for m in METRICS}
-             for name in models}
+    score = {
+        name: {m: np.array([v[m] for r in rows for v in r["scores"][name].values()]) for m in METRICS}
+        for name in models
+    }
     tests = len(subjects) >= MIN_TEST_SUBJECTS
     summary = {}
-    print(f"\n{len(rows)} search(es), {len(subjects)} held-out subjects; score = mean over held-out subjects; BBC-CV "
-          f"= mean of the searches' own estimates ({metric}); p: paired Wilcoxon over subjects of macro-F1, Holm over "
-          "the comparisons of a rule\n")
-    print("| rule | accuracy | macro-F1 | mean BBC-CV | BBC-CV - held-out | distinct choices "
-          "| against base: p (Holm) | against LDA / LR / RF: p (Holm) |")
+    print(
+        f"\n{len(rows)} search(es), {len(subjects)} held-out subjects; score = mean over held-out subjects; BBC-CV "
+        f"= mean of the searches' own estimates ({metric}); p: paired Wilcoxon over subjects of macro-F1, Holm over "
+        "the comparisons of a rule\n"
+    )
+    print(
+        "| rule | accuracy | macro-F1 | mean BBC-CV | BBC-CV - held-out | distinct choices "
+        "| against base: p (Holm) | against LDA / LR / RF: p (Holm) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     references = [n for n in models if n not in SELECTION_RULES and "seed" not in n]
     base = next(n for n in references if "base" in n)
     for rule in SELECTION_RULES:
         estimate = float(np.mean([r["bbc_cv"][rule][metric]["estimate"] for r in rows]))
-        compared = {n: paired_wilcoxon(score[rule]["macro_f1"], score[n]["macro_f1"]) for n in references} \
-            if tests else {}
+        compared = (
+            {n: paired_wilcoxon(score[rule]["macro_f1"], score[n]["macro_f1"]) for n in references} if tests else {}
+        )
         corrected = dict(zip(compared, holm([t["p_value"] for t in compared.values()])))
         distinct = len({json.dumps(r["choices"][rule], sort_keys=True) for r in rows})
-        summary[rule] = {"accuracy": float(score[rule]["accuracy"].mean()),
-                         "macro_f1": float(score[rule]["macro_f1"].mean()), "bbc_cv": estimate,
-                         "tests": {n: {**t, "p_holm": corrected[n]} for n, t in compared.items()}}
+        summary[rule] = {
+            "accuracy": float(score[rule]["accuracy"].mean()),
+            "macro_f1": float(score[rule]["macro_f1"].mean()),
+            "bbc_cv": estimate,
+            "tests": {n: {**t, "p_holm": corrected[n]} for n, t in compared.items()},
+        }
         others = " / ".join(f"{corrected[n]:.3f}" for n in references if n != base) if tests else "-"
-        print(f"| {rule} | {summary[rule]['accuracy']:.3f} | {summary[rule]['macro_f1']:.3f} | {estimate:.3f} | "
-              f"{estimate - score[rule][metric].mean():+.3f} | {distinct} | "
-              f"{f'{corrected[base]:.3f}' if tests else '-'} | {others} |")
+        print(
+            f"| {rule} | {summary[rule]['accuracy']:.3f} | {summary[rule]['macro_f1']:.3f} | {estimate:.3f} | "
+            f"{estimate - score[rule][metric].mean():+.3f} | {distinct} | "
+            f"{f'{corrected[base]:.3f}' if tests else '-'} | {others} |"
+        )
     for name in models:
         if name not in SELECTION_RULES:
-            print(f"| ({name}) | {score[name]['accuracy'].mean():.3f} | {score[name]['macro_f1'].mean():.3f} | | | | | |")
+            print(
+                f"| ({name}) | {score[name]['accuracy'].mean():.3f} | {score[name]['macro_f1'].mean():.3f} | | | | | |"
+            )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"subjects": subjects, "summary": summary, "searches": rows}, indent=2,
-                                       default=str))
+        args.out.write_text(
+            json.dumps({"subjects": subjects, "summary": summary, "searches": rows}, indent=2, default=str)
+        )
 
 
 if __name__ == "__main__":

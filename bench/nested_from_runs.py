@@ -11,17 +11,18 @@ candidate (as `bench/nested_preset.py` writes it today).
 Usage: python bench/nested_from_runs.py --choices select.json --runs "A=results/cv/BIN,results/cv/3CLASS"
        "A + all features + class weights=results/cv/BIN2,results/cv/3CLASS2"
 """
+
 import argparse
 import json
 from pathlib import Path
 
 import pandas as pd
 import yaml
+from nested_preset import CANDIDATES
 
 from emoma.config import apply_overrides, flatten, from_dict, load_config
 from emoma.manifest import RUNTIME_KEYS, first_difference
 from emoma.metrics import auc_scores, bootstrap_ci, paired_wilcoxon
-from nested_preset import CANDIDATES
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("binary", "3class")
@@ -32,8 +33,10 @@ def check_run(run: Path, candidate: dict, task: str) -> None:
     """Stop unless the run trained `configs/context.yaml` with the candidate's overrides on `task`, LOSO, with
     the baselines."""
     ran = from_dict(yaml.safe_load((run / "config.yaml").read_text()))
-    want = apply_overrides(load_config(ROOT / "configs" / "context.yaml"),
-                           {**candidate, "data.task": task, "data.path": ran.data.path, "cv.scheme": "loso"})
+    want = apply_overrides(
+        load_config(ROOT / "configs" / "context.yaml"),
+        {**candidate, "data.task": task, "data.path": ran.data.path, "cv.scheme": "loso"},
+    )
     diff = first_difference(flatten(want.to_dict()), flatten(ran.to_dict()), ignore=RUNTIME_KEYS)
     if diff:
         raise SystemExit(f"{run}: {diff[0]} is {diff[2]!r}, the candidate's is {diff[1]!r}")
@@ -44,9 +47,13 @@ def check_run(run: Path, candidate: dict, task: str) -> None:
 def per_subject(run: Path) -> dict[str, dict]:
     """{subject: {"CNN-LSTM": metrics, baseline: metrics}} from a LOSO run's metrics.json."""
     folds = json.loads((run / "metrics.json").read_text())["folds"]
-    return {str(f["test_subjects"][0]): {"CNN-LSTM": {m: f[m] for m in METRICS},
-                                         **{b: {m: s[m] for m in METRICS} for b, s in f["baselines"].items()}}
-            for f in folds}
+    return {
+        str(f["test_subjects"][0]): {
+            "CNN-LSTM": {m: f[m] for m in METRICS},
+            **{b: {m: s[m] for m in METRICS} for b, s in f["baselines"].items()},
+        }
+        for f in folds
+    }
 
 
 def main():
@@ -56,8 +63,10 @@ def main():
     p.add_argument("--out", default="results/bench/nested_from_runs.json")
     args = p.parse_args()
     choices = json.loads(Path(args.choices).read_text())
-    runs = {name: dict(zip(TASKS, map(Path, dirs.split(",")), strict=True))
-            for name, _, dirs in (item.partition("=") for item in args.runs)}
+    runs = {
+        name: dict(zip(TASKS, map(Path, dirs.split(",")), strict=True))
+        for name, _, dirs in (item.partition("=") for item in args.runs)
+    }
     chosen = {row["subject"]: row["chosen"].rsplit(" / smooth ", 1) for row in choices["outer"]}
     if any(k != "1" for _, k in chosen.values()):
         raise SystemExit("a choice with model.smooth > 1: score it with bench/nested_preset.py (no LOSO run holds it)")
@@ -79,17 +88,26 @@ def main():
         y = pooled["true"].map({c: i for i, c in enumerate(classes)}).to_numpy()
         models = list(next(iter(scores.values())))
         summary = {m: {k: bootstrap_ci([scores[s][m][k] for s in scores]) for k in METRICS} for m in models}
-        tests = {m: paired_wilcoxon([scores[s]["CNN-LSTM"]["macro_f1"] for s in scores],
-                                    [scores[s][m]["macro_f1"] for s in scores]) for m in models if m != "CNN-LSTM"}
+        tests = {
+            m: paired_wilcoxon(
+                [scores[s]["CNN-LSTM"]["macro_f1"] for s in scores], [scores[s][m]["macro_f1"] for s in scores]
+            )
+            for m in models
+            if m != "CNN-LSTM"
+        }
         auc = auc_scores(y, pooled[[f"p_{c}" for c in classes]].to_numpy())
         result[task] = {"subjects": scores, "summary": summary, "wilcoxon_macro_f1": tests, "cnn_lstm_auc": auc}
-        print(f"\n{task}: nested estimate over {len(scores)} outer subjects (mean, 95 % CI); "
-              f"CNN-LSTM pooled ROC-AUC {auc['roc_auc']:.3f}")
+        print(
+            f"\n{task}: nested estimate over {len(scores)} outer subjects (mean, 95 % CI); "
+            f"CNN-LSTM pooled ROC-AUC {auc['roc_auc']:.3f}"
+        )
         for m in models:
             a, f = summary[m]["accuracy"], summary[m]["macro_f1"]
             test = f"  Wilcoxon vs CNN-LSTM p={tests[m]['p_value']:.3f}" if m in tests else ""
-            print(f"  {m:<20} accuracy {a['mean']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f})  "
-                  f"macro-F1 {f['mean']:.3f} ({f['ci_low']:.3f}-{f['ci_high']:.3f}){test}")
+            print(
+                f"  {m:<20} accuracy {a['mean']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f})  "
+                f"macro-F1 {f['mean']:.3f} ({f['ci_low']:.3f}-{f['ci_high']:.3f}){test}"
+            )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

@@ -22,6 +22,7 @@ the chosen candidate is still retrained and scored on the outer subject as the p
 Usage: python bench/nested_preset.py --data ../shared/data/wesad_merged.csv [--inner-folds 5] [--outers 15 16]
        [--candidates A] [--smooth 1 3 5] [--inner-set KEY=VALUE ...] [--select-only]
 """
+
 import argparse
 import json
 import time
@@ -56,8 +57,11 @@ CANDIDATES = {
     "A + LSTM over windows": {**A, "model.lstm_over": "windows"},
     # Added the same way: over windows, every feature widens a step instead of lengthening the sequence; with the
     # probe's class-weighted loss. The inner selection on all 15 real subjects preferred it to A: today's preset.
-    "A + LSTM over windows + all features + class weights": {"model.lstm_over": "windows", "model.n_features": 0,
-                                                              "train.class_weights": True},
+    "A + LSTM over windows + all features + class weights": {
+        "model.lstm_over": "windows",
+        "model.n_features": 0,
+        "train.class_weights": True,
+    },
 }
 
 
@@ -71,10 +75,15 @@ def inner_scores(table, config, smooth: list[int], inner_set: dict) -> dict[int,
 def choose(tables: dict, configs: dict, smooth: list[int], inner_set: dict) -> tuple[str, dict]:
     """The (candidate, smooth) with the best mean inner macro-F1 over the tasks, named "NAME / smooth K";
     every one's scores."""
-    by_task = {task: {name: inner_scores(tables[task], configs[task][name], smooth, inner_set) for name in configs[task]}
-               for task in TASKS}
-    scores = {f"{name} / smooth {k}": {task: by_task[task][name][k] for task in TASKS}
-              for name in configs[TASKS[0]] for k in smooth}
+    by_task = {
+        task: {name: inner_scores(tables[task], configs[task][name], smooth, inner_set) for name in configs[task]}
+        for task in TASKS
+    }
+    scores = {
+        f"{name} / smooth {k}": {task: by_task[task][name][k] for task in TASKS}
+        for name in configs[TASKS[0]]
+        for k in smooth
+    }
     best = max(scores, key=lambda key: np.mean(list(scores[key].values())))
     return best, scores
 
@@ -94,8 +103,13 @@ def main():
     p.add_argument("--smooth", type=int, nargs="+", default=[1], help="model.smooth values to compare (default: 1)")
     p.add_argument("--select-only", action="store_true", help="inner selections only; no outer retraining")
     p.add_argument("--threads", type=int, help="torch threads for the outer retraining (default 2)")
-    p.add_argument("--inner-set", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="overrides for the inner selection runs only, e.g. model.ensemble=1 train.refit=false")
+    p.add_argument(
+        "--inner-set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides for the inner selection runs only, e.g. model.ensemble=1 train.refit=false",
+    )
     args = p.parse_args()
     if args.select_only and args.threads is not None:
         p.error("--threads sets the outer retraining, which --select-only skips: drop one of them")
@@ -104,11 +118,15 @@ def main():
     inner_set = {k: parse_yaml(v) for k, _, v in (item.partition("=") for item in args.inner_set)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    base = load_config(ROOT / "configs" / "context.yaml", [f"data.path={args.data}", "cv.scheme=group-kfold",
-                                                           f"cv.folds={args.inner_folds}"])
+    base = load_config(
+        ROOT / "configs" / "context.yaml",
+        [f"data.path={args.data}", "cv.scheme=group-kfold", f"cv.folds={args.inner_folds}"],
+    )
     candidates = {n: o for n, o in CANDIDATES.items() if not args.candidates or n in args.candidates}
-    configs = {task: {name: apply_overrides(base, {"data.task": task, **overrides})
-                      for name, overrides in candidates.items()} for task in TASKS}
+    configs = {
+        task: {name: apply_overrides(base, {"data.task": task, **overrides}) for name, overrides in candidates.items()}
+        for task in TASKS
+    }
     tables = {task: normalise_subjects(load_table(replace(base.data, task=task)), base.data) for task in TASKS}
     subjects = [s for s in tables["binary"].subjects if not args.outers or str(s) in args.outers]
     outer, predictions = [], {task: [] for task in TASKS}
@@ -118,24 +136,53 @@ def main():
         row = {"subject": str(s), "chosen": chosen, "inner": scores}
         for task in () if args.select_only else TASKS:
             config = chosen_config(configs, task, chosen)
-            held = retrain_and_score({base.data.subject_norm: tables[task]}, [s], {"chosen": config}, config,
-                                     baselines_for="chosen", threads=args.threads or 2)["chosen"]
+            held = retrain_and_score(
+                {base.data.subject_norm: tables[task]},
+                [s],
+                {"chosen": config},
+                config,
+                baselines_for="chosen",
+                threads=args.threads or 2,
+            )["chosen"]
             row[task] = {"CNN-LSTM": held.result.metrics, **held.result.baselines}
-            predictions[task].append((held.groups, held.y, {"CNN-LSTM": held.result.proba,
-                                                            **held.result.baseline_proba}))
+            predictions[task].append(
+                (held.groups, held.y, {"CNN-LSTM": held.result.proba, **held.result.baseline_proba})
+            )
         outer.append(row)
-        Path(args.out).write_text(json.dumps({"candidates": candidates, "smooth": args.smooth, "outer": outer}, indent=2, default=str))
-        scored = "" if args.select_only else (f"; binary {row['binary']['CNN-LSTM']['macro_f1']:.3f}, "
-                                              f"3-class {row['3class']['CNN-LSTM']['macro_f1']:.3f}")
+        Path(args.out).write_text(
+            json.dumps({"candidates": candidates, "smooth": args.smooth, "outer": outer}, indent=2, default=str)
+        )
+        scored = (
+            ""
+            if args.select_only
+            else (
+                f"; binary {row['binary']['CNN-LSTM']['macro_f1']:.3f}, "
+                f"3-class {row['3class']['CNN-LSTM']['macro_f1']:.3f}"
+            )
+        )
         print(f"outer {s}: chose {chosen}{scored} ({time.perf_counter() - start:.0f} s)", flush=True)
     if args.select_only:
         favourite, scores = choose(tables, configs, args.smooth, inner_set)
-        Path(args.out).write_text(json.dumps({"candidates": candidates, "smooth": args.smooth, "inner_set": inner_set,
-                                              "inner_folds": args.inner_folds, "outer": outer,
-                                              "all_subjects_choice": favourite, "all_subjects_inner": scores,
-                                              "seconds": time.perf_counter() - start}, indent=2, default=str))
-        print(f"the same selection on all subjects picks: {favourite} (inner scores: {scores}); "
-              f"{time.perf_counter() - start:.0f} s")
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "candidates": candidates,
+                    "smooth": args.smooth,
+                    "inner_set": inner_set,
+                    "inner_folds": args.inner_folds,
+                    "outer": outer,
+                    "all_subjects_choice": favourite,
+                    "all_subjects_inner": scores,
+                    "seconds": time.perf_counter() - start,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        print(
+            f"the same selection on all subjects picks: {favourite} (inner scores: {scores}); "
+            f"{time.perf_counter() - start:.0f} s"
+        )
         return
     evaluation = {}
     for task in TASKS:
@@ -144,8 +191,17 @@ def main():
         probas = {m: np.concatenate([p[m] for _, _, p in predictions[task]]) for m in predictions[task][0][2]}
         evaluation[task] = evaluate(groups, y, probas, tables[task].class_names)
     favourite, scores = choose(tables, configs, args.smooth, inner_set)
-    result = {"candidates": candidates, "smooth": args.smooth, "inner_set": inner_set, "inner_folds": args.inner_folds, "outer": outer, "evaluation": evaluation,
-              "all_subjects_choice": favourite, "all_subjects_inner": scores, "seconds": time.perf_counter() - start}
+    result = {
+        "candidates": candidates,
+        "smooth": args.smooth,
+        "inner_set": inner_set,
+        "inner_folds": args.inner_folds,
+        "outer": outer,
+        "evaluation": evaluation,
+        "all_subjects_choice": favourite,
+        "all_subjects_inner": scores,
+        "seconds": time.perf_counter() - start,
+    }
     Path(args.out).write_text(json.dumps(result, indent=2, default=str))
     for task in TASKS:
         models = evaluation[task]["models"]
@@ -154,11 +210,14 @@ def main():
             ci = {m: model["ci"][m] for m in ("accuracy", "macro_f1")}
             tests = evaluation[task]["wilcoxon"]["against"].get(name, {}).get("macro_f1")
             test = f"  Wilcoxon vs CNN-LSTM p={tests['p_value']:.3f}" if tests else ""
-            print(f"  {name:<20} accuracy {ci['accuracy']['mean']:.3f} ({ci['accuracy']['ci_low']:.3f}-"
-                  f"{ci['accuracy']['ci_high']:.3f})  macro-F1 {ci['macro_f1']['mean']:.3f} "
-                  f"({ci['macro_f1']['ci_low']:.3f}-{ci['macro_f1']['ci_high']:.3f}){test}")
-    print(f"\nthe same selection on all subjects picks: {favourite} (inner scores: {scores}); "
-          f"{result['seconds']:.0f} s")
+            print(
+                f"  {name:<20} accuracy {ci['accuracy']['mean']:.3f} ({ci['accuracy']['ci_low']:.3f}-"
+                f"{ci['accuracy']['ci_high']:.3f})  macro-F1 {ci['macro_f1']['mean']:.3f} "
+                f"({ci['macro_f1']['ci_low']:.3f}-{ci['macro_f1']['ci_high']:.3f}){test}"
+            )
+    print(
+        f"\nthe same selection on all subjects picks: {favourite} (inner scores: {scores}); {result['seconds']:.0f} s"
+    )
 
 
 if __name__ == "__main__":

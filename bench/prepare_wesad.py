@@ -5,6 +5,7 @@ Writes one synthetic subject of full WESAD length (scale 1: ~100 minutes, emoma.
 the interpreter start and imports) and that process's peak resident memory (VmHWM). Figures go to stdout as
 Markdown rows; copy them into bench/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,14 @@ SETTINGS = {
     "default (wrist + resp, 30 s windows)": [],
     "--compat-bugs": ["--compat-bugs"],
     "--signals all": ["--signals", "all"],
-    "--signals all --window-s 60 --shift-s 0.25 (WESAD paper protocol)": ["--signals", "all", "--window-s", "60",
-                                                                          "--shift-s", "0.25"],
+    "--signals all --window-s 60 --shift-s 0.25 (WESAD paper protocol)": [
+        "--signals",
+        "all",
+        "--window-s",
+        "60",
+        "--shift-s",
+        "0.25",
+    ],
 }
 
 
@@ -32,11 +39,26 @@ def run_once(wesad: Path, out: Path, extra: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one prepare process."""
     start = time.perf_counter()
     # VmHWM, not getrusage: ru_maxrss would include this parent's RSS at the fork
-    proc = subprocess.run([sys.executable, "-c", "import sys; from emoma.prepare.features import main\n"
-                           "try:\n    main(sys.argv[1:])\nfinally:\n"
-                           "    print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0], file=sys.stderr)",
-                           "--wesad-dir", str(wesad), "--out", str(out), "--jobs", "1", "--no-progress", *extra],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from emoma.prepare.features import main\n"
+            "try:\n    main(sys.argv[1:])\nfinally:\n"
+            "    print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0], file=sys.stderr)",
+            "--wesad-dir",
+            str(wesad),
+            "--out",
+            str(out),
+            "--jobs",
+            "1",
+            "--no-progress",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     wall = time.perf_counter() - start
     return wall, int(proc.stderr.strip().splitlines()[-1]) / 1024
 
@@ -56,8 +78,10 @@ def main():
             out = Path(tmp) / "merged.csv"
             runs = [run_once(wesad, out, extra) for _ in range(args.repeats)]
             windows = len(pd.read_csv(out))
-            print(f"| {name} | {windows} | {statistics.median(r[0] for r in runs):.1f} "
-                  f"| {max(r[1] for r in runs):.0f} |", flush=True)
+            print(
+                f"| {name} | {windows} | {statistics.median(r[0] for r in runs):.1f} | {max(r[1] for r in runs):.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Usage: python bench/pruners.py --data ../shared/data/wesad_merged.csv [--num-sam
 Each search runs as a user types it (search.py in a fresh process) into a temporary folder; the table gives
 wall time, trials completed and pruned, the best CV score and the held-out score of the retrained best.
 """
+
 import argparse
 import json
 import subprocess
@@ -30,17 +31,30 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for i, flags in enumerate(runs):
             name = f"p{i}"
-            command = [sys.executable, str(ROOT / "search.py"), "--num-samples", str(args.num_samples),
-                       "--storage-path", tmp, "--name", name, *flags, *(["--data", args.data] if args.data else []),
-                       *args.extra]
+            command = [
+                sys.executable,
+                str(ROOT / "search.py"),
+                "--num-samples",
+                str(args.num_samples),
+                "--storage-path",
+                tmp,
+                "--name",
+                name,
+                *flags,
+                *(["--data", args.data] if args.data else []),
+                *args.extra,
+            ]
             start = time.perf_counter()
             subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
             wall = time.perf_counter() - start
             trials = pd.read_csv(Path(tmp) / name / "trials.csv")
             held = json.loads((Path(tmp) / name / "holdout_metrics.json").read_text())
             done = trials[trials["status"] == "completed"]
-            print(f"| {' '.join(flags)} | {wall / 60:.1f} min | {len(done)} / {int((trials['status'] == 'pruned').sum())}"
-                  f" | {done['mean'].max():.4f} | {held['models']['final']['macro_f1']:.4f} |", flush=True)
+            print(
+                f"| {' '.join(flags)} | {wall / 60:.1f} min | {len(done)} / {int((trials['status'] == 'pruned').sum())}"
+                f" | {done['mean'].max():.4f} | {held['models']['final']['macro_f1']:.4f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

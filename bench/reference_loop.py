@@ -1,9 +1,10 @@
 """The original EmoMA-Net training loop, re-implemented for timing comparisons (run by hand, not by tests).
 
 A Dataset that reads one pandas row per item (`df.iloc[i].values`), a DataLoader with batch 25 (evaluation
-batch 5), Adam 1e-3, CrossEntropyLoss, the best epoch tracked on validation accuracy. The model is EmoMA's build of the seed
-configuration (conv 16/32 with CBAM, LSTM 50, attention, fc 128), so only the loop differs.
+batch 5), Adam 1e-3, CrossEntropyLoss, the best epoch tracked on validation accuracy. The model is EmoMA's
+build of the seed configuration (conv 16/32 with CBAM, LSTM 50, attention, fc 128), so only the loop differs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,8 +32,15 @@ class RowDataset(Dataset):
         return torch.Tensor(self.frame.iloc[idx].values), self.labels[idx]
 
 
-def train_reference(train: pd.DataFrame, val: pd.DataFrame, features: list[str], n_classes: int,
-                    model_cfg: ModelConfig, epochs: int, seed: int = 0) -> tuple[nn.Module, float]:
+def train_reference(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    features: list[str],
+    n_classes: int,
+    model_cfg: ModelConfig,
+    epochs: int,
+    seed: int = 0,
+) -> tuple[nn.Module, float]:
     """Train as the original script did; returns (best model, best validation accuracy)."""
     torch.manual_seed(seed)
     model = build_model(model_cfg, len(features), n_classes)

@@ -7,6 +7,7 @@ top-k set equal the reference's and the features the lists share, with the wall 
 
 Usage: python bench/rfe_shortcuts.py --data ../shared/data/wesad_merged.csv [--config configs/seed.yaml]
 """
+
 import argparse
 import time
 from dataclasses import replace
@@ -44,8 +45,10 @@ def main():
     k = config.model.n_features
     splits = outer_splits(table, config.cv, config.seed)
     print(f"{len(table.y)} rows, {len(table.feature_names)} features, top {k}, {len(splits)} folds ({args.cv})\n")
-    print("| RFE step | trees | forest seed | wall (10 rankings) | folds with the same top-k list | same top-k set "
-          "| mean shared features |")
+    print(
+        "| RFE step | trees | forest seed | wall (10 rankings) | folds with the same top-k list | same top-k set "
+        "| mean shared features |"
+    )
     print("|---|---|---|---|---|---|---|")
     reference = None
     for step, trees, offset in SETTINGS:
@@ -61,8 +64,12 @@ def main():
         same_set = sum(set(a) == set(b) for a, b in zip(reference, tops))
         shared = np.mean([len(set(a) & set(b)) for a, b in zip(reference, tops)])
         seed = "the plan's" if offset == 0 else f"+{offset}"
-        print(f"| {step} | {trees} | {seed} | {wall:.1f} s | {same_list} / {len(splits)} | {same_set} / {len(splits)} "
-              f"| {shared:.1f} of {k} |", flush=True)
+        print(
+            f"| {step} | {trees} | {seed} | {wall:.1f} s | {same_list} / {len(splits)} | {same_set} / {len(splits)} "
+            f"| {shared:.1f} of {k} |",
+            flush=True,
+        )
+
 
 if __name__ == "__main__":
     main()

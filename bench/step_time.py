@@ -6,6 +6,7 @@ and whole epochs of `emoma.batched.train_folds` (steps plus the per-epoch valida
 K = folds x ensemble members, as one cv.py worker trains them (15 LOSO folds over 2 workers: 8 folds). To
 compare two versions in one sitting, run it from each checkout (e.g. a `git worktree` of the older commit).
 """
+
 import argparse
 import time
 from dataclasses import replace
@@ -13,7 +14,7 @@ from dataclasses import replace
 import torch
 from torch.nn import functional as F
 
-from emoma.batched import FoldBatchedForward, Layout, _stack_windows, _Stack, train_folds
+from emoma.batched import FoldBatchedForward, Layout, _Stack, _stack_windows, train_folds
 from emoma.config import load_config
 from emoma.cv import fold_seed, table_context
 from emoma.folds import make_plan, smallest_top_k
@@ -34,7 +35,7 @@ def main():
     table = model_table(cfg)
     plan = make_plan(table, cfg.cv, cfg.seed, smallest_top_k([cfg.model.n_features]))
     context = table_context(table, cfg)
-    parts = [fold.samples(table.X, table.y, context, cfg.model.n_features) for fold in plan.folds[:args.folds]]
+    parts = [fold.samples(table.X, table.y, context, cfg.model.n_features) for fold in plan.folds[: args.folds]]
     members = cfg.model.ensemble
     train = [part["train"] for part in parts for _ in range(members)]
     val = [part["val"] for part in parts for _ in range(members)]
@@ -50,11 +51,12 @@ def main():
     windows, source = _stack_windows(train, "cpu")
     stack = _Stack(train, windows, source)
     generator = torch.Generator().manual_seed(0)
-    rows = torch.stack([torch.randperm(n, generator=generator)[:cfg.train.batch_size] for n in stack.counts])
+    rows = torch.stack([torch.randperm(n, generator=generator)[: cfg.train.batch_size] for n in stack.counts])
     x, mask, y = stack.batch(rows)
-    drop = [(torch.rand(K, *shape, generator=generator) >= cfg.model.dropout).float() / (1 - cfg.model.dropout)
-            for shape in forward.dropout_shapes(cfg.train.batch_size, x.shape[2] * models[0].steps_per_window,
-                                                models[0])]
+    drop = [
+        (torch.rand(K, *shape, generator=generator) >= cfg.model.dropout).float() / (1 - cfg.model.dropout)
+        for shape in forward.dropout_shapes(cfg.train.batch_size, x.shape[2] * models[0].steps_per_window, models[0])
+    ]
 
     def step():
         loss = F.cross_entropy(forward(leaves, x, mask, drop).transpose(1, 2), y)
@@ -66,18 +68,28 @@ def main():
     for _ in range(args.steps):
         step()
     per_step = (time.perf_counter() - start) / args.steps * 1000
-    print(f"K={K} models ({len(parts)} folds x {members} members), batch {cfg.train.batch_size}, context "
-          f"{cfg.model.context}, {n_inputs} features: training step (forward + backward) {per_step:.1f} ms, "
-          f"{per_step / K:.2f} ms per model-step")
+    print(
+        f"K={K} models ({len(parts)} folds x {members} members), batch {cfg.train.batch_size}, context "
+        f"{cfg.model.context}, {n_inputs} features: training step (forward + backward) {per_step:.1f} ms, "
+        f"{per_step / K:.2f} ms per model-step"
+    )
     if not args.epochs:
         return
     start = time.perf_counter()
-    train_folds(train, val, n_classes=n_classes, model_cfg=cfg.model,
-                train_cfg=replace(cfg.train, epochs=args.epochs, patience=0), seeds=seeds)
+    train_folds(
+        train,
+        val,
+        n_classes=n_classes,
+        model_cfg=cfg.model,
+        train_cfg=replace(cfg.train, epochs=args.epochs, patience=0),
+        seeds=seeds,
+    )
     seconds = (time.perf_counter() - start) / args.epochs
     n_steps = -(-max(stack.counts) // cfg.train.batch_size)
-    print(f"train_folds: {seconds:.2f} s per epoch ({n_steps} steps + validation), "
-          f"{seconds / n_steps * 1000:.1f} ms per step with validation and Adam")
+    print(
+        f"train_folds: {seconds:.2f} s per epoch ({n_steps} steps + validation), "
+        f"{seconds / n_steps * 1000:.1f} ms per step with validation and Adam"
+    )
 
 
 if __name__ == "__main__":

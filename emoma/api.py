@@ -13,6 +13,7 @@ unless an output folder is given.
 Config keys are given as keyword arguments with `__` for the dot (`train__lr=5e-4` is `--set train.lr=0.0005`),
 or as a dict: `overrides={"train.lr": 5e-4}`.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,9 +52,17 @@ class CrossValidation:
         return [f.model for f in self.result.folds]
 
 
-def cross_validate(data: pd.DataFrame | str | Path | None = None, config: str | Path | Config = "default", *,
-                   baselines: bool = False, out: str | Path | None = None, keep_models: bool = True,
-                   progress: bool = False, overrides: dict | None = None, **keys) -> CrossValidation:
+def cross_validate(
+    data: pd.DataFrame | str | Path | None = None,
+    config: str | Path | Config = "default",
+    *,
+    baselines: bool = False,
+    out: str | Path | None = None,
+    keep_models: bool = True,
+    progress: bool = False,
+    overrides: dict | None = None,
+    **keys,
+) -> CrossValidation:
     """Cross-validate one configuration, as `emoma cv` does.
 
     Parameters
@@ -74,8 +83,8 @@ def cross_validate(data: pd.DataFrame | str | Path | None = None, config: str | 
     """
     from emoma.cv import run_cv
     from emoma.folds import make_plan, smallest_top_k
-    from emoma.pipeline import cross_validate as write_cross_validation
     from emoma.pipeline import MODEL_FILE, fold_ensemble, model_table
+    from emoma.pipeline import cross_validate as write_cross_validation
     from emoma.report import cv_evaluation, folds_frame, predictions_frame
 
     frame, cfg = _resolve(data, config, overrides, keys)
@@ -83,13 +92,23 @@ def cross_validate(data: pd.DataFrame | str | Path | None = None, config: str | 
     if out is not None:
         log = print if progress else (lambda *args, **kwargs: None)
         try:
-            result, out = write_cross_validation(cfg, out, baselines=baselines, progress=progress, log=log,
-                                                 frame=frame, keep_models=keep_models, save_model=keep_models)
+            result, out = write_cross_validation(
+                cfg,
+                out,
+                baselines=baselines,
+                progress=progress,
+                log=log,
+                frame=frame,
+                keep_models=keep_models,
+                save_model=keep_models,
+            )
         except Interrupted:
             if frame is None:
                 raise
-            raise Interrupted("cross-validation interrupted; it read a DataFrame, which `emoma cv --resume` cannot "
-                              "read again: call cross_validate again (the fold plan is cached)") from None
+            raise Interrupted(
+                "cross-validation interrupted; it read a DataFrame, which `emoma cv --resume` cannot "
+                "read again: call cross_validate again (the fold plan is cached)"
+            ) from None
         out = Path(out)
         model = TrainedModel.load(out / MODEL_FILE) if keep_models else None
     else:
@@ -98,19 +117,41 @@ def cross_validate(data: pd.DataFrame | str | Path | None = None, config: str | 
         model = TrainedModel(fold_ensemble(result, table, plan, cfg)) if keep_models else None
     evaluation = cv_evaluation(result, table, cfg)
     rows = {"CNN-LSTM": result.summary(), **result.baseline_summary()}
-    metrics = pd.DataFrame({name: {f"{m}_{k}": v for m, s in summary.items() for k, v in s.items()}
-                            for name, summary in rows.items()}).T
-    confusion = pd.DataFrame(result.confusion, index=pd.Index(result.class_names, name="true"),
-                             columns=pd.Index(result.class_names, name="predicted"))
-    return CrossValidation(cfg, result, evaluation, metrics, folds_frame(result),
-                           predictions_frame(result, table).reset_index(drop=True), confusion,
-                           result.notes + result.degenerate_notes(cfg.train.metric), out, model)
+    metrics = pd.DataFrame(
+        {name: {f"{m}_{k}": v for m, s in summary.items() for k, v in s.items()} for name, summary in rows.items()}
+    ).T
+    confusion = pd.DataFrame(
+        result.confusion,
+        index=pd.Index(result.class_names, name="true"),
+        columns=pd.Index(result.class_names, name="predicted"),
+    )
+    return CrossValidation(
+        cfg,
+        result,
+        evaluation,
+        metrics,
+        folds_frame(result),
+        predictions_frame(result, table).reset_index(drop=True),
+        confusion,
+        result.notes + result.degenerate_notes(cfg.train.metric),
+        out,
+        model,
+    )
 
 
-def search(data: pd.DataFrame | str | Path | None = None, config: str | Path = "context", *,
-           space: str | Path = "search_space", seed_config: str | Path = "seed", num_samples: int = 20,
-           storage_path: str | Path | None = None,
-           name: str | None = None, address: str | None = None, overrides: dict | None = None, **keys):
+def search(
+    data: pd.DataFrame | str | Path | None = None,
+    config: str | Path = "context",
+    *,
+    space: str | Path = "search_space",
+    seed_config: str | Path = "seed",
+    num_samples: int = 20,
+    storage_path: str | Path | None = None,
+    name: str | None = None,
+    address: str | None = None,
+    overrides: dict | None = None,
+    **keys,
+):
     """Search many configurations on Ray Tune with Optuna, as `emoma search` does, and return its SearchResult
     (trials, the final choice and its BBC-CV estimate, held-out scores of the final, base and seed models).
 
@@ -145,10 +186,18 @@ def search(data: pd.DataFrame | str | Path | None = None, config: str | Path = "
         frame = data if isinstance(data, pd.DataFrame) else None
         if frame is not None:
             data = copy
-        argv = ["--config", str(config), "--space", str(space), "--seed-config", str(seed_config),
-                "--num-samples", str(num_samples),
-                *(["--data", str(data)] if data is not None else []),
-                *[item for k, v in flat.items() for item in ("--set", f"{k}={json.dumps(v)}")]]
+        argv = [
+            "--config",
+            str(config),
+            "--space",
+            str(space),
+            "--seed-config",
+            str(seed_config),
+            "--num-samples",
+            str(num_samples),
+            *(["--data", str(data)] if data is not None else []),
+            *[item for k, v in flat.items() for item in ("--set", f"{k}={json.dumps(v)}")],
+        ]
         args = parse_search_args(argv, prog="emoma.search", parser=RaisingParser)
         if frame is not None:
             if copy.exists():
@@ -156,8 +205,9 @@ def search(data: pd.DataFrame | str | Path | None = None, config: str | Path = "
             copy.parent.mkdir(parents=True, exist_ok=True)
             frame.to_csv(copy, index=False)
         try:
-            settings = search_settings(args, SEARCH_DEFAULTS, name,
-                                       str(storage_path) if storage_path is not None else scratch)
+            settings = search_settings(
+                args, SEARCH_DEFAULTS, name, str(storage_path) if storage_path is not None else scratch
+            )
         except UserError:
             if frame is not None:
                 copy.unlink()  # nothing started: the name stays free
@@ -167,8 +217,10 @@ def search(data: pd.DataFrame | str | Path | None = None, config: str | Path = "
         except Interrupted:
             if storage_path is not None:
                 raise
-            raise Interrupted("search interrupted; its temporary experiment went with it: give storage_path= to keep "
-                              "one that `emoma search --resume` can continue") from None
+            raise Interrupted(
+                "search interrupted; its temporary experiment went with it: give storage_path= to keep "
+                "one that `emoma search --resume` can continue"
+            ) from None
 
 
 def _resolve(data, config, overrides: dict | None, keys: dict) -> tuple[pd.DataFrame | None, Config]:

@@ -13,6 +13,7 @@ fused Adam call (the public functional `torch.optim.adam.adam`, fused=True) over
 have rows in the step. The step loop never waits for the device: losses, accuracies and validation metrics are
 read once per epoch.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,7 @@ from torch.optim.adam import adam
 from emoma.config import ModelConfig, TrainConfig
 from emoma.folds import Samples
 from emoma.metrics import EpochSelector, confusion_tensor, metrics_from_confusion
-from emoma.model import ChannelAttention, CNNLSTM, SpatialAttention, build_model
+from emoma.model import CNNLSTM, ChannelAttention, SpatialAttention, build_model
 from emoma.train import EVAL_CHUNK, FoldFit, class_weights, epoch_line, resolve_device
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as in train_fold
@@ -57,15 +58,16 @@ class Layout:
 
     def rows(self, models: list[CNNLSTM]) -> torch.Tensor:
         """(K, P) the models' parameters, one row each."""
-        return torch.stack([torch.cat([_to_matmul(n, p.detach()).reshape(-1) for n, p in m.named_parameters()])
-                            for m in models])
+        return torch.stack(
+            [torch.cat([_to_matmul(n, p.detach()).reshape(-1) for n, p in m.named_parameters()]) for m in models]
+        )
 
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """{name: (K, *shape) view of `flat`}."""
         out = {}
         for name, shape in self.shapes.items():
             a = self.offsets[name]
-            out[name] = flat[:, a:a + math.prod(shape)].view(flat.shape[0], *shape)
+            out[name] = flat[:, a : a + math.prod(shape)].view(flat.shape[0], *shape)
         return out
 
     def state_dict(self, row: torch.Tensor, model: CNNLSTM) -> dict[str, torch.Tensor]:
@@ -74,7 +76,7 @@ class Layout:
         out = {}
         for name, shape in self.shapes.items():
             a = self.offsets[name]
-            value = row[a:a + math.prod(shape)].view(shape)
+            value = row[a : a + math.prod(shape)].view(shape)
             out[name] = _from_matmul(name, value, reference[name].shape)
         return out
 
@@ -170,12 +172,12 @@ class FoldBatchedForward:
         K, B, S, _ = x.shape
         H = self.hidden
         gate_scale = x.new_ones(4 * H)
-        gate_scale[2 * H:3 * H] = 2  # the g gate's tanh as 2 * sigmoid(2x) - 1: one sigmoid for all four gates
+        gate_scale[2 * H : 3 * H] = 2  # the g gate's tanh as 2 * sigmoid(2x) - 1: one sigmoid for all four gates
         for layer in range(self.lstm_layers):
             if layer and drop is not None and self.lstm_dropout:
                 x = x * drop[len(self.head) + layer - 1]
             outs = []
-            for reverse in (False, True)[:self.directions]:
+            for reverse in (False, True)[: self.directions]:
                 sfx = f"_l{layer}" + ("_reverse" if reverse else "")
                 bias = p[f"lstm.bias_ih{sfx}"] + p[f"lstm.bias_hh{sfx}"]  # (K, 1, 4H)
                 xp = torch.baddbmm(bias, x.reshape(K, B * S, -1), p[f"lstm.weight_ih{sfx}"]).view(K, B, S, 4 * H)
@@ -183,7 +185,7 @@ class FoldBatchedForward:
                 w_hh = p[f"lstm.weight_hh{sfx}"] * gate_scale  # (K, H, 4H)
                 h = c = x.new_zeros(K, B, H)
                 out = [None] * S
-                for t in (range(S - 1, -1, -1) if reverse else range(S)):
+                for t in range(S - 1, -1, -1) if reverse else range(S):
                     gates = torch.sigmoid(torch.baddbmm(xp[:, :, t], h, w_hh))
                     i, f, g, o = gates.chunk(4, dim=2)
                     c_new = f * c + i * (2 * g - 1)
@@ -249,7 +251,7 @@ class _PairMax(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        first, = ctx.saved_tensors
+        (first,) = ctx.saved_tensors
         zero = grad.new_zeros(())
         return torch.stack([torch.where(first, grad, zero), torch.where(first, zero, grad)], dim=3).flatten(2, 3)
 
@@ -262,7 +264,7 @@ def _stack_windows(parts: list[Samples], device) -> tuple[torch.Tensor, torch.Te
     matrices = list({id(s.X): s.X for s in parts}.values())  # in order of first appearance, as `slot`
     X = np.zeros((len(matrices), max(len(M) for M in matrices), matrices[0].shape[1]), dtype=np.float32)
     for u, M in enumerate(matrices):
-        X[u, :len(M)] = M
+        X[u, : len(M)] = M
     return torch.as_tensor(X, device=device), torch.as_tensor(source, device=device)
 
 
@@ -278,7 +280,7 @@ class _Stack:
         mask = np.ones((K, n_max, k), dtype=bool)  # padding rows: all real, so their (unused) outputs stay finite
         y = np.zeros((K, n_max), dtype=np.int64)
         for f, s in enumerate(parts):
-            index[f, :len(s)], mask[f, :len(s)], y[f, :len(s)] = s.index, s.mask, s.y
+            index[f, : len(s)], mask[f, : len(s)], y[f, : len(s)] = s.index, s.mask, s.y
         device = X.device
         self.padded = any(s.padded for s in parts)
         self.X, self.index = X, torch.as_tensor(index, device=device)
@@ -297,7 +299,7 @@ class _Stack:
         self.host_index = self.host_index[local]
         self.mask = None if self.mask is None else self.mask[ix]
         self.counts = [self.counts[i] for i in local]
-        self.fold = self.fold[:len(local)]
+        self.fold = self.fold[: len(local)]
 
     def batch(self, rows: torch.Tensor):
         """rows (K, B) per-fold sample numbers -> x (K, B, T, F), mask (K, B, T) or None, y (K, B)."""
@@ -314,21 +316,31 @@ class _Stack:
         distinct = np.zeros((len(index), max(len(u) for u, _ in found)), dtype=np.int64)
         where = np.zeros_like(index)
         for f, (u, inverse) in enumerate(found):
-            distinct[f, :len(u)], where[f] = u, inverse.reshape(index.shape[1:])
+            distinct[f, : len(u)], where[f] = u, inverse.reshape(index.shape[1:])
         device = self.index.device
         return self.X[self.source, torch.as_tensor(distinct, device=device)], torch.as_tensor(where, device=device)
 
 
-def train_folds(train: list[Samples], val: list[Samples] | None, *, n_classes: int, model_cfg: ModelConfig,
-                train_cfg: TrainConfig, seeds: list[int], epochs: list[int] | None = None,
-                log=None) -> list[FoldFit]:
+def train_folds(
+    train: list[Samples],
+    val: list[Samples] | None,
+    *,
+    n_classes: int,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    seeds: list[int],
+    epochs: list[int] | None = None,
+    log=None,
+) -> list[FoldFit]:
     """`emoma.train.train_fold` for K folds at once (one Samples per fold; every fold has the same n_inputs).
     With val None (a refit), fold f runs `epochs[f]` epochs and keeps its last weights.
 
     Returns one FoldFit per fold, its best epoch's weights restored in a plain CNNLSTM.
     """
     if (val is None) != (epochs is not None) or (epochs is not None and (len(epochs) != len(seeds) or min(epochs) < 1)):
-        raise ValueError("give validation samples, or (a refit) no validation samples and one epoch count >= 1 per fold")
+        raise ValueError(
+            "give validation samples, or (a refit) no validation samples and one epoch count >= 1 per fold"
+        )
     device = resolve_device(train_cfg.device)
     K, n_inputs = len(seeds), train[0].X.shape[1]
     models = []
@@ -345,8 +357,12 @@ def train_folds(train: list[Samples], val: list[Samples] | None, *, n_classes: i
     windows, source = _stack_windows(train, device)
     tr = _Stack(train, windows, source)
     va = None if val is None else _Stack(val, windows, source)
-    class_w = torch.stack([class_weights(s.y, n_classes, device) if train_cfg.class_weights
-                           else torch.ones(n_classes, device=device) for s in train])  # (K, C)
+    class_w = torch.stack(
+        [
+            class_weights(s.y, n_classes, device) if train_cfg.class_weights else torch.ones(n_classes, device=device)
+            for s in train
+        ]
+    )  # (K, C)
     dropout_gen = [torch.Generator(device=device).manual_seed(seed + 1) for seed in seeds]
     batch_gen = [torch.Generator().manual_seed(seed) for seed in seeds]  # the permutations of train_fold
     selectors = [EpochSelector(train_cfg.patience) for _ in seeds]
@@ -361,7 +377,7 @@ def train_folds(train: list[Samples], val: list[Samples] | None, *, n_classes: i
         params = layout.views(flat)
         leaves = {n: t.detach().requires_grad_() for n, t in params.items()}
         grads = layout.views(grad)
-        rows = [(flat[i], grad[i], m[i], v[i], steps[i:i + 1].view(())) for i in range(len(alive))]
+        rows = [(flat[i], grad[i], m[i], v[i], steps[i : i + 1].view(())) for i in range(len(alive))]
         return leaves, [grads[n] for n in leaves], rows
 
     leaves, grad_views, fold_rows = rebind()
@@ -379,9 +395,10 @@ def train_folds(train: list[Samples], val: list[Samples] | None, *, n_classes: i
         drop_masks = None
         for s in range(n_steps):
             if p_drop and s % chunk == 0:
-                drop_masks = _draw_dropout(drop_shapes, [dropout_gen[f] for f in alive], own_steps, s, chunk,
-                                           p_drop, device)
-            rows, weight = order[:, s * bs:(s + 1) * bs], valid[:, s * bs:(s + 1) * bs]  # (K, bs)
+                drop_masks = _draw_dropout(
+                    drop_shapes, [dropout_gen[f] for f in alive], own_steps, s, chunk, p_drop, device
+                )
+            rows, weight = order[:, s * bs : (s + 1) * bs], valid[:, s * bs : (s + 1) * bs]  # (K, bs)
             x, mask, y = tr.batch(rows)
             drop = None if not p_drop else [d[:, s % chunk] for d in drop_masks]
             logits = forward(leaves, x, mask, drop)  # (K, bs, C)
@@ -463,8 +480,22 @@ def _adam(fold_rows, active, grad, cfg: TrainConfig) -> None:
         grad.mul_((cfg.grad_clip / (norms + 1e-6)).clamp(max=1.0))
     rows = [fold_rows[j] for j in active]
     params, grads, m, v, steps = (list(t) for t in zip(*rows))
-    adam(params, grads, m, v, [], steps, fused=True, lr=cfg.lr, beta1=BETAS[0], beta2=BETAS[1],
-         weight_decay=cfg.weight_decay, eps=EPS, amsgrad=False, maximize=False)  # increments each fold's step
+    adam(
+        params,
+        grads,
+        m,
+        v,
+        [],
+        steps,
+        fused=True,
+        lr=cfg.lr,
+        beta1=BETAS[0],
+        beta2=BETAS[1],
+        weight_decay=cfg.weight_decay,
+        eps=EPS,
+        amsgrad=False,
+        maximize=False,
+    )  # increments each fold's step
 
 
 @torch.no_grad()
@@ -478,7 +509,7 @@ def _validate(forward, leaves, va: _Stack, class_w, n_classes) -> torch.Tensor:
     confusion = torch.zeros(K, n_classes, n_classes, device=device)
     all_rows = torch.arange(n_max, device=device).expand(K, n_max)
     for start in range(0, n_max, EVAL_CHUNK):
-        rows = all_rows[:, start:start + EVAL_CHUNK]
+        rows = all_rows[:, start : start + EVAL_CHUNK]
         windows, where = va.distinct_windows(start, start + EVAL_CHUNK)
         h = forward.windows(leaves, windows)[va.fold[:, :, None], where]  # (K, b, T, L, C)
         mask = None if va.mask is None else va.mask[va.fold, rows]
@@ -490,5 +521,6 @@ def _validate(forward, leaves, va: _Stack, class_w, n_classes) -> torch.Tensor:
         weight_sum += w.sum(1)
         confusion += confusion_tensor(logits.argmax(2), y, n_classes, real)
     metrics = metrics_from_confusion(confusion)
-    return torch.stack([loss_sum / weight_sum, metrics["accuracy"], metrics["balanced_accuracy"],
-                        metrics["macro_f1"]], dim=1)
+    return torch.stack(
+        [loss_sum / weight_sum, metrics["accuracy"], metrics["balanced_accuracy"], metrics["macro_f1"]], dim=1
+    )

@@ -3,6 +3,7 @@
 Each subcommand parses its flags and calls one library function; configs and search spaces are YAML files or
 the names of the ones shipped in the package (`--config context`), so every command works from any folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,11 +16,16 @@ from emoma.config import FIDELITIES, METRICS, PRUNERS, SCHEMES, SELECTION_RULES,
 from emoma.errors import UserError, exit_on_user_error, invoked_as
 
 CV_DESCRIPTION = "Cross-validate one CNN-LSTM configuration."
-SEARCH_DESCRIPTION = """Search many CNN-LSTM configurations with Optuna on Ray Tune; every trial is a full cross-validation.
+SEARCH_DESCRIPTION = """\
+Search many CNN-LSTM configurations with Optuna on Ray Tune; every trial is a full cross-validation.
 
 emoma search --num-samples 50 [--config context] [--space search_space] [options]"""
-SEARCH_DEFAULTS = {"config": "context", "space": "search_space", "seed_config": "seed",
-                   "storage_path": "results/search"}
+SEARCH_DEFAULTS = {
+    "config": "context",
+    "space": "search_space",
+    "seed_config": "seed",
+    "storage_path": "results/search",
+}
 COMMANDS = {
     "cv": "cross-validate one configuration",
     "search": "search many configurations (Ray Tune + Optuna)",
@@ -32,8 +38,11 @@ COMMANDS = {
 
 def parse_cv_args(argv=None, prog=None):
     p = argparse.ArgumentParser(prog=prog, description=CV_DESCRIPTION)
-    p.add_argument("--config", help="YAML file, or the name of a shipped one: default (the default), context "
-                                    "(the recommended preset), seed, smoke")
+    p.add_argument(
+        "--config",
+        help="YAML file, or the name of a shipped one: default (the default), context "
+        "(the recommended preset), seed, smoke",
+    )
     p.add_argument("--data", help="merged.csv to read (default: the embedded synthetic table)")
     p.add_argument("--task", choices=TASKS, help="binary (stress vs rest), 3class, or multiclass")
     p.add_argument("--cv", choices=SCHEMES, help="splitting protocol (default loso)")
@@ -41,24 +50,45 @@ def parse_cv_args(argv=None, prog=None):
     p.add_argument("--epochs", type=int, help="maximum epochs per fold")
     p.add_argument("--seed", type=int, help="seed for splits, RFE, weights and batch order")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training device")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.lr=0.0005 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set train.lr=0.0005 (repeatable)",
+    )
     p.add_argument("--drop-nan", action="store_true", help="drop rows with NaN/inf features instead of failing")
-    p.add_argument("--baselines", action="store_true",
-                   help="also score LDA, logistic regression and a random forest on the same folds and inputs, tuned "
-                        "by inner CV on each fold's training subjects (--set cv.baselines=default: library defaults)")
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also score LDA, logistic regression and a random forest on the same folds and inputs, tuned "
+        "by inner CV on each fold's training subjects (--set cv.baselines=default: library defaults)",
+    )
     p.add_argument("--out", help="output folder (default: results/cv/NAME-TIMESTAMP; never shared by two runs)")
-    p.add_argument("--repeats", type=int, metavar="N",
-                   help="run the whole CV with N seeds (--seed, --seed+1, ...), each in OUT/seed-S; the report gives "
-                        "the mean and spread over seeds and tests on seed-averaged per-subject scores")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        metavar="N",
+        help="run the whole CV with N seeds (--seed, --seed+1, ...), each in OUT/seed-S; the report gives "
+        "the mean and spread over seeds and tests on seed-averaged per-subject scores",
+    )
     p.add_argument("--resume", metavar="OUT", help="continue the interrupted run in OUT: its finished folds are kept")
-    p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=True,
-                   help="write model.pt, the fold models averaged (each with its own scaler and features: the models "
-                        "the CV scored, no extra training), for emoma predict (default: on)")
+    p.add_argument(
+        "--save-model",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write model.pt, the fold models averaged (each with its own scaler and features: the models "
+        "the CV scored, no extra training), for emoma predict (default: on)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="print loss and accuracy of every epoch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--mlflow", nargs="?", const="default", metavar="TRACKING_URI",
-                   help="log the run to MLflow (default: a local store, mlflow.db, in the output folder)")
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="default",
+        metavar="TRACKING_URI",
+        help="log the run to MLflow (default: a local store, mlflow.db, in the output folder)",
+    )
     return p.parse_args(argv)
 
 
@@ -72,11 +102,19 @@ def cv_main(argv=None, prog=None):
 
     repeated = args.repeats is not None or bool(args.resume and (Path(args.resume) / REPEATS_FILE).is_file())
     if repeated and args.mlflow:
-        raise UserError(f"--mlflow tracks one run: drop it, or track one seed's run (OUT/seed-S) with a plain "
-                        f"{invoked_as('cv')}")
-    flags = {"data.path": args.data, "data.task": args.task, "cv.scheme": args.cv, "cv.folds": args.folds,
-             "train.epochs": args.epochs, "seed": args.seed, "train.device": args.device,
-             "data.drop_nan": args.drop_nan or None}
+        raise UserError(
+            f"--mlflow tracks one run: drop it, or track one seed's run (OUT/seed-S) with a plain {invoked_as('cv')}"
+        )
+    flags = {
+        "data.path": args.data,
+        "data.task": args.task,
+        "cv.scheme": args.cv,
+        "cv.folds": args.folds,
+        "train.epochs": args.epochs,
+        "seed": args.seed,
+        "train.device": args.device,
+        "data.drop_nan": args.drop_nan or None,
+    }
     if args.resume:
         if args.config or args.out:
             raise UserError("--resume OUT takes the run's configuration and folder from OUT: drop --config and --out")
@@ -85,15 +123,29 @@ def cv_main(argv=None, prog=None):
         config = load_config(args.config or "default", args.set, flags=flags)
     check_folds_flag(args.folds, config)
     if repeated:
-        summary, out = repeat_cv(config, args.repeats, args.resume or args.out, baselines=args.baselines,
-                                 progress=not args.no_progress, verbose=args.verbose, resume=bool(args.resume),
-                                 save_model=args.save_model)
+        summary, out = repeat_cv(
+            config,
+            args.repeats,
+            args.resume or args.out,
+            baselines=args.baselines,
+            progress=not args.no_progress,
+            verbose=args.verbose,
+            resume=bool(args.resume),
+            save_model=args.save_model,
+        )
         print(format_repeats(summary))
         print(f"results written to {out}")
         return
-    result, out = cross_validate(config, args.resume or args.out, baselines=args.baselines,
-                                 progress=not args.no_progress, verbose=args.verbose, resume=bool(args.resume),
-                                 mlflow=args.mlflow, save_model=args.save_model)
+    result, out = cross_validate(
+        config,
+        args.resume or args.out,
+        baselines=args.baselines,
+        progress=not args.no_progress,
+        verbose=args.verbose,
+        resume=bool(args.resume),
+        mlflow=args.mlflow,
+        save_model=args.save_model,
+    )
     print(format_summary(result, config.train.metric))
     print(f"results written to {out}")
 
@@ -107,11 +159,16 @@ class RaisingParser(argparse.ArgumentParser):
 
 def parse_search_args(argv=None, prog=None, parser=argparse.ArgumentParser):
     p = parser(prog=prog, description=SEARCH_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help=f"base config, a YAML file or a shipped name: runs first, and sampled trials "
-                                    f"change it (default: {SEARCH_DEFAULTS['config']})")
+    p.add_argument(
+        "--config",
+        help=f"base config, a YAML file or a shipped name: runs first, and sampled trials "
+        f"change it (default: {SEARCH_DEFAULTS['config']})",
+    )
     p.add_argument("--space", help=f"search space (default: {SEARCH_DEFAULTS['space']})")
-    p.add_argument("--seed-config", help=f"configuration evaluated second, exactly, as a reference (default: "
-                                         f"{SEARCH_DEFAULTS['seed_config']})")
+    p.add_argument(
+        "--seed-config",
+        help=f"configuration evaluated second, exactly, as a reference (default: {SEARCH_DEFAULTS['seed_config']})",
+    )
     p.add_argument("--data", help="merged.csv to read (default: the embedded synthetic table)")
     p.add_argument("--task", choices=TASKS, help="binary (stress vs rest), 3class, or multiclass")
     p.add_argument("--cv", choices=SCHEMES, help="protocol of every trial's CV (default loso)")
@@ -121,43 +178,77 @@ def parse_search_args(argv=None, prog=None, parser=argparse.ArgumentParser):
     p.add_argument("--metric", choices=METRICS, help="objective and early-stopping metric (default macro_f1)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training device of every trial")
     p.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: start Ray on this machine)")
-    p.add_argument("--cpus-per-trial", type=float,
-                   help="CPUs Ray reserves per trial; torch uses that many threads (default 1)")
+    p.add_argument(
+        "--cpus-per-trial", type=float, help="CPUs Ray reserves per trial; torch uses that many threads (default 1)"
+    )
     p.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU: 0.25 runs four trials per GPU")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
-    p.add_argument("--prune", action=argparse.BooleanOptionalAction,
-                   help="stop unpromising trials once they have run search.grace_folds folds (default 4; --no-prune runs every fold)")
-    p.add_argument("--pruner", choices=PRUNERS, help="asha (default): ASHA over folds; wilcoxon: paired test "
-                                                     "against the best trial on the same folds")
-    p.add_argument("--select", choices=SELECTION_RULES,
-                   help="the final choice among completed trials: best (best mean), one-se (cheapest within one SE "
-                        "of the best), guard (the best only if its gain over the base configuration on the same "
-                        "subjects is significant after correction for the candidates, else the base), ensemble "
-                        "(greedy ensemble selection); default search.select of the config, guard")
-    p.add_argument("--fidelity", choices=FIDELITIES,
-                   help="what trials train: full (the config's ensemble and refit) or low (one model per fold, no "
-                        "refit: cheaper; the final model is still retrained at the config's own settings); default "
-                        "search.fidelity of the config, full")
+    p.add_argument(
+        "--prune",
+        action=argparse.BooleanOptionalAction,
+        help="stop unpromising trials once they have run search.grace_folds folds (default 4; --no-prune runs every "
+        "fold)",
+    )
+    p.add_argument(
+        "--pruner",
+        choices=PRUNERS,
+        help="asha (default): ASHA over folds; wilcoxon: paired test against the best trial on the same folds",
+    )
+    p.add_argument(
+        "--select",
+        choices=SELECTION_RULES,
+        help="the final choice among completed trials: best (best mean), one-se (cheapest within one SE "
+        "of the best), guard (the best only if its gain over the base configuration on the same "
+        "subjects is significant after correction for the candidates, else the base), ensemble "
+        "(greedy ensemble selection); default search.select of the config, guard",
+    )
+    p.add_argument(
+        "--fidelity",
+        choices=FIDELITIES,
+        help="what trials train: full (the config's ensemble and refit) or low (one model per fold, no "
+        "refit: cheaper; the final model is still retrained at the config's own settings); default "
+        "search.fidelity of the config, full",
+    )
     p.add_argument("--holdout", type=int, help="subjects held out of the search for the final test (default 3)")
     p.add_argument("--holdout-subjects", help="comma-separated subject ids to hold out, e.g. 2,5,11")
     p.add_argument("--outer", choices=("loso",), help="nested CV: the whole search once per held-out subject")
     p.add_argument("--name", help="experiment name (default: search-TIMESTAMP-XXXX)")
-    p.add_argument("--storage-path", help=f"where experiments live: a folder (NFS for clusters) or s3://, gs://, "
-                                          f"... (default: {SEARCH_DEFAULTS['storage_path']})")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the experiment --name with the settings it started with")
+    p.add_argument(
+        "--storage-path",
+        help=f"where experiments live: a folder (NFS for clusters) or s3://, gs://, "
+        f"... (default: {SEARCH_DEFAULTS['storage_path']})",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the experiment --name with the settings it started with"
+    )
     p.add_argument("--seed", type=int, help="seed for the hold-out, splits, RFE, weights and the sampler")
-    p.add_argument("--time-budget-s", type=float,
-                   help="end the search after this many seconds: running trials stop there (trials.csv says so) "
-                        "and the best is chosen among the trials that completed")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key; a searched key set here is fixed and leaves the space")
+    p.add_argument(
+        "--time-budget-s",
+        type=float,
+        help="end the search after this many seconds: running trials stop there (trials.csv says so) "
+        "and the best is chosen among the trials that completed",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key; a searched key set here is fixed and leaves the space",
+    )
     p.add_argument("--drop-nan", action="store_true", help="drop rows with NaN/inf features instead of failing")
-    p.add_argument("--mlflow", nargs="?", const="default", metavar="TRACKING_URI",
-                   help="log the search to MLflow: a parent run and one child run per trial (default: a local store, "
-                        "mlflow.db, in the experiment folder)")
-    p.add_argument("--status", action="store_true",
-                   help="print the trials and the best so far of experiment --name (running or finished) and exit")
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="default",
+        metavar="TRACKING_URI",
+        help="log the search to MLflow: a parent run and one child run per trial (default: a local store, "
+        "mlflow.db, in the experiment folder)",
+    )
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print the trials and the best so far of experiment --name (running or finished) and exit",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="Ray's and Optuna's own output")
     return p.parse_args(argv)
 
@@ -198,9 +289,10 @@ def status_main(argv=None, prog=None):
 def main(argv=None):
     """`emoma COMMAND [options]`."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    usage = ("usage: emoma COMMAND [options]   (emoma COMMAND --help for its options; emoma --version)\n\n"
-             "commands:\n"
-             + "\n".join(f"  {name:<8} {text}" for name, text in COMMANDS.items()))
+    usage = (
+        "usage: emoma COMMAND [options]   (emoma COMMAND --help for its options; emoma --version)\n\n"
+        "commands:\n" + "\n".join(f"  {name:<8} {text}" for name, text in COMMANDS.items())
+    )
     if argv[:1] in (["-h"], ["--help"]):
         print(usage)
         return

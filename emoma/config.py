@@ -1,4 +1,5 @@
 """Configuration as data: typed dataclasses, overridden by YAML files and `--set key=value`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,24 +33,33 @@ BASELINE_MODES = ("tuned", "default")
 class DataConfig:
     """What to read and how: the table, the task's classes, the features, the columns and the subject normalisation
     (`data.*`)."""
+
     path: str | None = None  # merged.csv to read; None = the embedded synthetic WESAD-like table
-    task: str = "binary"  # binary (stress vs rest) | 3class (amusement/baseline/stress) | multiclass (labels as they are)
+    task: str = (
+        "binary"  # binary (stress vs rest) | 3class (amusement/baseline/stress) | multiclass (labels as they are)
+    )
     label_map: dict | None = None  # raw label -> class name (several labels may share a name); overrides task
     drop_labels: list = field(default_factory=list)  # raw labels whose rows are removed before anything else
     include: list = field(default_factory=list)  # feature names or glob patterns to use; empty = all signal features
-    exclude: list = field(default_factory=list)  # names or globs removed after include (metadata is excluded unless included)
+    exclude: list = field(
+        default_factory=list
+    )  # names or globs removed after include (metadata is excluded unless included)
     drop_nan: bool = False  # drop rows with NaN/inf features instead of stopping with an error
     subject_column: str = "subject"  # column holding the subject id
     label_column: str = "label"  # column holding the raw label
     time_column: str = "time_s"  # window start in seconds, orders a subject's windows; absent = row order
-    window_s: float | None = None  # window length for the time-gap rule; None = the median step between a subject's windows
+    window_s: float | None = (
+        None  # window length for the time-gap rule; None = the median step between a subject's windows
+    )
     subject_norm: str = "none"  # none | subject (each subject's own mean/std; transductive) | causal (running)
-    norm_warmup: int = 5  # causal: a window's z-scores are shrunk by n/norm_warmup while its statistics rest on n < norm_warmup windows
+    # causal: a window's z-scores are shrunk by n/norm_warmup while its statistics rest on n < norm_warmup windows
+    norm_warmup: int = 5
 
 
 @dataclass
 class CVConfig:
     """How folds are made and fitted: the protocol, validation split, RFE, workers and the fold-plan cache (`cv.*`)."""
+
     scheme: str = "loso"  # loso | group-kfold | stratified-group-kfold (subject-wise) | kfold (row-wise, the seed's)
     folds: int = 10  # K for the k-fold schemes (loso uses one fold per subject)
     val_subjects: int = 2  # training subjects held out of each fold for early stopping (subject-wise schemes)
@@ -58,7 +68,9 @@ class CVConfig:
     rfe_step: int = 2  # features eliminated per RFE round (1 = a strict ranking, slower)
     rfe_max_samples: int = 20000  # rows drawn for each RFE tree when the fold has more (big tables); 0 = all
     jobs: int = 0  # worker processes for fold plans and fold training; 0 = one per CPU core
-    trainer: str = "batched"  # batched: a worker's folds trained together as one model | sequential: one by one (reference)
+    trainer: str = (
+        "batched"  # batched: a worker's folds trained together as one model | sequential: one by one (reference)
+    )
     cache_dir: str | None = "~/.cache/emoma/plans"  # where fold plans are cached by content hash; None = no cache
     baselines: str = "tuned"  # same-input baselines: tuned (LDA's shrinkage, logistic regression's C, the forest's
     # depth, by inner subject-wise 3-fold CV on each fold's training rows) | default (library defaults)
@@ -68,8 +80,11 @@ class CVConfig:
 class ModelConfig:
     """The CNN-LSTM's shape: context windows, smoothing, features read, conv blocks, CBAM, LSTM, head, ensemble
     (`model.*`)."""
+
     context: int = 1  # windows per sample: the current one and the context-1 before it, same subject, in time order
-    smooth: int = 1  # average each window's predicted probabilities with the smooth-1 windows before it (causal); 1 = off
+    smooth: int = (
+        1  # average each window's predicted probabilities with the smooth-1 windows before it (causal); 1 = off
+    )
     n_features: int = 20  # top-k features of each fold's RFE ranking the model reads; 0 = all
     conv_channels: list = field(default_factory=lambda: [16, 32])  # output channels of each Conv1d block
     kernel_size: int = 3  # Conv1d kernel size (odd; padded to keep the length)
@@ -79,7 +94,9 @@ class ModelConfig:
     lstm_hidden: int = 50  # LSTM hidden size
     lstm_layers: int = 1  # stacked LSTM layers
     bidirectional: bool = False  # read the LSTM's steps in both directions
-    lstm_over: str = "positions"  # LSTM steps: positions (every CNN position of every window) | windows (one per window)
+    lstm_over: str = (
+        "positions"  # LSTM steps: positions (every CNN position of every window) | windows (one per window)
+    )
     attention: bool = True  # attention pooling over LSTM outputs; False = last output
     fc: int = 128  # hidden units of the dense layer before the logits; 0 = none
     dropout: float = 0.5  # dropout before and after the dense layer
@@ -89,6 +106,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     """How each model is trained: Adam, batches, epochs, early stopping, class weights, refit, device (`train.*`)."""
+
     lr: float = 1e-3  # Adam learning rate
     weight_decay: float = 0.0  # Adam L2 weight decay
     batch_size: int = 25  # mini-batch size
@@ -105,15 +123,22 @@ class TrainConfig:
 class SearchConfig:
     """How many configurations are tried and how the final one is chosen: objective, hold-out, pruning, resources,
     selection rule, fidelity (`search.*`)."""
+
     metric: str = "macro_f1"  # objective, mean over folds: accuracy | balanced_accuracy | macro_f1
     num_samples: int = 20  # configurations to try (the seed configuration is the first)
     holdout: int = 3  # subjects held out of the whole search, drawn with the seed so every class is present
     holdout_subjects: list = field(default_factory=list)  # explicit held-out subject ids (overrides holdout)
-    prune: bool = True  # stop unpromising trials early (search.pruner); the best is chosen among trials that ran every fold
+    prune: bool = (
+        True  # stop unpromising trials early (search.pruner); the best is chosen among trials that ran every fold
+    )
     pruner: str = "asha"  # asha: ASHA over folds | wilcoxon: paired test against the best trial on the same folds
     wilcoxon_p: float = 0.1  # wilcoxon: stop when the one-sided p-value is below this (Optuna's WilcoxonPruner default)
-    fold_batch: int = 0  # folds a trial trains as one batched model; 0 = all (with pruning: the grace folds, then the rest)
-    grace_folds: int = 4  # folds every trial runs before it can be stopped (4: the first a Wilcoxon test can reject at 0.1)
+    fold_batch: int = (
+        0  # folds a trial trains as one batched model; 0 = all (with pruning: the grace folds, then the rest)
+    )
+    grace_folds: int = (
+        4  # folds every trial runs before it can be stopped (4: the first a Wilcoxon test can reject at 0.1)
+    )
     reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
     cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial (torch uses that many threads)
     gpus_per_trial: float = 0.0  # GPUs per trial; fractions share a GPU (0.25 = four trials per GPU)
@@ -134,6 +159,7 @@ class SearchConfig:
 class Config:
     """A whole configuration: YAML maps onto these sections one to one (`emoma.config.load_config`); every run's is
     saved as config.yaml."""
+
     name: str = "default"  # a label for outputs
     seed: int = 0  # drives every random choice: splits, RFE forest, weight init, batch order
     data: DataConfig = field(default_factory=DataConfig)
@@ -151,8 +177,11 @@ def at_fidelity(config: Config, fidelity: str) -> Config:
     """What a trial trains: `low` is one model per fold without the refit; `full` the configuration itself."""
     if fidelity == "full" or (config.model.ensemble == 1 and not config.train.refit):
         return config
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, ensemble=1),
-                               train=dataclasses.replace(config.train, refit=False))
+    return dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, ensemble=1),
+        train=dataclasses.replace(config.train, refit=False),
+    )
 
 
 class _Loader(yaml.SafeLoader):
@@ -161,12 +190,16 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
                    |[-+]?\.(?:inf|Inf|INF)
-                   |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+                   |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def parse_yaml(text: str):
@@ -174,8 +207,12 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (),
-                flags: dict | None = None, base: dict | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    overrides: typing.Sequence[str] = (),
+    flags: dict | None = None,
+    base: dict | None = None,
+) -> Config:
     """Build a Config from the defaults, a YAML file, `key=value` overrides and CLI flags, and validate it.
 
     Parameters
@@ -227,8 +264,11 @@ def validate(config: Config) -> None:
     """Check values against their rules; raise UserError naming the key, its value and the rule."""
     rules = [
         ("seed", config.seed >= 0, "0 or more"),
-        ("search.sampler_seed", config.search.sampler_seed is None or config.search.sampler_seed >= 0,
-         "0 or more, or null (the config's seed)"),
+        (
+            "search.sampler_seed",
+            config.search.sampler_seed is None or config.search.sampler_seed >= 0,
+            "0 or more, or null (the config's seed)",
+        ),
         ("data.task", config.data.task in TASKS, f"one of {', '.join(TASKS)}"),
         ("data.subject_norm", config.data.subject_norm in SUBJECT_NORMS, f"one of {', '.join(SUBJECT_NORMS)}"),
         ("data.norm_warmup", config.data.norm_warmup >= 1, "at least 1"),
@@ -244,18 +284,31 @@ def validate(config: Config) -> None:
         ("cv.trainer", config.cv.trainer in TRAINERS, f"one of {', '.join(TRAINERS)}"),
         ("cv.baselines", config.cv.baselines in BASELINE_MODES, f"one of {', '.join(BASELINE_MODES)}"),
         ("model.context", config.model.context >= 1, "at least 1 (1 = the current window only)"),
-        ("model.context", config.model.context == 1 or config.cv.scheme != "kfold",
-         "1 under cv.scheme=kfold (neighbouring windows share all but one context window and nearly always the "
-         "label, so row-wise folds put most of a test window's context in training): use a subject-wise "
-         "cv.scheme such as loso"),
+        (
+            "model.context",
+            config.model.context == 1 or config.cv.scheme != "kfold",
+            "1 under cv.scheme=kfold (neighbouring windows share all but one context window and nearly always the "
+            "label, so row-wise folds put most of a test window's context in training): use a subject-wise "
+            "cv.scheme such as loso",
+        ),
         ("model.smooth", config.model.smooth >= 1, "at least 1 (1 = no smoothing)"),
-        ("model.smooth", config.model.smooth == 1 or config.cv.scheme != "kfold",
-         "1 under cv.scheme=kfold (a window's predecessors are mostly training rows there, and smoothing reads "
-         "only test windows): use a subject-wise cv.scheme such as loso"),
+        (
+            "model.smooth",
+            config.model.smooth == 1 or config.cv.scheme != "kfold",
+            "1 under cv.scheme=kfold (a window's predecessors are mostly training rows there, and smoothing reads "
+            "only test windows): use a subject-wise cv.scheme such as loso",
+        ),
         ("model.n_features", config.model.n_features >= 0, "0 (all) or more"),
-        ("model.conv_channels", all(isinstance(c, int) and c >= 1 for c in config.model.conv_channels),
-         "a list of positive integers (may be empty)"),
-        ("model.kernel_size", config.model.kernel_size >= 1 and config.model.kernel_size % 2 == 1, "a positive odd number"),
+        (
+            "model.conv_channels",
+            all(isinstance(c, int) and c >= 1 for c in config.model.conv_channels),
+            "a list of positive integers (may be empty)",
+        ),
+        (
+            "model.kernel_size",
+            config.model.kernel_size >= 1 and config.model.kernel_size % 2 == 1,
+            "a positive odd number",
+        ),
         ("model.pool", config.model.pool in POOLS, f"one of {', '.join(POOLS)}"),
         ("model.cbam_reduction", config.model.cbam_reduction >= 1, "at least 1"),
         ("model.lstm_hidden", config.model.lstm_hidden >= 1, "at least 1"),
@@ -327,8 +380,9 @@ def find_yaml(path_or_name: str | Path, what: str = "config file") -> Path:
         shipped = shipped_folder() / f"{path.name.removesuffix('.yaml')}.yaml"
         if shipped.is_file():
             return shipped
-    raise UserError(f"{what} {path} does not exist: give a YAML file or a shipped name "
-                    f"({', '.join(shipped_yaml_names())})")
+    raise UserError(
+        f"{what} {path} does not exist: give a YAML file or a shipped name ({', '.join(shipped_yaml_names())})"
+    )
 
 
 def read_yaml(path: Path, what: str = "config file") -> dict:
@@ -346,8 +400,9 @@ def read_yaml(path: Path, what: str = "config file") -> dict:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise UserError(f"{what} {path} must hold a mapping (of sections: data, cv, model, train, search; or of "
-                        "search-space keys)")
+        raise UserError(
+            f"{what} {path} must hold a mapping (of sections: data, cv, model, train, search; or of search-space keys)"
+        )
     return raw
 
 
@@ -396,9 +451,7 @@ def _build(cls, raw, prefix: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise UserError(
-            f"unknown config key '{prefix}{unknown[0]}': known keys are {', '.join(sorted(names))}"
-        )
+        raise UserError(f"unknown config key '{prefix}{unknown[0]}': known keys are {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in raw.items():
         hint = hints[name]

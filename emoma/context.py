@@ -4,6 +4,7 @@ A Table's rows are sorted by subject, then time (`emoma.data`), so "the window b
 the same subject unless a time gap cuts the run. Nothing here reads labels, and nothing reads another
 subject's rows.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -21,7 +22,8 @@ ROW_ORDER_NOTE = (
     "and causal normalisation follow it, and no time gap can cut a run. Tables sorted by condition (the published "
     "WESAD merged.csv lists baseline, stress, amusement for every subject, though half of them did amusement "
     "first) then put context across condition boundaries in a label-determined order; prefer a table made by "
-    "emoma.prepare, which writes time_s")
+    "emoma.prepare, which writes time_s"
+)
 
 
 def window_length(table: Table, window_s: float | None = None) -> float | None:
@@ -105,8 +107,10 @@ def check_context(table: Table, k: int) -> None:
     subjects, counts = np.unique(table.groups, return_counts=True)
     shortest = int(np.argmin(counts))
     if counts[shortest] < k:
-        raise UserError(f"model.context={k} is longer than subject {subjects[shortest]}'s {counts[shortest]} "
-                        f"windows: lower model.context to at most {counts[shortest]}")
+        raise UserError(
+            f"model.context={k} is longer than subject {subjects[shortest]}'s {counts[shortest]} "
+            f"windows: lower model.context to at most {counts[shortest]}"
+        )
 
 
 def normalise_subjects(table: Table, cfg: DataConfig) -> Table:

@@ -1,4 +1,5 @@
 """Stage 4: one configuration's cross-validation over a FoldPlan -> CVResult (per fold, per subject, pooled)."""
+
 from __future__ import annotations
 
 import functools
@@ -48,8 +49,11 @@ class Progress:
 
     def __init__(self, total: int, desc: str, enabled: bool, initial: int = 0):
         self.total, self.desc, self.enabled, self.done = total, desc, enabled, initial
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="fold", leave=False) \
-            if enabled and sys.stderr.isatty() else None
+        self.bar = (
+            tqdm(total=total, initial=initial, desc=desc, unit="fold", leave=False)
+            if enabled and sys.stderr.isatty()
+            else None
+        )
 
     def update(self, n: int, note: str) -> None:
         """Count `n` more folds done, with `note` (the latest fold's score) beside the count."""
@@ -78,9 +82,18 @@ def table_context(table: Table, config: Config) -> tuple[np.ndarray, np.ndarray]
     return context_index(run_starts(table, config.data.window_s), config.model.context)
 
 
-def run_cv(table: Table, plan: FoldPlan, config: Config, *, baselines: bool = False, progress: bool = True,
-           verbose: bool = False, done: dict[int, FoldResult] | None = None, on_result=None,
-           keep_models: bool = False) -> CVResult:
+def run_cv(
+    table: Table,
+    plan: FoldPlan,
+    config: Config,
+    *,
+    baselines: bool = False,
+    progress: bool = True,
+    verbose: bool = False,
+    done: dict[int, FoldResult] | None = None,
+    on_result=None,
+    keep_models: bool = False,
+) -> CVResult:
     """Train and score one configuration on every fold of `plan` (but those in `done`, already finished).
 
     Folds run in parallel worker processes (``config.cv.jobs``), one torch thread each; with the batched
@@ -116,13 +129,22 @@ def run_cv(table: Table, plan: FoldPlan, config: Config, *, baselines: bool = Fa
     bar.close()
     results.sort(key=lambda r: r.index)
     notes = list(plan.notes) + order_notes(table, config.model.context, table.normalisation)
-    return CVResult(plan.scheme, table.class_names, results, time.perf_counter() - start, notes=notes,
-                    smooth=config.model.smooth)
+    return CVResult(
+        plan.scheme, table.class_names, results, time.perf_counter() - start, notes=notes, smooth=config.model.smooth
+    )
 
 
-def run_fold(table: Table, fold: Fold, index: int, config: Config, context: tuple[np.ndarray, np.ndarray],
-             baselines: bool = False, verbose: bool = False, threads: int = 1,
-             keep_model: bool = False) -> FoldResult:
+def run_fold(
+    table: Table,
+    fold: Fold,
+    index: int,
+    config: Config,
+    context: tuple[np.ndarray, np.ndarray],
+    baselines: bool = False,
+    verbose: bool = False,
+    threads: int = 1,
+    keep_model: bool = False,
+) -> FoldResult:
     """Train on the fold's training rows, early-stop on its validation rows, score its test rows once (with
     `train.refit`, the kept model is trained again on training + validation rows for the best epoch count).
 
@@ -137,20 +159,41 @@ def run_fold(table: Table, fold: Fold, index: int, config: Config, context: tupl
         name = f"fold {index + 1:2d}" + (f" member {member + 1}" if config.model.ensemble > 1 else "")
         log = (lambda line, name=name: print(f"{name} {line}", flush=True)) if verbose else None
         seed = fold_seed(config.seed, index, member)
-        fit = train_fold(parts["train"], parts["val"], n_classes=len(table.class_names), model_cfg=config.model,
-                         train_cfg=config.train, seed=seed, log=log)
+        fit = train_fold(
+            parts["train"],
+            parts["val"],
+            n_classes=len(table.class_names),
+            model_cfg=config.model,
+            train_cfg=config.train,
+            seed=seed,
+            log=log,
+        )
         if config.train.refit:
-            refit = train_fold(parts["train"].plus(parts["val"]), None, n_classes=len(table.class_names),
-                               model_cfg=config.model, train_cfg=replace(config.train, epochs=fit.best_epoch),
-                               seed=seed, log=log)
+            refit = train_fold(
+                parts["train"].plus(parts["val"]),
+                None,
+                n_classes=len(table.class_names),
+                model_cfg=config.model,
+                train_cfg=replace(config.train, epochs=fit.best_epoch),
+                seed=seed,
+                log=log,
+            )
             fit = replace(fit, model=refit.model)
         fits.append(fit)
     return fold_result(table, fold, index, config, parts, fits, time.perf_counter() - start, baselines, keep_model)
 
 
-def run_folds_batched(table: Table, folds: list[Fold], indices: list[int], config: Config,
-                      context: tuple[np.ndarray, np.ndarray], baselines: bool = False, verbose: bool = False,
-                      threads: int = 1, keep_models: bool = False) -> list[FoldResult]:
+def run_folds_batched(
+    table: Table,
+    folds: list[Fold],
+    indices: list[int],
+    config: Config,
+    context: tuple[np.ndarray, np.ndarray],
+    baselines: bool = False,
+    verbose: bool = False,
+    threads: int = 1,
+    keep_models: bool = False,
+) -> list[FoldResult]:
     """`run_fold` for several folds at once, their models trained together (emoma.batched)."""
     start = time.perf_counter()
     torch.set_num_threads(threads)
@@ -159,21 +202,45 @@ def run_folds_batched(table: Table, folds: list[Fold], indices: list[int], confi
     names = [f"fold {i + 1:2d}" + (f" member {j + 1}" if n > 1 else "") for i in indices for j in range(n)]
     log = (lambda k, line: print(f"{names[k]} {line}", flush=True)) if verbose else None
     seeds = [fold_seed(config.seed, i, j) for i in indices for j in range(n)]
-    fits = train_folds([p["train"] for p in parts for _ in range(n)], [p["val"] for p in parts for _ in range(n)],
-                       n_classes=len(table.class_names), model_cfg=config.model, train_cfg=config.train,
-                       seeds=seeds, log=log)
+    fits = train_folds(
+        [p["train"] for p in parts for _ in range(n)],
+        [p["val"] for p in parts for _ in range(n)],
+        n_classes=len(table.class_names),
+        model_cfg=config.model,
+        train_cfg=config.train,
+        seeds=seeds,
+        log=log,
+    )
     if config.train.refit:  # every member again on training + validation rows, for its own best epoch count
-        refits = train_folds([p["train"].plus(p["val"]) for p in parts for _ in range(n)], None,
-                             n_classes=len(table.class_names), model_cfg=config.model, train_cfg=config.train,
-                             seeds=seeds, epochs=[fit.best_epoch for fit in fits], log=log)
+        refits = train_folds(
+            [p["train"].plus(p["val"]) for p in parts for _ in range(n)],
+            None,
+            n_classes=len(table.class_names),
+            model_cfg=config.model,
+            train_cfg=config.train,
+            seeds=seeds,
+            epochs=[fit.best_epoch for fit in fits],
+            log=log,
+        )
         fits = [replace(fit, model=refit.model) for fit, refit in zip(fits, refits)]
     seconds = (time.perf_counter() - start) / len(folds)  # shared training time, split evenly
-    return [fold_result(table, fold, i, config, p, fits[k * n:(k + 1) * n], seconds, baselines, keep_models)
-            for k, (fold, i, p) in enumerate(zip(folds, indices, parts))]
+    return [
+        fold_result(table, fold, i, config, p, fits[k * n : (k + 1) * n], seconds, baselines, keep_models)
+        for k, (fold, i, p) in enumerate(zip(folds, indices, parts))
+    ]
 
 
-def fold_result(table: Table, fold: Fold, index: int, config: Config, parts: dict[str, Samples],
-                fits: list[FoldFit], seconds: float, baselines: bool = False, keep_model: bool = False) -> FoldResult:
+def fold_result(
+    table: Table,
+    fold: Fold,
+    index: int,
+    config: Config,
+    parts: dict[str, Samples],
+    fits: list[FoldFit],
+    seconds: float,
+    baselines: bool = False,
+    keep_model: bool = False,
+) -> FoldResult:
     """Score a fold's trained model (its ensemble members' mean) once on its test rows, and the baselines on
     the same inputs."""
     n_classes = len(table.class_names)
@@ -189,20 +256,32 @@ def fold_result(table: Table, fold: Fold, index: int, config: Config, parts: dic
         train_inputs, test_inputs = fitted_on.flat(), test.flat()
         train_groups = table.groups[fitted_on.index[:, -1]]  # a sample's own window is its last
         for name in BASELINES:
-            baseline = fit_baseline(name, config, fold_seed(config.seed, index), train_inputs, fitted_on.y,
-                                    train_groups)
+            baseline = fit_baseline(
+                name, config, fold_seed(config.seed, index), train_inputs, fitted_on.y, train_groups
+            )
             raw = np.zeros((len(test), n_classes))
             raw[:, baseline.classes_] = baseline.predict_proba(test_inputs)  # classes seen in training
             baseline_proba[name] = smooth(raw)  # smoothed as the CNN-LSTM's
             baseline_metrics[name] = score(test.y, baseline_proba[name].argmax(1), n_classes)[0]
     metrics, confusion = score(test.y, y_pred, n_classes)
     return FoldResult(
-        index=index, test_subjects=sorted(np.unique(table.groups[fold.test]).tolist()),
-        n_train=len(fold.train), n_val=len(fold.val), n_test=len(fold.test),
+        index=index,
+        test_subjects=sorted(np.unique(table.groups[fold.test]).tolist()),
+        n_train=len(fold.train),
+        n_val=len(fold.val),
+        n_test=len(fold.test),
         features=[table.feature_names[j] for j in fold.used(config.model.n_features)],
-        metrics=metrics, confusion=confusion, epochs_run=max(fit.epochs_run for fit in fits),
-        best_epoch=int(np.median([fit.best_epoch for fit in fits])), seconds=seconds, history=fits[0].history,
-        test_rows=fold.test, y_pred=y_pred, proba=proba, baselines=baseline_metrics, baseline_proba=baseline_proba,
+        metrics=metrics,
+        confusion=confusion,
+        epochs_run=max(fit.epochs_run for fit in fits),
+        best_epoch=int(np.median([fit.best_epoch for fit in fits])),
+        seconds=seconds,
+        history=fits[0].history,
+        test_rows=fold.test,
+        y_pred=y_pred,
+        proba=proba,
+        baselines=baseline_metrics,
+        baseline_proba=baseline_proba,
         model=model if keep_model else None,
     )
 
@@ -213,8 +292,12 @@ def fit_baseline(name: str, config: Config, seed: int, X: np.ndarray, y: np.ndar
     if config.cv.baselines == "default" or name not in TUNED_GRIDS:
         return BASELINES[name](seed).fit(X, y)
     n_groups = len(np.unique(groups))
-    inner = (GroupKFold(min(INNER_FOLDS, n_groups)) if n_groups >= 2 else
-             StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed))
-    search = GridSearchCV(BASELINES[name](seed), TUNED_GRIDS[name], cv=inner,
-                          scoring=SKLEARN_SCORING[config.train.metric], n_jobs=1)
+    inner = (
+        GroupKFold(min(INNER_FOLDS, n_groups))
+        if n_groups >= 2
+        else StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed)
+    )
+    search = GridSearchCV(
+        BASELINES[name](seed), TUNED_GRIDS[name], cv=inner, scoring=SKLEARN_SCORING[config.train.metric], n_jobs=1
+    )
     return search.fit(X, y, groups=groups if n_groups >= 2 else None)

@@ -1,4 +1,5 @@
 """Stage 1: a merged.csv (or the embedded synthetic table) -> a validated Table of features, labels, subjects."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -72,7 +73,9 @@ def read_csv(path: str | Path) -> pd.DataFrame:
         frame = pd.concat(pd.read_csv(path, chunksize=CSV_BLOCK_ROWS), ignore_index=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"data file {path} is not a readable CSV ({reason}): give a comma-separated merged.csv") from None
+        raise UserError(
+            f"data file {path} is not a readable CSV ({reason}): give a comma-separated merged.csv"
+        ) from None
     first = str(frame.columns[0])
     if first == "" or first.startswith("Unnamed: 0"):
         frame = frame.drop(columns=frame.columns[0])
@@ -85,9 +88,7 @@ def table_from_frame(frame: pd.DataFrame, cfg: DataConfig, source: str) -> Table
     """Validate a merged.csv-layout DataFrame and turn it into a Table."""
     for role, column in (("subject", cfg.subject_column), ("label", cfg.label_column)):
         if column not in frame.columns:
-            raise UserError(
-                f"{source} has no {role} column {column!r}: rename it or set data.{role}_column"
-            )
+            raise UserError(f"{source} has no {role} column {column!r}: rename it or set data.{role}_column")
     n_before = len(frame)
     if frame[cfg.label_column].isna().any() or frame[cfg.subject_column].isna().any():
         raise UserError(f"{source}: some rows have no subject or label: fill or remove them")
@@ -148,17 +149,23 @@ def read_time(frame: pd.DataFrame, cfg: DataConfig, source: str) -> np.ndarray |
     raw_missing = frame[column].isna().to_numpy()
     if (np.isnan(values) & ~raw_missing).any():
         bad = frame[column][np.isnan(values) & ~raw_missing].iloc[0]
-        raise UserError(f"{source}: time column {column!r} holds non-numeric values such as {bad!r}: "
-                        "give window start times in seconds")
+        raise UserError(
+            f"{source}: time column {column!r} holds non-numeric values such as {bad!r}: "
+            "give window start times in seconds"
+        )
     if raw_missing.any() or not np.isfinite(values).all():
-        raise UserError(f"{source}: time column {column!r} is missing or infinite in {int((~np.isfinite(values)).sum())} "
-                        "rows: fill them, or drop the column to order windows by row")
+        raise UserError(
+            f"{source}: time column {column!r} is missing or infinite in {int((~np.isfinite(values)).sum())} "
+            "rows: fill them, or drop the column to order windows by row"
+        )
     keys = pd.DataFrame({"subject": frame[cfg.subject_column].astype(str).to_numpy(), "time": values})
     duplicated = keys.duplicated()
     if duplicated.any():
         first = keys[duplicated].iloc[0]
-        raise UserError(f"{source}: subject {first['subject']} has two windows at {column}={first['time']:g}: "
-                        "each window of a subject needs its own start time")
+        raise UserError(
+            f"{source}: subject {first['subject']} has two windows at {column}={first['time']:g}: "
+            "each window of a subject needs its own start time"
+        )
     return values
 
 
@@ -217,13 +224,10 @@ def choose_feature_columns(frame: pd.DataFrame, cfg: DataConfig, source: str) ->
         chosen.remove(column)
         dropped[column] = "in data.exclude"
     non_numeric = [
-        c for c in chosen
-        if not (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
+        c for c in chosen if not (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
     ]
     if non_numeric:
-        raise UserError(
-            f"{source}: feature columns {', '.join(non_numeric)} are not numeric: add them to data.exclude"
-        )
+        raise UserError(f"{source}: feature columns {', '.join(non_numeric)} are not numeric: add them to data.exclude")
     return chosen, dropped
 
 

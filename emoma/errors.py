@@ -1,4 +1,5 @@
 """User errors: problems a user can fix (bad path, bad column, bad YAML), reported without a traceback."""
+
 import contextlib
 import functools
 import signal

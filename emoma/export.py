@@ -16,6 +16,7 @@ FILE.json beside it says all of that for this model (features, context, subject_
 smooth, class_names, and the time rule: subject_column, time_column, window_s, max_gap_windows). Probability
 smoothing over consecutive windows (`smooth` > 1) is left to the caller, as is the normalisation.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,14 +40,19 @@ class DeployedModel(nn.Module):
 
     def __init__(self, model, bundle: dict):
         super().__init__()
-        members = list(zip(model, bundle["members"], bundle["weights"])) if "members" in bundle else [(model, bundle, 1.0)]
+        members = (
+            list(zip(model, bundle["members"], bundle["weights"])) if "members" in bundle else [(model, bundle, 1.0)]
+        )
         configs = [from_dict(b["config"]) for _, b, _ in members]
-        norms = {(c.data.subject_norm, c.data.norm_warmup if c.data.subject_norm == "causal" else None)
-                 for c in configs}
+        norms = {
+            (c.data.subject_norm, c.data.norm_warmup if c.data.subject_norm == "causal" else None) for c in configs
+        }
         smooths = {c.model.smooth for c in configs}
         if len(norms) > 1 or len(smooths) > 1:
-            raise UserError("the model's members differ in data.subject_norm (or its norm_warmup) or model.smooth, so "
-                            "one input cannot serve them all: export is for members that share them")
+            raise UserError(
+                "the model's members differ in data.subject_norm (or its norm_warmup) or model.smooth, so "
+                "one input cannot serve them all: export is for members that share them"
+            )
         self.features = list(dict.fromkeys(f for _, b, _ in members for f in b["features"]))
         self.context = max(c.model.context for c in configs)
         (self.subject_norm, self.norm_warmup), self.smooth = norms.pop(), smooths.pop()
@@ -67,7 +73,7 @@ class DeployedModel(nn.Module):
         """(B, context, n_features) -> (B, n_classes) probabilities, the members' weighted average."""
         proba = None
         for i, net in enumerate(self.nets):
-            x = windows[:, windows.shape[1] - self.spans[i]:].index_select(2, getattr(self, f"columns_{i}"))
+            x = windows[:, windows.shape[1] - self.spans[i] :].index_select(2, getattr(self, f"columns_{i}"))
             x = (x - getattr(self, f"mean_{i}")) / getattr(self, f"scale_{i}") * getattr(self, f"keep_{i}")
             p = self.weights[i] * torch.softmax(net(x), dim=1)
             proba = p if proba is None else proba + p
@@ -75,24 +81,35 @@ class DeployedModel(nn.Module):
 
     def contract(self) -> dict:
         """What a caller must feed and gets back (FILE.json)."""
-        return {"input": "windows", "input_shape": ["batch", self.context, len(self.features)],
-                "output": "probabilities", "output_shape": ["batch", len(self.class_names)],
-                "features": self.features, "context": self.context, "subject_norm": self.subject_norm,
-                "norm_warmup": self.norm_warmup,
-                "smooth": self.smooth, "class_names": self.class_names,
-                "subject_column": self.data.subject_column, "time_column": self.data.time_column,
-                "window_s": self.window_s, "max_gap_windows": MAX_GAP_WINDOWS,
-                "notes": "features in this order, normalised by subject as subject_norm says (none: raw; subject: "
-                         "z-scores over each subject's own windows; causal: running z-scores over the subject's "
-                         "windows so far, shrunk by n / norm_warmup while n < norm_warmup); each sample's window "
-                         "and the context - 1 before it, oldest first, all real and of one subject, with no step "
-                         "between consecutive windows longer than max_gap_windows * window_s seconds of "
-                         "time_column; smooth > 1: average the probabilities of that many consecutive windows "
-                         "yourself"}
+        return {
+            "input": "windows",
+            "input_shape": ["batch", self.context, len(self.features)],
+            "output": "probabilities",
+            "output_shape": ["batch", len(self.class_names)],
+            "features": self.features,
+            "context": self.context,
+            "subject_norm": self.subject_norm,
+            "norm_warmup": self.norm_warmup,
+            "smooth": self.smooth,
+            "class_names": self.class_names,
+            "subject_column": self.data.subject_column,
+            "time_column": self.data.time_column,
+            "window_s": self.window_s,
+            "max_gap_windows": MAX_GAP_WINDOWS,
+            "notes": "features in this order, normalised by subject as subject_norm says (none: raw; subject: "
+            "z-scores over each subject's own windows; causal: running z-scores over the subject's "
+            "windows so far, shrunk by n / norm_warmup while n < norm_warmup); each sample's window "
+            "and the context - 1 before it, oldest first, all real and of one subject, with no step "
+            "between consecutive windows longer than max_gap_windows * window_s seconds of "
+            "time_column; smooth > 1: average the probabilities of that many consecutive windows "
+            "yourself",
+        }
 
 
 def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict:
-    """Write MODEL as ONNX, a torch.export program or TorchScript to `out` and its contract to `out`.json; returns the contract."""
+    """Write MODEL as ONNX, a torch.export program or TorchScript to `out` and its contract to `out`.json.
+
+    Returns the contract (the dict written to `out`.json)."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: give one of {', '.join(FORMATS)}")
     out = Path(out)
@@ -103,8 +120,10 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict:
             import onnx  # noqa: F401
             import onnxscript  # noqa: F401
         except ImportError:
-            raise UserError("ONNX export needs onnx and onnxscript: pip install onnx onnxscript (the export extra; "
-                            "pip install -e '.[export]' in a clone)") from None
+            raise UserError(
+                "ONNX export needs onnx and onnxscript: pip install onnx onnxscript (the export extra; "
+                "pip install -e '.[export]' in a clone)"
+            ) from None
     deployed = DeployedModel(*load_model(model_path)).eval()
     example = torch.zeros(2, deployed.context, len(deployed.features))
     with torch.no_grad(), atomic_path(out) as tmp, warnings.catch_warnings():
@@ -115,8 +134,16 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict:
         elif fmt == "pt2":
             torch.export.save(torch.export.export(deployed, (example,), dynamic_shapes=batch), str(tmp))
         else:
-            program = torch.onnx.export(deployed, (example,), input_names=["windows"], output_names=["probabilities"],
-                                        dynamic_shapes=batch, dynamo=True, external_data=False, verbose=False)
+            program = torch.onnx.export(
+                deployed,
+                (example,),
+                input_names=["windows"],
+                output_names=["probabilities"],
+                dynamic_shapes=batch,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
             program.save(str(tmp))
     contract = {**deployed.contract(), "format": fmt}
     write_atomic(out.with_name(out.name + ".json"), json.dumps(contract, indent=2))
@@ -130,17 +157,24 @@ def main(argv=None, prog="python -m emoma.export") -> None:
 
     @exit_on_user_error
     def run():
-        p = argparse.ArgumentParser(prog=prog, description="Export a saved EmoMA model to ONNX, torch.export (pt2) or "
-                                                           "TorchScript.")
+        p = argparse.ArgumentParser(
+            prog=prog, description="Export a saved EmoMA model to ONNX, torch.export (pt2) or TorchScript."
+        )
         p.add_argument("model", help="a model file EmoMA wrote: a search's final_model.pt or a cv run's model.pt")
-        p.add_argument("--format", required=True, choices=FORMATS,
-                       help="onnx (onnxruntime, ...), pt2 (torch.export) or torchscript (deprecated by PyTorch)")
+        p.add_argument(
+            "--format",
+            required=True,
+            choices=FORMATS,
+            help="onnx (onnxruntime, ...), pt2 (torch.export) or torchscript (deprecated by PyTorch)",
+        )
         p.add_argument("--out", required=True, help="file to write; its contract goes to OUT.json beside it")
         args = p.parse_args(argv)
         contract = export_model(args.model, args.format, args.out)
-        print(f"wrote {args.out} ({args.format}): input windows (batch, {contract['context']}, "
-              f"{len(contract['features'])}) -> probabilities of {', '.join(contract['class_names'])}; "
-              f"contract in {args.out}.json")
+        print(
+            f"wrote {args.out} ({args.format}): input windows (batch, {contract['context']}, "
+            f"{len(contract['features'])}) -> probabilities of {', '.join(contract['class_names'])}; "
+            f"contract in {args.out}.json"
+        )
 
     run()
 

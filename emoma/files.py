@@ -1,4 +1,5 @@
 """Files a reader may open at any moment: written to a temporary name beside the target, then renamed."""
+
 from __future__ import annotations
 
 import os

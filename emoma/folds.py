@@ -3,6 +3,7 @@
 Everything fitted here sees only the training rows of its fold. Plans are cached on disk by a hash of
 the data and the settings, so repeated runs and every trial of a search reuse one plan.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,14 @@ import numpy as np
 from joblib import Parallel, delayed
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.feature_selection import RFE
-from sklearn.model_selection import (GroupKFold, GroupShuffleSplit, KFold, LeaveOneGroupOut,
-                                     StratifiedGroupKFold, train_test_split)
+from sklearn.model_selection import (
+    GroupKFold,
+    GroupShuffleSplit,
+    KFold,
+    LeaveOneGroupOut,
+    StratifiedGroupKFold,
+    train_test_split,
+)
 from sklearn.preprocessing import StandardScaler
 
 from emoma.config import CVConfig
@@ -50,8 +57,10 @@ class Fold:
     def selected(self, k: int) -> np.ndarray:
         """Indices of the top-k features, in column order (k=0 or k >= n_features: all)."""
         if 0 < k < self.exact_from:
-            raise ValueError(f"this fold plan ranks features for top-k with k >= {self.exact_from}, not {k}: "
-                             "make the plan with smallest_k <= k")
+            raise ValueError(
+                f"this fold plan ranks features for top-k with k >= {self.exact_from}, not {k}: "
+                "make the plan with smallest_k <= k"
+            )
         k = len(self.ranking) if k <= 0 else min(k, len(self.ranking))
         return np.sort(self.ranking[:k])
 
@@ -68,16 +77,19 @@ class Fold:
         scaled[:, np.isin(cols, self.set_aside)] = 0.0
         return scaled
 
-    def samples(self, X: np.ndarray, y: np.ndarray, context: tuple[np.ndarray, np.ndarray],
-                k: int) -> dict[str, Samples]:
+    def samples(
+        self, X: np.ndarray, y: np.ndarray, context: tuple[np.ndarray, np.ndarray], k: int
+    ) -> dict[str, Samples]:
         """{"train", "val", "test"}: each part's samples over the scaled top-k features of every window.
 
         `context` is (index, mask) of `emoma.context.context_index` for the whole table.
         """
         scaled = self.scaled(X, k)
         index, mask = context
-        return {part: Samples(scaled, index[rows], mask[rows], y[rows])
-                for part, rows in (("train", self.train), ("val", self.val), ("test", self.test))}
+        return {
+            part: Samples(scaled, index[rows], mask[rows], y[rows])
+            for part, rows in (("train", self.train), ("val", self.val), ("test", self.test))
+        }
 
 
 @dataclass
@@ -101,8 +113,12 @@ class Samples:
         """These samples followed by `other`'s, over the same window matrix (a fold's training + validation)."""
         if other.X is not self.X:
             raise ValueError("samples of different window matrices cannot be joined")
-        return Samples(self.X, np.concatenate([self.index, other.index]), np.concatenate([self.mask, other.mask]),
-                       np.concatenate([self.y, other.y]))
+        return Samples(
+            self.X,
+            np.concatenate([self.index, other.index]),
+            np.concatenate([self.mask, other.mask]),
+            np.concatenate([self.y, other.y]),
+        )
 
     def flat(self) -> np.ndarray:
         """(n_samples, k * n_inputs): the context windows concatenated, oldest first (for classical models;
@@ -114,6 +130,7 @@ class Samples:
 class FoldPlan:
     """Every fold of one protocol with its fitted scaler and RFE ranking, computed once per table and settings and
     shared by every model, trial and baseline (cached by `key`)."""
+
     scheme: str
     folds: list[Fold]
     key: str  # content hash of data + settings; names the cache file
@@ -168,9 +185,19 @@ def plan_key(table: Table, cfg: CVConfig, seed: int, smallest_k: int = 0) -> str
     h = hashlib.sha256()
     for array in (table.X, table.y, table.groups.astype(str)):
         h.update(np.ascontiguousarray(array).tobytes())
-    settings = (PLAN_VERSION, table.feature_names, cfg.scheme, cfg.folds, cfg.val_subjects, cfg.val_fraction,
-                cfg.rfe_trees, cfg.rfe_step, cfg.rfe_max_samples, seed, rfe_stop(len(table.feature_names),
-                                                                                  cfg.rfe_step, smallest_k))
+    settings = (
+        PLAN_VERSION,
+        table.feature_names,
+        cfg.scheme,
+        cfg.folds,
+        cfg.val_subjects,
+        cfg.val_fraction,
+        cfg.rfe_trees,
+        cfg.rfe_step,
+        cfg.rfe_max_samples,
+        seed,
+        rfe_stop(len(table.feature_names), cfg.rfe_step, smallest_k),
+    )
     h.update(repr(settings).encode())
     return h.hexdigest()[:16]
 
@@ -270,8 +297,16 @@ def resolve_jobs(jobs: int) -> int:
     return jobs if jobs > 0 else len(os.sched_getaffinity(0))
 
 
-def fit_fold(X: np.ndarray, y: np.ndarray, groups: np.ndarray, train_val: np.ndarray, test: np.ndarray,
-             cfg: CVConfig, seed: int, smallest_k: int = 0) -> Fold:
+def fit_fold(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    train_val: np.ndarray,
+    test: np.ndarray,
+    cfg: CVConfig,
+    seed: int,
+    smallest_k: int = 0,
+) -> Fold:
     """Split `train_val` rows into training and validation rows; on the training rows, set aside the columns
     constant or duplicated there and fit the scaler and the RFE ranking of the others."""
     train, val = inner_split(y, groups, train_val, cfg, seed)
@@ -280,6 +315,13 @@ def fit_fold(X: np.ndarray, y: np.ndarray, groups: np.ndarray, train_val: np.nda
     kept = np.setdiff1d(np.arange(X.shape[1]), set_aside)
     ranking = kept[rank_features(scaler.transform(X[train])[:, kept], y[train], cfg, seed, smallest_k)]
     stop = rfe_stop(len(kept), cfg.rfe_step, smallest_k)
-    return Fold(train=train, val=val, test=np.sort(test), mean=scaler.mean_, scale=scaler.scale_,
-                ranking=np.concatenate([ranking, set_aside]), exact_from=1 if stop == 1 else min(stop + 1, len(kept)),
-                set_aside=set_aside)
+    return Fold(
+        train=train,
+        val=val,
+        test=np.sort(test),
+        mean=scaler.mean_,
+        scale=scaler.scale_,
+        ranking=np.concatenate([ranking, set_aside]),
+        exact_from=1 if stop == 1 else min(stop + 1, len(kept)),
+        set_aside=set_aside,
+    )

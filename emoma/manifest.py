@@ -3,6 +3,7 @@
 `--resume` takes the experiment's settings from here, never from the new command line; a command line that
 contradicts the manifest stops with the first differing field and both values.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,6 +40,7 @@ class Manifest:
     """What defines a search, written before any trial: the configurations, space, data fingerprint, fold plans,
     held-out subjects, fold order, seed, budget, command and versions; `--resume` continues only what it
     describes."""
+
     name: str
     config: dict  # the resolved base configuration (Config.to_dict())
     seed_config: dict  # the resolved --seed-config
@@ -70,9 +72,11 @@ class Manifest:
         except (ValueError, TypeError) as err:
             raise UserError(f"{where} is not an EmoMA manifest ({type(err).__name__}): it cannot be resumed") from None
         if manifest.version < MANIFEST_VERSION:
-            raise UserError(f"{where} was written by an earlier EmoMA (manifest version {manifest.version}, "
-                            f"this one writes {MANIFEST_VERSION}), whose trials or settings differ from this version's: "
-                            "it cannot be resumed; start a new experiment")
+            raise UserError(
+                f"{where} was written by an earlier EmoMA (manifest version {manifest.version}, "
+                f"this one writes {MANIFEST_VERSION}), whose trials or settings differ from this version's: "
+                "it cannot be resumed; start a new experiment"
+            )
         return manifest
 
     def base_config(self) -> Config:
@@ -119,8 +123,9 @@ def first_difference(recorded: dict, given: dict, ignore=()) -> tuple[str, objec
     return None
 
 
-def check_resume(manifest: Manifest, config: Config, seed_config: Config | None, space: dict | None,
-                 data: dict | None) -> None:
+def check_resume(
+    manifest: Manifest, config: Config, seed_config: Config | None, space: dict | None, data: dict | None
+) -> None:
     """Stop (UserError) when what the resuming command line asks for contradicts the manifest.
 
     `config` is the manifest's configuration with the command line's explicit settings applied; `seed_config`,
@@ -131,25 +136,36 @@ def check_resume(manifest: Manifest, config: Config, seed_config: Config | None,
     diff = first_difference(recorded, given, ignore=RUNTIME_KEYS + SELECTION_KEYS + ("search.num_samples",))
     if diff:
         key, a, b = diff
-        raise UserError(f"--resume: {key} was {a!r} when experiment {manifest.name} started, the command line gives "
-                        f"{b!r}: drop the option to continue it, or start a new experiment with another --name")
+        raise UserError(
+            f"--resume: {key} was {a!r} when experiment {manifest.name} started, the command line gives "
+            f"{b!r}: drop the option to continue it, or start a new experiment with another --name"
+        )
     if config.search.num_samples < manifest.num_samples:
-        raise UserError(f"--resume: --num-samples {config.search.num_samples} is fewer than the experiment's "
-                        f"{manifest.num_samples}: give at least {manifest.num_samples} (or leave it out)")
+        raise UserError(
+            f"--resume: --num-samples {config.search.num_samples} is fewer than the experiment's "
+            f"{manifest.num_samples}: give at least {manifest.num_samples} (or leave it out)"
+        )
     if seed_config is not None:
-        diff = first_difference(flatten(from_dict(manifest.seed_config).to_dict()), flatten(seed_config.to_dict()),
-                                ignore=RUNTIME_KEYS)
+        diff = first_difference(
+            flatten(from_dict(manifest.seed_config).to_dict()), flatten(seed_config.to_dict()), ignore=RUNTIME_KEYS
+        )
         if diff:
             key, a, b = diff
-            raise UserError(f"--resume: the seed configuration's {key} was {a!r}, --seed-config gives {b!r}: "
-                            "drop --seed-config to continue the experiment")
+            raise UserError(
+                f"--resume: the seed configuration's {key} was {a!r}, --seed-config gives {b!r}: "
+                "drop --seed-config to continue the experiment"
+            )
     if space is not None:
         diff = first_difference(manifest.space, space)
         if diff:
             key, a, b = diff
-            raise UserError(f"--resume: search space entry {key} was {a!r}, --space gives {b!r}: drop --space to "
-                            "continue the experiment")
+            raise UserError(
+                f"--resume: search space entry {key} was {a!r}, --space gives {b!r}: drop --space to "
+                "continue the experiment"
+            )
     if data is not None and data["sha256"] != manifest.data["sha256"]:
-        raise UserError(f"--resume: the data {data['path'] or 'synthetic table'} changed since experiment "
-                        f"{manifest.name} started (sha256 {manifest.data['sha256'][:12]}... then, "
-                        f"{data['sha256'][:12]}... now): restore the file or start a new experiment")
+        raise UserError(
+            f"--resume: the data {data['path'] or 'synthetic table'} changed since experiment "
+            f"{manifest.name} started (sha256 {manifest.data['sha256'][:12]}... then, "
+            f"{data['sha256'][:12]}... now): restore the file or start a new experiment"
+        )

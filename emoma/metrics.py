@@ -4,6 +4,7 @@
 The validation metrics used for early stopping are computed on tensors from a confusion matrix, so the
 sequential and the fold-batched trainers pick best epochs by the same rule (`EpochSelector`).
 """
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,15 @@ import math
 import numpy as np
 import torch
 from scipy import stats
-from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix,
-                             f1_score, recall_score, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from emoma.config import METRICS
 
@@ -48,8 +56,10 @@ def auc_scores(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     if len(np.unique(y_true)) < 2:
         return {"roc_auc": math.nan, "pr_auc": math.nan} if proba.shape[1] == 2 else {"roc_auc": math.nan}
     if proba.shape[1] == 2:
-        return {"roc_auc": float(roc_auc_score(y_true, proba[:, 1])),
-                "pr_auc": float(average_precision_score(y_true, proba[:, 1]))}
+        return {
+            "roc_auc": float(roc_auc_score(y_true, proba[:, 1])),
+            "pr_auc": float(average_precision_score(y_true, proba[:, 1])),
+        }
     present = np.unique(y_true)
     if len(present) < proba.shape[1]:
         return {"roc_auc": math.nan}
@@ -61,8 +71,11 @@ def subject_auc(groups: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> di
     unlike the pooled AUC, does not mix the calibrations of different fold models."""
     if proba.shape[1] != 2:
         return {}
-    aucs = [roc_auc_score(y_true[groups == s], proba[groups == s, 1]) for s in np.unique(groups)
-            if len(np.unique(y_true[groups == s])) == 2]
+    aucs = [
+        roc_auc_score(y_true[groups == s], proba[groups == s, 1])
+        for s in np.unique(groups)
+        if len(np.unique(y_true[groups == s])) == 2
+    ]
     return {"roc_auc_subject_mean": float(np.mean(aucs)) if aucs else math.nan}
 
 
@@ -86,13 +99,24 @@ def bootstrap_ci(values, seed: int = 0) -> dict[str, float]:
         return {"mean": mean, "ci_low": math.nan, "ci_high": math.nan, "n": int(len(values))}
     if np.all(values == values[0]):
         return {"mean": mean, "ci_low": mean, "ci_high": mean, "n": int(len(values))}
-    result = stats.bootstrap((values,), np.mean, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
-                             method="BCa", rng=np.random.default_rng(seed))
+    result = stats.bootstrap(
+        (values,),
+        np.mean,
+        confidence_level=CONFIDENCE,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        method="BCa",
+        rng=np.random.default_rng(seed),
+    )
     low, high = result.confidence_interval
     if not (np.isfinite(low) and np.isfinite(high)):  # BCa undefined (e.g. a degenerate jackknife)
-        result = stats.bootstrap((values,), np.mean, confidence_level=CONFIDENCE,
-                                 n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
-                                 rng=np.random.default_rng(seed))
+        result = stats.bootstrap(
+            (values,),
+            np.mean,
+            confidence_level=CONFIDENCE,
+            n_resamples=BOOTSTRAP_RESAMPLES,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
         low, high = result.confidence_interval
     return {"mean": mean, "ci_low": float(low), "ci_high": float(high), "n": int(len(values))}
 
@@ -103,8 +127,13 @@ def paired_wilcoxon(a, b) -> dict[str, float]:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     diff = a - b
     nonzero = int(np.count_nonzero(diff))
-    out = {"median_diff": float(np.median(diff)) if len(diff) else math.nan, "n": int(len(diff)),
-           "n_nonzero": nonzero, "statistic": math.nan, "p_value": math.nan}
+    out = {
+        "median_diff": float(np.median(diff)) if len(diff) else math.nan,
+        "n": int(len(diff)),
+        "n_nonzero": nonzero,
+        "statistic": math.nan,
+        "p_value": math.nan,
+    }
     if nonzero >= 1:
         test = stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided")
         out.update(statistic=float(test.statistic), p_value=float(test.pvalue))
@@ -115,16 +144,25 @@ def paired_difference(a, b, seed: int = 0) -> dict[str, float]:
     """The effect first: mean of the paired per-subject differences a - b with its BCa 95 % CI
     (`mean_diff`, `diff_ci_low`, `diff_ci_high`), then `paired_wilcoxon`'s test."""
     ci = bootstrap_ci(np.subtract(a, b), seed)
-    return {"mean_diff": ci["mean"], "diff_ci_low": ci["ci_low"], "diff_ci_high": ci["ci_high"],
-            **paired_wilcoxon(a, b)}
+    return {
+        "mean_diff": ci["mean"],
+        "diff_ci_low": ci["ci_low"],
+        "diff_ci_high": ci["ci_high"],
+        **paired_wilcoxon(a, b),
+    }
 
 
 def compare_paired(reference: dict, others: dict[str, dict], seed: int = 0) -> dict[str, dict[str, dict]]:
     """{name: {metric: paired_difference(reference, other) + p_holm}}: per-subject scores ({subject: {metric:
     value}}) of a reference model against each other model, p-values Holm-corrected over the others per metric."""
     subjects = list(reference)
-    against = {name: {m: paired_difference([reference[s][m] for s in subjects], [scores[s][m] for s in subjects], seed)
-                      for m in METRICS} for name, scores in others.items()}
+    against = {
+        name: {
+            m: paired_difference([reference[s][m] for s in subjects], [scores[s][m] for s in subjects], seed)
+            for m in METRICS
+        }
+        for name, scores in others.items()
+    }
     for m in METRICS:
         for name, p_holm in zip(against, holm([against[n][m]["p_value"] for n in against])):
             against[name][m]["p_holm"] = p_holm
@@ -150,8 +188,10 @@ def _key(subject) -> str:
 
 # ---------------------------------------------------------------- validation metrics on tensors
 
-def confusion_tensor(pred: torch.Tensor, y: torch.Tensor, n_classes: int,
-                     weight: torch.Tensor | None = None) -> torch.Tensor:
+
+def confusion_tensor(
+    pred: torch.Tensor, y: torch.Tensor, n_classes: int, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """(..., C, C) confusion counts of predictions (..., n) against the truth (..., n); rows true.
 
     `weight` (..., n) counts each row (0 for padding rows of a batched fold)."""
@@ -170,16 +210,23 @@ def metrics_from_confusion(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
     present = true > 0
     recall = tp / true.clamp_min(1)
     f1 = 2 * tp / (true + pred).clamp_min(1)
-    return {"accuracy": tp.sum(-1) / total.clamp_min(1),
-            "balanced_accuracy": (recall * present).sum(-1) / present.sum(-1).clamp_min(1),
-            "macro_f1": f1.mean(-1)}
+    return {
+        "accuracy": tp.sum(-1) / total.clamp_min(1),
+        "balanced_accuracy": (recall * present).sum(-1) / present.sum(-1).clamp_min(1),
+        "macro_f1": f1.mean(-1),
+    }
 
 
 ONE_CLASS_SHARE = 0.95  # a model that predicts one class for this share of windows or more has collapsed
 
 
-def degenerate_notes(confusions: list[np.ndarray], class_names: list[str], metric: str, what: str = "the CNN-LSTM",
-                     baselines: dict[str, float] | None = None) -> list[str]:
+def degenerate_notes(
+    confusions: list[np.ndarray],
+    class_names: list[str],
+    metric: str,
+    what: str = "the CNN-LSTM",
+    baselines: dict[str, float] | None = None,
+) -> list[str]:
     """One line per sign that a model learned little: it predicts one class for (nearly) every window of a test
     fold; it scores no better than always predicting each test fold's most frequent class (the best any constant
     prediction could score there, so a strict reference); it scores below a same-input baseline (by any margin:
@@ -204,21 +251,30 @@ def degenerate_notes(confusions: list[np.ndarray], class_names: list[str], metri
     notes = []
     if collapsed.any():
         n, k = len(folds), int(collapsed.sum())
-        where = (f"for {float(predicted.max() / total.sum()):.0%} of the windows" if n == 1 else
-                 f"for {ONE_CLASS_SHARE:.0%} or more of the windows in {k} of {n} test folds")
+        where = (
+            f"for {float(predicted.max() / total.sum()):.0%} of the windows"
+            if n == 1
+            else f"for {ONE_CLASS_SHARE:.0%} or more of the windows in {k} of {n} test folds"
+        )
         one = f"{class_names[int(top[collapsed.squeeze(1)][0])]!r}" if n == 1 else "a single class"
-        notes.append(f"{what} predicts {one} {where} (balanced accuracy {balanced:.3f}): it learned little beyond "
-                     "the class frequencies; give it more epochs or a higher train.lr, or set train.class_weights: true")
+        notes.append(
+            f"{what} predicts {one} {where} (balanced accuracy {balanced:.3f}): it learned little beyond "
+            "the class frequencies; give it more epochs or a higher train.lr, or set train.class_weights: true"
+        )
     elif model <= chance + 1e-9:
         reference = "each test fold's" if len(folds) > 1 else "the scored windows'"
-        notes.append(f"{what} scores no better than always predicting {reference} most frequent class "
-                     f"({metric} {model:.3f} against {chance:.3f})")
+        notes.append(
+            f"{what} scores no better than always predicting {reference} most frequent class "
+            f"({metric} {model:.3f} against {chance:.3f})"
+        )
     if baselines:
         name = max(baselines, key=baselines.get)
         if baselines[name] > model + 1e-9:
-            notes.append(f"{what} scores below {name}, a baseline on the same inputs ({metric} {model:.3f} against "
-                         f"{baselines[name]:.3f}); the paired test over subjects in the report says whether the gap "
-                         "is more than noise")
+            notes.append(
+                f"{what} scores below {name}, a baseline on the same inputs ({metric} {model:.3f} against "
+                f"{baselines[name]:.3f}); the paired test over subjects in the report says whether the gap "
+                "is more than noise"
+            )
     return notes
 
 
@@ -243,8 +299,15 @@ class EpochSelector:
         return bool(self.patience) and epoch - self.best_epoch >= self.patience
 
 
-def evaluate(groups: np.ndarray, y_true: np.ndarray, probas: dict[str, np.ndarray], class_names: list[str],
-             reference: str = "CNN-LSTM", seed: int = 0, min_subjects: int = MIN_TEST_SUBJECTS) -> dict:
+def evaluate(
+    groups: np.ndarray,
+    y_true: np.ndarray,
+    probas: dict[str, np.ndarray],
+    class_names: list[str],
+    reference: str = "CNN-LSTM",
+    seed: int = 0,
+    min_subjects: int = MIN_TEST_SUBJECTS,
+) -> dict:
     """Everything a paper reports of one set of test predictions per model, and paired tests over subjects.
 
     Parameters
@@ -269,13 +332,28 @@ def evaluate(groups: np.ndarray, y_true: np.ndarray, probas: dict[str, np.ndarra
         pooled, confusion = score(y_true, pred, n_classes)
         subjects = per_subject(groups, y_true, pred, n_classes)
         models[name] = {
-            "pooled": pooled, "confusion_matrix": confusion.tolist(), "per_class": per_class(y_true, pred, class_names),
-            "auc": {**subject_auc(groups, y_true, proba), **auc_scores(y_true, proba)}, "subjects": subjects,
-            "ci": {m: bootstrap_ci([s[m] for s in subjects.values()], seed) if tests else
-                   {"mean": float(np.mean([s[m] for s in subjects.values()])), "ci_low": math.nan,
-                    "ci_high": math.nan, "n": len(subjects)} for m in METRICS},
+            "pooled": pooled,
+            "confusion_matrix": confusion.tolist(),
+            "per_class": per_class(y_true, pred, class_names),
+            "auc": {**subject_auc(groups, y_true, proba), **auc_scores(y_true, proba)},
+            "subjects": subjects,
+            "ci": {
+                m: bootstrap_ci([s[m] for s in subjects.values()], seed)
+                if tests
+                else {
+                    "mean": float(np.mean([s[m] for s in subjects.values()])),
+                    "ci_low": math.nan,
+                    "ci_high": math.nan,
+                    "n": len(subjects),
+                }
+                for m in METRICS
+            },
         }
     others = {name: model["subjects"] for name, model in models.items() if name != reference}
     against = compare_paired(models[reference]["subjects"], others, seed) if reference in models and tests else {}
-    return {"models": models, "wilcoxon": {"reference": reference, "against": against}, "tests": tests,
-            "min_subjects": min_subjects}
+    return {
+        "models": models,
+        "wilcoxon": {"reference": reference, "against": against},
+        "tests": tests,
+        "min_subjects": min_subjects,
+    }

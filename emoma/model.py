@@ -6,6 +6,7 @@ over (`lstm_over`): `positions`, every CNN position of every window, time-major 
 model of EmoMA-Net: the LSTM runs over one window's CNN positions); `windows`, one step per window, its CNN
 output (positions x channels) flattened into one vector.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,6 +46,7 @@ class SpatialAttention(nn.Module):
 
 class ConvBlock(nn.Module):
     """Conv1d and ReLU, CBAM attention when asked, then pooling that halves the length (ceil)."""
+
     def __init__(self, c_in: int, c_out: int, *, kernel_size: int, pool: str, cbam: bool, cbam_reduction: int):
         super().__init__()
         layers = [nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.ReLU()]
@@ -79,21 +81,45 @@ class AttentionPool(nn.Module):
 class CNNLSTM(nn.Module):
     """The EmoMA-Net CNN-LSTM: Conv1d/CBAM blocks over each window's features, an LSTM over positions or context
     windows, attention pooling, a dense head (`ModelConfig` documents each setting)."""
-    def __init__(self, n_inputs: int, n_classes: int, *, conv_channels=(16, 32), kernel_size=3, pool="max",
-                 cbam=True, cbam_reduction=4, lstm_hidden=50, lstm_layers=1, bidirectional=False,
-                 attention=True, fc=128, dropout=0.5, lstm_over="positions"):
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_classes: int,
+        *,
+        conv_channels=(16, 32),
+        kernel_size=3,
+        pool="max",
+        cbam=True,
+        cbam_reduction=4,
+        lstm_hidden=50,
+        lstm_layers=1,
+        bidirectional=False,
+        attention=True,
+        fc=128,
+        dropout=0.5,
+        lstm_over="positions",
+    ):
         super().__init__()
         channels = [1, *conv_channels]
-        self.cnn = nn.Sequential(*[
-            ConvBlock(c_in, c_out, kernel_size=kernel_size, pool=pool, cbam=cbam, cbam_reduction=cbam_reduction)
-            for c_in, c_out in zip(channels[:-1], channels[1:])
-        ])
+        self.cnn = nn.Sequential(
+            *[
+                ConvBlock(c_in, c_out, kernel_size=kernel_size, pool=pool, cbam=cbam, cbam_reduction=cbam_reduction)
+                for c_in, c_out in zip(channels[:-1], channels[1:])
+            ]
+        )
         self.lstm_over = lstm_over
         positions = cnn_positions(n_inputs, len(conv_channels), pool)
         self.steps_per_window = 1 if lstm_over == "windows" else positions
         step = channels[-1] * (positions if lstm_over == "windows" else 1)
-        self.lstm = nn.LSTM(step, lstm_hidden, num_layers=lstm_layers, batch_first=True,
-                            bidirectional=bidirectional, dropout=dropout if lstm_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            step,
+            lstm_hidden,
+            num_layers=lstm_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if lstm_layers > 1 else 0.0,
+        )
         out_dim = lstm_hidden * (2 if bidirectional else 1)
         self.pool = AttentionPool(out_dim) if attention else None
         head = [nn.Dropout(dropout)]
@@ -144,7 +170,7 @@ class CNNLSTM(nn.Module):
 
 def cnn_positions(n_inputs: int, n_blocks: int, pool: str) -> int:
     """CNN output positions of one window of n_inputs features (each pooling halves them, ceil)."""
-    return n_inputs if pool == "none" else math.ceil(n_inputs / 2 ** n_blocks)
+    return n_inputs if pool == "none" else math.ceil(n_inputs / 2**n_blocks)
 
 
 class Ensemble(nn.Module):
@@ -171,10 +197,22 @@ def build_predictor(cfg: ModelConfig, n_inputs: int, n_classes: int) -> nn.Modul
 
 def build_model(cfg: ModelConfig, n_inputs: int, n_classes: int) -> CNNLSTM:
     """A fresh CNN-LSTM of `cfg`'s shape for `n_inputs` features and `n_classes` classes."""
-    return CNNLSTM(n_inputs, n_classes, conv_channels=tuple(cfg.conv_channels), kernel_size=cfg.kernel_size,
-                   pool=cfg.pool, cbam=cfg.cbam, cbam_reduction=cfg.cbam_reduction, lstm_hidden=cfg.lstm_hidden,
-                   lstm_layers=cfg.lstm_layers, bidirectional=cfg.bidirectional, attention=cfg.attention,
-                   fc=cfg.fc, dropout=cfg.dropout, lstm_over=cfg.lstm_over)
+    return CNNLSTM(
+        n_inputs,
+        n_classes,
+        conv_channels=tuple(cfg.conv_channels),
+        kernel_size=cfg.kernel_size,
+        pool=cfg.pool,
+        cbam=cfg.cbam,
+        cbam_reduction=cfg.cbam_reduction,
+        lstm_hidden=cfg.lstm_hidden,
+        lstm_layers=cfg.lstm_layers,
+        bidirectional=cfg.bidirectional,
+        attention=cfg.attention,
+        fc=cfg.fc,
+        dropout=cfg.dropout,
+        lstm_over=cfg.lstm_over,
+    )
 
 
 def prediction_cost(cfg: ModelConfig, n_inputs: int, n_classes: int) -> int:

@@ -1,5 +1,6 @@
 """The stages chained for `cv.py`: table -> subject normalisation -> fold plan -> CV -> report. Each finished
 fold is kept on disk as it finishes, so an interrupted run continues with `emoma cv --resume OUT`."""
+
 from __future__ import annotations
 
 import functools
@@ -45,16 +46,29 @@ def model_table(config: Config, frame: pd.DataFrame | None = None) -> Table:
 def check_folds_flag(folds: int | None, config: Config) -> None:
     """--folds means K of a k-fold protocol; under leave-one-subject-out it would be silently ignored."""
     if folds is not None and config.cv.scheme == "loso":
-        raise UserError(f"--folds {folds} does not apply to leave-one-subject-out (one fold per subject): use "
-                        f"--cv group-kfold --folds {folds} (or stratified-group-kfold), or drop --folds")
+        raise UserError(
+            f"--folds {folds} does not apply to leave-one-subject-out (one fold per subject): use "
+            f"--cv group-kfold --folds {folds} (or stratified-group-kfold), or drop --folds"
+        )
 
 
 # ---------------------------------------------------------------- cv.py
 
-def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselines: bool = False,
-                   progress: bool = True, verbose: bool = False, resume: bool = False, mlflow: str | None = None,
-                   log=say, frame: pd.DataFrame | None = None, keep_models: bool = False,
-                   save_model: bool = True) -> tuple[CVResult, Path]:
+
+def cross_validate(
+    config: Config,
+    out_dir: str | Path | None = None,
+    *,
+    baselines: bool = False,
+    progress: bool = True,
+    verbose: bool = False,
+    resume: bool = False,
+    mlflow: str | None = None,
+    log=say,
+    frame: pd.DataFrame | None = None,
+    keep_models: bool = False,
+    save_model: bool = True,
+) -> tuple[CVResult, Path]:
     """Cross-validate one configuration and write its report; returns the result and the output folder.
 
     Each finished fold is kept in `out_dir/folds/`; with `resume`, the folds already there are not run again.
@@ -63,22 +77,31 @@ def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselin
     """
     keep_models = keep_models or save_model
     table = model_table(config, frame)
-    log(f"data: {table.source}: {len(table.y)} windows, {len(table.subjects)} subjects, "
+    log(
+        f"data: {table.source}: {len(table.y)} windows, {len(table.subjects)} subjects, "
         f"{len(table.feature_names)} features, classes {table.class_counts()}; time order {table.time_order}; "
-        f"subject normalisation {table.normalisation}; context {config.model.context} window(s)")
+        f"subject normalisation {table.normalisation}; context {config.model.context} window(s)"
+    )
     smallest_k = smallest_top_k([config.model.n_features])
-    run = {"data": data_fingerprint(table, config.data.path),
-           "plan_key": plan_key(table, config.cv, config.seed, smallest_k), "baselines": baselines}
+    run = {
+        "data": data_fingerprint(table, config.data.path),
+        "plan_key": plan_key(table, config.cv, config.seed, smallest_k),
+        "baselines": baselines,
+    }
     check_tracking(mlflow)
     if resume:
         out = Path(out_dir)
         recorded = json.loads((out / RUN_FILE).read_text())
         if recorded["data"]["sha256"] != run["data"]["sha256"]:
-            raise UserError(f"--resume {out}: the data changed since the run started (sha256 "
-                            f"{recorded['data']['sha256'][:12]}... then, {run['data']['sha256'][:12]}... now)")
+            raise UserError(
+                f"--resume {out}: the data changed since the run started (sha256 "
+                f"{recorded['data']['sha256'][:12]}... then, {run['data']['sha256'][:12]}... now)"
+            )
         if baselines and not recorded["baselines"]:
-            raise UserError(f"--resume {out}: the run started without --baselines and its finished folds have none: "
-                            "drop --baselines, or start a new run")
+            raise UserError(
+                f"--resume {out}: the run started without --baselines and its finished folds have none: "
+                "drop --baselines, or start a new run"
+            )
         baselines = recorded["baselines"]
     else:
         out = new_out_dir(out_dir, config)
@@ -87,19 +110,32 @@ def cross_validate(config: Config, out_dir: str | Path | None = None, *, baselin
     done = _finished_folds(out)
     try:
         plan = make_plan(table, config.cv, config.seed, smallest_k)
-        log(f"fold plan: {len(plan.folds)} {plan.scheme} folds "
+        log(
+            f"fold plan: {len(plan.folds)} {plan.scheme} folds "
             f"({'from cache' if plan.from_cache else f'scaler + RFE fitted per fold in {plan.seconds:.1f} s'})"
-            + (f"; {len(done)} folds already finished" if done else ""))
+            + (f"; {len(done)} folds already finished" if done else "")
+        )
         for note in plan.notes + order_notes(table, config.model.context, table.normalisation):
             log(f"WARNING: {note}")
-        result = run_cv(table, plan, config, baselines=baselines, progress=progress, verbose=verbose, done=done,
-                        on_result=lambda fold: _keep_fold(out, fold), keep_models=keep_models)
+        result = run_cv(
+            table,
+            plan,
+            config,
+            baselines=baselines,
+            progress=progress,
+            verbose=verbose,
+            done=done,
+            on_result=lambda fold: _keep_fold(out, fold),
+            keep_models=keep_models,
+        )
         write_cv_outputs(result, table, plan, config, out)
         if save_model:
             save_fold_models(result, table, plan, config, out / MODEL_FILE, log)
     except KeyboardInterrupt:
-        raise Interrupted(f"cross-validation interrupted after {len(_finished_folds(out))} folds; continue it with: "
-                          f"{invoked_as('cv')} --resume {out}") from None
+        raise Interrupted(
+            f"cross-validation interrupted after {len(_finished_folds(out))} folds; continue it with: "
+            f"{invoked_as('cv')} --resume {out}"
+        ) from None
     if mlflow:
         log_cv_run(mlflow, out, config, result)
     return result, out
@@ -120,8 +156,10 @@ def save_fold_models(result: CVResult, table: Table, plan, config: Config, path:
     bundle = fold_ensemble(result, table, plan, config)
     if bundle is None:
         missing = [f.index + 1 for f in result.folds if f.model is None]
-        log(f"note: {MODEL_FILE} not written: folds {', '.join(map(str, missing))} finished in a run that kept no "
-            "models")
+        log(
+            f"note: {MODEL_FILE} not written: folds {', '.join(map(str, missing))} finished in a run that kept no "
+            "models"
+        )
         return
     write_bundle(path, bundle)
 
@@ -148,6 +186,7 @@ def log_cv_run(mlflow: str, out: Path, config: Config, result: CVResult) -> None
     tracker.log_artifacts(run, [out / f for f in ("confusion_matrix.png", "report.md", "metrics.json", "config.yaml")])
     tracker.end(run)
 
+
 def new_out_dir(out_dir, config: Config) -> Path:
     """The given folder (which must be empty), or a new unique one: two runs never share a folder."""
     if out_dir is None:
@@ -156,8 +195,10 @@ def new_out_dir(out_dir, config: Config) -> Path:
     if (out / "report.md").is_file():
         raise UserError(f"--out {out} holds a finished run: give a new folder (or leave out --out for a new one)")
     if out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {out} already holds files: give a new folder, or --resume {out} to continue the "
-                        "interrupted run there")
+        raise UserError(
+            f"--out {out} already holds files: give a new folder, or --resume {out} to continue the "
+            "interrupted run there"
+        )
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -191,6 +232,8 @@ def resume_cv_config(out: str | Path, overrides: list[str], flags: dict) -> Conf
     diff = first_difference(flatten(recorded.to_dict()), flatten(given.to_dict()), ignore=RUNTIME_KEYS)
     if diff:
         key, a, b = diff
-        raise UserError(f"--resume: {key} was {a!r} when the run in {out} started, the command line gives {b!r}: "
-                        "drop the option to continue it")
+        raise UserError(
+            f"--resume: {key} was {a!r} when the run in {out} started, the command line gives {b!r}: "
+            "drop the option to continue it"
+        )
     return given

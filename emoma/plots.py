@@ -1,5 +1,6 @@
 """Figures of the reports: confusion matrices, learning curves, search history, parameter importances.
 Each is written to a temporary file and renamed, so a reader never opens half a PNG."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,9 +10,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from emoma.files import atomic_path  # noqa: E402
 
@@ -33,8 +34,14 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, ti
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(class_names)):
         for j in range(len(class_names)):
-            ax.text(j, i, f"{confusion[i, j]}\n{rates[i, j]:.0%}", ha="center", va="center",
-                    color="white" if rates[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{confusion[i, j]}\n{rates[i, j]:.0%}",
+                ha="center",
+                va="center",
+                color="white" if rates[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(len(class_names)), class_names)
     ax.set_yticks(range(len(class_names)), class_names)
     ax.set_xlabel("predicted")
@@ -96,10 +103,21 @@ def plot_bbc_curve(curve: list[dict], metric: str, rule: str, path: Path) -> Non
     trials = [c["trials"] for c in curve]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(trials, [c["naive_best_cv"] for c in curve], marker="o", color="tab:gray", label="naive best CV")
-    ax.plot(trials, [c["estimate"] for c in curve], marker="o", color="tab:blue",
-            label=f"BBC-CV estimate of the final choice ({rule})")
-    ax.fill_between(trials, [c["ci_low"] for c in curve], [c["ci_high"] for c in curve], color="tab:blue", alpha=0.15,
-                    label="95 % interval")
+    ax.plot(
+        trials,
+        [c["estimate"] for c in curve],
+        marker="o",
+        color="tab:blue",
+        label=f"BBC-CV estimate of the final choice ({rule})",
+    )
+    ax.fill_between(
+        trials,
+        [c["ci_low"] for c in curve],
+        [c["ci_high"] for c in curve],
+        color="tab:blue",
+        alpha=0.15,
+        label="95 % interval",
+    )
     ax.set_xlabel("completed trials")
     ax.set_ylabel(f"{metric} on new subjects")
     ax.legend()

@@ -2,6 +2,7 @@
 
 Usage: ``python -m emoma.predict --model final_model.pt --data new.csv --out predictions.csv``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,14 @@ from emoma.model import build_predictor
 from emoma.train import EVAL_CHUNK
 
 
-def model_bundle(model: torch.nn.Module, config: Config, fold: Fold, feature_names: list[str],
-                 class_names: list[str], window_s: float | None = None) -> dict:
+def model_bundle(
+    model: torch.nn.Module,
+    config: Config,
+    fold: Fold,
+    feature_names: list[str],
+    class_names: list[str],
+    window_s: float | None = None,
+) -> dict:
     """Weights, config (with its subject normalisation and context), the selected feature names and their
     scaler statistics, the features set aside on the training rows (read as 0), class names, and the window
     length the time-gap rule used in training."""
@@ -40,14 +47,21 @@ def model_bundle(model: torch.nn.Module, config: Config, fold: Fold, feature_nam
     }
 
 
-def bundle_of(members: list[tuple[torch.nn.Module, Config, Fold, float]], feature_names: list[str],
-              class_names: list[str], window_s: float | None = None) -> dict:
+def bundle_of(
+    members: list[tuple[torch.nn.Module, Config, Fold, float]],
+    feature_names: list[str],
+    class_names: list[str],
+    window_s: float | None = None,
+) -> dict:
     """What a model file holds: one model's bundle, or for several a weighted ensemble of models of different
     configurations (each member with its own inputs: normalisation, context, features, scaler), given as
     `(model, config, fold, weight)`."""
     bundles = [model_bundle(m, c, f, feature_names, class_names, window_s) for m, c, f, _ in members]
-    return bundles[0] if len(bundles) == 1 else {
-        "members": bundles, "weights": [float(w) for *_, w in members], "class_names": list(class_names)}
+    return (
+        bundles[0]
+        if len(bundles) == 1
+        else {"members": bundles, "weights": [float(w) for *_, w in members], "class_names": list(class_names)}
+    )
 
 
 def write_bundle(path: str | Path, bundle: dict) -> None:
@@ -91,7 +105,7 @@ class TrainedModel:
 
 MODEL_KEYS = ("state_dict", "config", "features", "mean", "scale", "class_names")
 ENSEMBLE_KEYS = ("members", "weights", "class_names")
-NOT_OURS = ("{path} is not an EmoMA model file ({why}): give a search's final_model.pt or a cv run's model.pt")
+NOT_OURS = "{path} is not an EmoMA model file ({why}): give a search's final_model.pt or a cv run's model.pt"
 
 
 def read_bundle(path: str | Path) -> dict:
@@ -109,10 +123,17 @@ def read_bundle(path: str | Path) -> dict:
         members = bundle["members"] if all(k in bundle for k in ENSEMBLE_KEYS) else None
     else:
         members = [bundle]
-    if not isinstance(members, list) or not members or not all(
-            isinstance(m, dict) and all(k in m for k in MODEL_KEYS) for m in members):
-        raise UserError(NOT_OURS.format(path=path, why="a torch file without the config, features, scaler and "
-                                                         "class names EmoMA saves with the weights"))
+    if (
+        not isinstance(members, list)
+        or not members
+        or not all(isinstance(m, dict) and all(k in m for k in MODEL_KEYS) for m in members)
+    ):
+        raise UserError(
+            NOT_OURS.format(
+                path=path,
+                why="a torch file without the config, features, scaler and class names EmoMA saves with the weights",
+            )
+        )
     return bundle
 
 
@@ -122,8 +143,9 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module | list[torch.nn.Module
     try:
         return from_bundle(bundle), bundle
     except (RuntimeError, KeyError, TypeError, ValueError) as err:  # weights that do not fit their config
-        raise UserError(NOT_OURS.format(path=path, why=f"its weights do not fit its config: {type(err).__name__}")) \
-            from None
+        raise UserError(
+            NOT_OURS.format(path=path, why=f"its weights do not fit its config: {type(err).__name__}")
+        ) from None
 
 
 def from_bundle(bundle: dict) -> torch.nn.Module | list[torch.nn.Module]:
@@ -154,8 +176,9 @@ def predict_frame(model, bundle: dict, frame: pd.DataFrame) -> pd.DataFrame:
         raise UserError(f"the table lacks features the model needs: {', '.join(missing)}")
     proba = sum(w * _member_proba(m, b, frame) for m, b, w in members)
     config = from_dict(members[0][1]["config"]).data
-    out = pd.DataFrame({c: frame[c].to_numpy() for c in (config.subject_column, config.label_column)
-                        if c in frame.columns})
+    out = pd.DataFrame(
+        {c: frame[c].to_numpy() for c in (config.subject_column, config.label_column) if c in frame.columns}
+    )
     out["predicted"] = np.array(bundle["class_names"])[proba.argmax(1)]
     for c, name in enumerate(bundle["class_names"]):
         out[f"p_{name}"] = proba[:, c]
@@ -169,8 +192,10 @@ def _member_proba(model: torch.nn.Module, bundle: dict, frame: pd.DataFrame) -> 
     data = config.data
     per_subject = data.subject_norm != "none" or config.model.context > 1 or config.model.smooth > 1
     if per_subject and data.subject_column not in frame.columns:
-        raise UserError(f"the model normalises by subject or uses earlier windows (context or smoothing), but the "
-                        f"table has no {data.subject_column!r} column: add each window's subject")
+        raise UserError(
+            f"the model normalises by subject or uses earlier windows (context or smoothing), but the "
+            f"table has no {data.subject_column!r} column: add each window's subject"
+        )
     values = frame[bundle["features"]].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
@@ -179,9 +204,15 @@ def _member_proba(model: torch.nn.Module, bundle: dict, frame: pd.DataFrame) -> 
     groups = frame[data.subject_column].to_numpy() if has_subjects else np.zeros(len(frame))
     time_s = read_time(frame, data, "the table") if has_subjects else None
     order = canonical_order(groups, time_s)
-    table = Table(X=values[order].astype(np.float32), y=np.zeros(len(frame), dtype=np.int64), groups=groups[order],
-                  feature_names=list(bundle["features"]), class_names=list(bundle["class_names"]), source="predict",
-                  time_s=None if time_s is None else time_s[order])
+    table = Table(
+        X=values[order].astype(np.float32),
+        y=np.zeros(len(frame), dtype=np.int64),
+        groups=groups[order],
+        feature_names=list(bundle["features"]),
+        class_names=list(bundle["class_names"]),
+        source="predict",
+        time_s=None if time_s is None else time_s[order],
+    )
     table = normalise_subjects(table, data)
     scaled = ((table.X - np.array(bundle["mean"])) / np.array(bundle["scale"])).astype(np.float32)
     scaled[:, np.isin(bundle["features"], bundle.get("set_aside", []))] = 0.0  # as the fold's Fold.scaled
@@ -201,8 +232,9 @@ def _member_proba(model: torch.nn.Module, bundle: dict, frame: pd.DataFrame) -> 
 @exit_on_user_error
 def main(argv=None, prog="python -m emoma.predict") -> None:
     p = argparse.ArgumentParser(prog=prog, description="Predict classes for a merged.csv with a saved EmoMA model.")
-    p.add_argument("--model", required=True,
-                   help="a model file EmoMA wrote: a search's final_model.pt or a cv run's model.pt")
+    p.add_argument(
+        "--model", required=True, help="a model file EmoMA wrote: a search's final_model.pt or a cv run's model.pt"
+    )
     p.add_argument("--data", required=True, help="merged.csv-layout table to predict")
     p.add_argument("--out", required=True, help="CSV to write: predicted class and per-class probabilities")
     args = p.parse_args(argv)

@@ -1,6 +1,7 @@
 """Result types, Ray-free: what one fold, one cross-validation, one retraining, one trial and one search
 produced, and the out-of-fold store the search's final choice is made from. Data and the tables derived from
 them; rendering is emoma.report's, training emoma.cv's and emoma.holdout's, Ray emoma.tune's."""
+
 from __future__ import annotations
 
 import math
@@ -32,10 +33,12 @@ OOF_FILE = "oof.npz"  # in a trial's checkpoint
 
 # ---------------------------------------------------------------- one configuration's cross-validation
 
+
 @dataclass
 class FoldResult:
     """One test fold scored once: its sizes, features, metrics, confusion matrix, epochs, predictions and
     probabilities, the baselines' scores on the same rows, and the model when kept."""
+
     index: int
     test_subjects: list  # subject ids in the test fold (row-wise kfold: all subjects present there)
     n_train: int
@@ -59,6 +62,7 @@ class FoldResult:
 @dataclass
 class CVResult:
     """One configuration's cross-validation: every FoldResult, the protocol, class names and notes."""
+
     scheme: str
     class_names: list[str]
     folds: list[FoldResult]
@@ -76,8 +80,16 @@ class CVResult:
         if self.smooth != 1:
             raise ValueError(f"this run's probabilities are already smoothed over {self.smooth} windows")
         starts = run_starts(table, window_s)
-        return _mean_std([score(table.y[f.test_rows], smooth_probabilities(f.proba, f.test_rows, starts, k).argmax(1),
-                                len(table.class_names))[0] for f in self.folds])
+        return _mean_std(
+            [
+                score(
+                    table.y[f.test_rows],
+                    smooth_probabilities(f.proba, f.test_rows, starts, k).argmax(1),
+                    len(table.class_names),
+                )[0]
+                for f in self.folds
+            ]
+        )
 
     def baseline_summary(self) -> dict[str, dict[str, dict[str, float]]]:
         """{baseline: {metric: {"mean", "std"}}} over folds (population std), as `summary()`."""
@@ -106,8 +118,9 @@ class CVResult:
 
 
 def _mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    return {m: {"mean": float(np.mean([r[m] for r in rows])), "std": float(np.std([r[m] for r in rows]))}
-            for m in METRICS}
+    return {
+        m: {"mean": float(np.mean([r[m] for r in rows])), "std": float(np.std([r[m] for r in rows]))} for m in METRICS
+    }
 
 
 # ---------------------------------------------------------------- the search
@@ -171,7 +184,9 @@ class SearchResult:
     selection: Selection  # the final choice (rule, trials and weights) and its BBC-CV estimate
     final_configs: dict[str, Config]  # trial id -> configuration of each member of the final model
     curve: list[dict]  # best-so-far CV and BBC-CV estimate against the number of completed trials
-    held: dict[str, HeldOut]  # "final", "base" (with baselines), "seed" and "final TRIAL" per member, on held-out subjects
+    held: dict[
+        str, HeldOut
+    ]  # "final", "base" (with baselines), "seed" and "final TRIAL" per member, on held-out subjects
     feature_names: list[str]
     class_names: list[str]
     space: dict
@@ -221,15 +236,20 @@ class SearchResult:
     @property
     def confusion(self) -> pd.DataFrame:
         """The final model's confusion matrix on the held-out windows, rows true, columns predicted."""
-        return pd.DataFrame(self.held["final"].result.confusion, index=pd.Index(self.class_names, name="true"),
-                            columns=pd.Index(self.class_names, name="predicted"))
+        return pd.DataFrame(
+            self.held["final"].result.confusion,
+            index=pd.Index(self.class_names, name="true"),
+            columns=pd.Index(self.class_names, name="predicted"),
+        )
 
     @property
     def final_model(self) -> TrainedModel:
         """The final choice retrained on the search subjects (an ensemble's members with their weights), in
         memory: what final_model.pt holds (`.predict(frame)`, `.save(path)`)."""
-        members = [(self.held[f"final {t}"].result.model, self.final_configs[t], self.held[f"final {t}"].fold, w)
-                   for t, w in self.selection.weights.items()]
+        members = [
+            (self.held[f"final {t}"].result.model, self.final_configs[t], self.held[f"final {t}"].fold, w)
+            for t, w in self.selection.weights.items()
+        ]
         from emoma.predict import TrainedModel, bundle_of
 
         return TrainedModel(bundle_of(members, self.feature_names, self.class_names, self.window_s))
@@ -238,24 +258,39 @@ class SearchResult:
         """`emoma.metrics.degenerate_notes` of the final model on the held-out subjects, against the base
         configuration's same-input baselines there."""
         final, base = self.held["final"].result, self.held["base"].result
-        return degenerate_notes([final.confusion], self.class_names, self.metric, what="the final model",
-                                baselines={name: m[self.metric] for name, m in base.baselines.items()})
+        return degenerate_notes(
+            [final.confusion],
+            self.class_names,
+            self.metric,
+            what="the final model",
+            baselines={name: m[self.metric] for name, m in base.baselines.items()},
+        )
 
 
 def trials_table(trials: list, n_folds: int, base_trial: str | None, seed_trial: str | None) -> pd.DataFrame:
     """One row per trial (TrialRecord): status, the rule that stopped it, mean ± std, parameters, fold scores."""
     rows = []
     for t in trials:
-        row = {"trial": t.trial_id, "status": t.status, "stopped_by": t.stopped_by,
-               "base_config": t.trial_id == base_trial, "seed_config": t.trial_id == seed_trial, "mean": t.mean,
-               "std": t.std, "folds_done": len(t.fold_scores), "seconds": round(t.seconds, 2), "node": t.node,
-               **{f"param.{k}": v for k, v in sorted(t.params.items())}}
+        row = {
+            "trial": t.trial_id,
+            "status": t.status,
+            "stopped_by": t.stopped_by,
+            "base_config": t.trial_id == base_trial,
+            "seed_config": t.trial_id == seed_trial,
+            "mean": t.mean,
+            "std": t.std,
+            "folds_done": len(t.fold_scores),
+            "seconds": round(t.seconds, 2),
+            "node": t.node,
+            **{f"param.{k}": v for k, v in sorted(t.params.items())},
+        }
         row.update({f"fold_{i + 1}": t.fold_scores.get(i) for i in range(n_folds)})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- the out-of-fold store
+
 
 @dataclass
 class OOFStore:
@@ -270,8 +305,9 @@ class OOFStore:
     baselines: dict[str, np.ndarray] = field(default_factory=dict)  # same-input baselines, the base trial's folds
 
     @classmethod
-    def for_plan(cls, groups: np.ndarray, y: np.ndarray, fold_tests: list[np.ndarray],
-                 class_names: list[str]) -> OOFStore:
+    def for_plan(
+        cls, groups: np.ndarray, y: np.ndarray, fold_tests: list[np.ndarray], class_names: list[str]
+    ) -> OOFStore:
         """The windows of a fold plan's test folds (each row of the search table is tested once)."""
         folds = np.full(len(y), -1)
         for i, test in enumerate(fold_tests):
@@ -331,8 +367,13 @@ class OOFStore:
             return None
         frame = pd.read_csv(out / "windows.csv", dtype={"subject": str})
         class_names = (out / "classes.txt").read_text().split("\n")[:-1]
-        store = cls(frame["row"].to_numpy(), frame["subject"].to_numpy(), frame["fold"].to_numpy(),
-                    frame["true"].to_numpy(), class_names)
+        store = cls(
+            frame["row"].to_numpy(),
+            frame["subject"].to_numpy(),
+            frame["fold"].to_numpy(),
+            frame["true"].to_numpy(),
+            class_names,
+        )
         for path in sorted(out.glob("trial_*.npy")):
             store.trials[path.stem.removeprefix("trial_")] = np.load(path)
         for path in sorted(out.glob("baseline_*.npy")):

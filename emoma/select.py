@@ -18,6 +18,7 @@ training anything:
 A subject's score is the search metric over that subject's windows (`emoma.metrics.score`'s definition), so
 under leave-one-subject-out a trial's mean over subjects is exactly its CV mean.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,10 +36,8 @@ from emoma.model import prediction_cost
 from emoma.results import OOFStore
 from emoma.space import same_params
 
-
-
-
 # ---------------------------------------------------------------- per-subject scores
+
 
 @dataclass
 class Subjects:
@@ -76,6 +75,7 @@ class Subjects:
 
 # ---------------------------------------------------------------- selection rules
 
+
 @dataclass
 class Candidates:
     """The completed trials a rule chooses among, in the order they started (the base first)."""
@@ -93,24 +93,50 @@ class Candidates:
     def head(self, t: int) -> Candidates:
         """The first `t` candidates."""
         base = self.base if self.base is not None and self.base < t else None
-        return Candidates(self.ids[:t], self.proba[:t], {m: v[:t] for m, v in self.scores.items()}, self.costs[:t],
-                          base, self.subjects, self.metric, self.ensemble_size, self.guard_alpha)
+        return Candidates(
+            self.ids[:t],
+            self.proba[:t],
+            {m: v[:t] for m, v in self.scores.items()},
+            self.costs[:t],
+            base,
+            self.subjects,
+            self.metric,
+            self.ensemble_size,
+            self.guard_alpha,
+        )
 
     @classmethod
-    def of(cls, store: OOFStore, ids: list[str], costs, base: str | None, metric: str, ensemble_size: int = 20,
-           guard_alpha: float = 0.05) -> Candidates:
+    def of(
+        cls,
+        store: OOFStore,
+        ids: list[str],
+        costs,
+        base: str | None,
+        metric: str,
+        ensemble_size: int = 20,
+        guard_alpha: float = 0.05,
+    ) -> Candidates:
         subjects = Subjects.of(store)
         proba = np.stack([store.trials[t] for t in ids])
         scores = subjects.scores(proba, tuple(dict.fromkeys((metric, "accuracy"))))
-        return cls(list(ids), proba, scores, np.asarray(costs, dtype=float), ids.index(base) if base in ids else None,
-                   subjects, metric, ensemble_size, guard_alpha)
+        return cls(
+            list(ids),
+            proba,
+            scores,
+            np.asarray(costs, dtype=float),
+            ids.index(base) if base in ids else None,
+            subjects,
+            metric,
+            ensemble_size,
+            guard_alpha,
+        )
 
 
 def _mean_se(values: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean and standard error over subjects (w: how often each subject was drawn), along the last axis."""
     n = w.sum()
     mean = values @ w / n
-    var = np.maximum(values ** 2 @ w / n - mean ** 2, 0.0) * n / max(n - 1, 1)
+    var = np.maximum(values**2 @ w / n - mean**2, 0.0) * n / max(n - 1, 1)
     return mean, np.sqrt(var / n)
 
 
@@ -130,8 +156,16 @@ def guard_test(c: Candidates, w: np.ndarray | None = None) -> dict | None:
     gain, se = (float(v) for v in _mean_se(scores[best] - scores[c.base], drawn))
     critical = float(stats.t.ppf(1 - c.guard_alpha / (len(c.ids) - 1), df=max(drawn.sum() - 1, 1)))
     t = gain / se if se > 0 else (math.inf if gain > 0 else 0.0)
-    return {"alpha": c.guard_alpha, "candidates": len(c.ids) - 1, "best": c.ids[best], "gain": gain, "se": se,
-            "t": t, "critical": critical, "replaced": bool(t > critical)}
+    return {
+        "alpha": c.guard_alpha,
+        "candidates": len(c.ids) - 1,
+        "best": c.ids[best],
+        "gain": gain,
+        "se": se,
+        "t": t,
+        "critical": critical,
+        "replaced": bool(t > critical),
+    }
 
 
 def choose(c: Candidates, rule: str, w: np.ndarray | None = None) -> np.ndarray:
@@ -177,6 +211,7 @@ def _ensemble_selection(c: Candidates, w: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- BBC-CV
 
+
 @dataclass
 class Reference:
     """A model the choice is compared with on the same subjects: (S,) per-subject scores of each metric."""
@@ -185,8 +220,14 @@ class Reference:
     scores: dict[str, np.ndarray]
 
 
-def bbc_cv(c: Candidates, rule: str, n_bootstrap: int, seed: int, metrics: tuple[str, ...],
-           references: tuple[Reference, ...] = ()) -> dict:
+def bbc_cv(
+    c: Candidates,
+    rule: str,
+    n_bootstrap: int,
+    seed: int,
+    metrics: tuple[str, ...],
+    references: tuple[Reference, ...] = (),
+) -> dict:
     """Bootstrap bias-corrected CV of `rule`'s choice at the subject level.
 
     Returns {"estimate": {metric: {estimate, ci_low, ci_high}}, "gain": {reference: {metric: {mean, ci_low,
@@ -197,9 +238,14 @@ def bbc_cv(c: Candidates, rule: str, n_bootstrap: int, seed: int, metrics: tuple
     S = len(c.subjects)
     if S < 2:  # no subject could ever be out of bag
         nan = {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-        return {"estimate": {m: dict(nan) for m in metrics}, "n_bootstrap": 0,
-                "gain": {r.name: {m: {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan} for m in metrics}
-                         for r in references}}
+        return {
+            "estimate": {m: dict(nan) for m in metrics},
+            "n_bootstrap": 0,
+            "gain": {
+                r.name: {m: {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan} for m in metrics}
+                for r in references
+            },
+        }
     chosen = {m: [] for m in metrics}
     gains = {r.name: {m: [] for m in metrics} for r in references}
     while len(chosen[metrics[0]]) < n_bootstrap:
@@ -217,18 +263,24 @@ def bbc_cv(c: Candidates, rule: str, n_bootstrap: int, seed: int, metrics: tuple
             chosen[m].append(scores[m][oob].mean())
             for r in references:
                 gains[r.name][m].append(scores[m][oob].mean() - r.scores[m][oob].mean())
-    return {"estimate": {m: _interval(np.array(v), "estimate") for m, v in chosen.items()},
-            "gain": {name: {m: _interval(np.array(v), "mean") for m, v in by.items()} for name, by in gains.items()},
-            "n_bootstrap": n_bootstrap}
+    return {
+        "estimate": {m: _interval(np.array(v), "estimate") for m, v in chosen.items()},
+        "gain": {name: {m: _interval(np.array(v), "mean") for m, v in by.items()} for name, by in gains.items()},
+        "n_bootstrap": n_bootstrap,
+    }
 
 
 def _interval(values: np.ndarray, key: str) -> dict[str, float]:
     tail = (1 - CONFIDENCE) / 2 * 100
-    return {key: float(values.mean()), "ci_low": float(np.percentile(values, tail)),
-            "ci_high": float(np.percentile(values, 100 - tail))}
+    return {
+        key: float(values.mean()),
+        "ci_low": float(np.percentile(values, tail)),
+        "ci_high": float(np.percentile(values, 100 - tail)),
+    }
 
 
 # ---------------------------------------------------------------- what a search reports
+
 
 @dataclass
 class Selection:
@@ -239,10 +291,22 @@ class Selection:
     summary: dict  # the search metrics JSON's selection part (see `select`)
 
 
-def select(store: OOFStore, ids: list[str], costs: list[float], base: str | None, rule: str, metric: str, *,
-           n_bootstrap: int, seed: int, ensemble_size: int = 20, guard_alpha: float = 0.05,
-           references: dict[str, str] | None = None, means: list[float] | None = None,
-           compare_rules: bool = True) -> Selection:
+def select(
+    store: OOFStore,
+    ids: list[str],
+    costs: list[float],
+    base: str | None,
+    rule: str,
+    metric: str,
+    *,
+    n_bootstrap: int,
+    seed: int,
+    ensemble_size: int = 20,
+    guard_alpha: float = 0.05,
+    references: dict[str, str] | None = None,
+    means: list[float] | None = None,
+    compare_rules: bool = True,
+) -> Selection:
     """Apply `rule` to the completed trials `ids` (in the order they started) and estimate its choice.
 
     `costs` ranks the trials for one-se (lower is cheaper); `base` is the base configuration's trial (None when
@@ -254,40 +318,59 @@ def select(store: OOFStore, ids: list[str], costs: list[float], base: str | None
     """
     c = Candidates.of(store, ids, costs, base, metric, ensemble_size, guard_alpha)
     metrics = tuple(c.scores)
-    refs = [Reference(name, {m: c.scores[m][ids.index(t)] for m in metrics})
-            for name, t in (references or {}).items() if t in ids]
+    refs = [
+        Reference(name, {m: c.scores[m][ids.index(t)] for m in metrics})
+        for name, t in (references or {}).items()
+        if t in ids
+    ]
     refs += [Reference(name, c.subjects.scores(p, metrics)) for name, p in store.baselines.items()]
     means = np.asarray(c.scores[metric].mean(1) if means is None else means, dtype=float)
     best = int(np.argmax(means))
     per_rule = {}
     for r in SELECTION_RULES if compare_rules else (rule,):
         bbc = bbc_cv(c, r, n_bootstrap, seed, metrics, tuple(refs) if r == rule else ())
-        per_rule[r] = {"weights": _named(ids, choose(c, r)), "bbc_cv": bbc["estimate"], "gain": bbc["gain"],
-                       "n_bootstrap": bbc["n_bootstrap"]}
+        per_rule[r] = {
+            "weights": _named(ids, choose(c, r)),
+            "bbc_cv": bbc["estimate"],
+            "gain": bbc["gain"],
+            "n_bootstrap": bbc["n_bootstrap"],
+        }
     final_scores = c.subjects.scores(np.tensordot(choose(c, rule), c.proba, axes=1), metrics)
     summary = {
-        "rule": rule, "metric": metric, "trials_completed": len(ids), "subjects": len(c.subjects), "base": base,
+        "rule": rule,
+        "metric": metric,
+        "trials_completed": len(ids),
+        "subjects": len(c.subjects),
+        "base": base,
         # the base configuration's own CV (mean over subjects): no choice in it, so whatever separates it from the
         # base's score on new subjects is the CV's training sets and the trials' fidelity, not selection
         "base_cv": None if base is None else float(c.scores[metric][ids.index(base)].mean()),
         "final": {"weights": per_rule[rule]["weights"], "cv": {m: float(final_scores[m].mean()) for m in metrics}},
         "naive_best": {"trial": ids[best], "cv": float(means[best])},
         # the naive best of the search metric as the search ranked it; of accuracy, the same trial's
-        **{("bbc_cv" if m == metric else f"bbc_cv_{m}"): {
-            "metric": m, **per_rule[rule]["bbc_cv"][m],
-            "naive_best_cv": float(means[best]) if m == metric else float(c.scores[m][best].mean()),
-            "n_bootstrap": per_rule[rule]["n_bootstrap"]} for m in metrics},
+        **{
+            ("bbc_cv" if m == metric else f"bbc_cv_{m}"): {
+                "metric": m,
+                **per_rule[rule]["bbc_cv"][m],
+                "naive_best_cv": float(means[best]) if m == metric else float(c.scores[m][best].mean()),
+                "n_bootstrap": per_rule[rule]["n_bootstrap"],
+            }
+            for m in metrics
+        },
         "gain_bbc_cv": per_rule[rule]["gain"],
         "out_of_fold": out_of_fold_comparison(c.subjects, final_scores, refs, metrics),
         "guard": guard_test(c),
-        **({"rules": {r: {"weights": v["weights"], "bbc_cv": v["bbc_cv"]} for r, v in per_rule.items()}}
-           if compare_rules else {}),
+        **(
+            {"rules": {r: {"weights": v["weights"], "bbc_cv": v["bbc_cv"]} for r, v in per_rule.items()}}
+            if compare_rules
+            else {}
+        ),
     }
     return Selection(rule, per_rule[rule]["weights"], summary)
 
 
 def describe_choice(weights: dict[str, float]) -> str:
-    """"trial a" for one trial; "trial a x 0.50, trial b x 0.50" for an ensemble."""
+    """ "trial a" for one trial; "trial a x 0.50, trial b x 0.50" for an ensemble."""
     return ", ".join(f"trial {t}" + (f" x {w:.2f}" if len(weights) > 1 else "") for t, w in weights.items())
 
 
@@ -295,38 +378,71 @@ def _named(ids: list[str], weights: np.ndarray) -> dict[str, float]:
     return {ids[i]: float(weights[i]) for i in np.flatnonzero(weights)}
 
 
-def out_of_fold_comparison(subjects: Subjects, final: dict[str, np.ndarray], refs: list[Reference],
-                           metrics: tuple[str, ...]) -> dict:
+def out_of_fold_comparison(
+    subjects: Subjects, final: dict[str, np.ndarray], refs: list[Reference], metrics: tuple[str, ...]
+) -> dict:
     """The final choice against each reference on the search subjects' out-of-fold predictions: per-subject
     scores, the mean paired difference with a bootstrap interval over subjects, and Wilcoxon p-values
     Holm-corrected over the references (optimistic for the final choice, which was made on these subjects); with
     fewer than MIN_TEST_SUBJECTS subjects, no tests (NaN)."""
     rng = np.random.default_rng(0)
     names = [str(s) for s in subjects.names]
-    out = {"per_subject": {name: {m: dict(zip(names, map(float, scores[m]))) for m in metrics}
-                           for name, scores in [("final", final), *((r.name, r.scores) for r in refs)]},
-           "against": {r.name: {} for r in refs}}
+    out = {
+        "per_subject": {
+            name: {m: dict(zip(names, map(float, scores[m]))) for m in metrics}
+            for name, scores in [("final", final), *((r.name, r.scores) for r in refs)]
+        },
+        "against": {r.name: {} for r in refs},
+    }
     for m in metrics:
-        tests = [paired_wilcoxon(final[m], r.scores[m]) if len(names) >= MIN_TEST_SUBJECTS
-                 else {"p_value": math.nan, "n": len(names)} for r in refs]
+        tests = [
+            paired_wilcoxon(final[m], r.scores[m])
+            if len(names) >= MIN_TEST_SUBJECTS
+            else {"p_value": math.nan, "n": len(names)}
+            for r in refs
+        ]
         for r, test, p_holm in zip(refs, tests, holm([t["p_value"] for t in tests])):
             diff = final[m] - r.scores[m]
             boot = diff[rng.integers(0, len(diff), (2000, len(diff)))].mean(1)
-            out["against"][r.name][m] = {**_interval(boot, "mean_difference"), "mean_difference": float(diff.mean()),
-                                         "p_value": test["p_value"], "p_holm": p_holm, "n": test["n"]}
+            out["against"][r.name][m] = {
+                **_interval(boot, "mean_difference"),
+                "mean_difference": float(diff.mean()),
+                "p_value": test["p_value"],
+                "p_holm": p_holm,
+                "n": test["n"],
+            }
     return out
 
 
-def trials_curve(store: OOFStore, ids: list[str], costs: list[float], base: str | None, rule: str, metric: str, *,
-                 n_bootstrap: int, seed: int, ensemble_size: int = 20, guard_alpha: float = 0.05,
-                 means: list[float] | None = None, points: int = 12) -> list[dict]:
+def trials_curve(
+    store: OOFStore,
+    ids: list[str],
+    costs: list[float],
+    base: str | None,
+    rule: str,
+    metric: str,
+    *,
+    n_bootstrap: int,
+    seed: int,
+    ensemble_size: int = 20,
+    guard_alpha: float = 0.05,
+    means: list[float] | None = None,
+    points: int = 12,
+) -> list[dict]:
     """Best-so-far CV (`means` as in `select`) and the BBC-CV estimate of `rule` against the number of completed
     trials (the first t, in the order they started), at up to `points` values of t."""
     c = Candidates.of(store, ids, costs, base, metric, ensemble_size, guard_alpha)
     means = np.asarray(c.scores[metric].mean(1) if means is None else means, dtype=float)
     sizes = sorted({int(round(t)) for t in np.geomspace(1, len(ids), min(points, len(ids)))} | {len(ids)})
-    return [{"trials": t, "naive_best_cv": float(means[:t].max()), "n_bootstrap": n_bootstrap,
-             **bbc_cv(c.head(t), rule, n_bootstrap, seed, (metric,))["estimate"][metric]} for t in sizes]
+    return [
+        {
+            "trials": t,
+            "naive_best_cv": float(means[:t].max()),
+            "n_bootstrap": n_bootstrap,
+            **bbc_cv(c.head(t), rule, n_bootstrap, seed, (metric,))["estimate"][metric],
+        }
+        for t in sizes
+    ]
 
 
 @dataclass
@@ -353,27 +469,56 @@ class TrialJudge:
         means = [next(t.mean for t in trials if t.trial_id == i) for i in ids]
         n_bootstrap = max(100, s.bbc_bootstrap // 5) if live else s.bbc_bootstrap
         references = {k: v for k, v in (("base", base), ("seed", seed)) if v is not None}
-        selection = select(self.store, ids, costs, base, s.select, s.metric, n_bootstrap=n_bootstrap, seed=self.seed,
-                           ensemble_size=s.ensemble_size, guard_alpha=s.guard_alpha, references=references, means=means,
-                           compare_rules=not live)
-        points = trials_curve(self.store, ids, costs, base, s.select, s.metric,
-                              n_bootstrap=max(100, s.bbc_bootstrap // 5), seed=self.seed,
-                              ensemble_size=s.ensemble_size, guard_alpha=s.guard_alpha, means=means) if curve else []
+        selection = select(
+            self.store,
+            ids,
+            costs,
+            base,
+            s.select,
+            s.metric,
+            n_bootstrap=n_bootstrap,
+            seed=self.seed,
+            ensemble_size=s.ensemble_size,
+            guard_alpha=s.guard_alpha,
+            references=references,
+            means=means,
+            compare_rules=not live,
+        )
+        points = (
+            trials_curve(
+                self.store,
+                ids,
+                costs,
+                base,
+                s.select,
+                s.metric,
+                n_bootstrap=max(100, s.bbc_bootstrap // 5),
+                seed=self.seed,
+                ensemble_size=s.ensemble_size,
+                guard_alpha=s.guard_alpha,
+                means=means,
+            )
+            if curve
+            else []
+        )
         return selection, points
 
     def choice(self, trials: list, rule: str) -> dict[str, float]:
         """What `rule` chooses from these trials (trial id -> weight), without estimating it."""
         ids, costs, base, _ = self._candidates(trials)
-        c = Candidates.of(self.store, ids, costs, base, self.settings.metric, self.settings.ensemble_size,
-                          self.settings.guard_alpha)
+        c = Candidates.of(
+            self.store, ids, costs, base, self.settings.metric, self.settings.ensemble_size, self.settings.guard_alpha
+        )
         return _named(ids, choose(c, rule))
 
     def _candidates(self, trials: list) -> tuple[list[str], list[int], str | None, str | None]:
         """Completed trials with every window scored (ids, costs), and the base and seed trials among them."""
         usable = [t for t in trials if t.status == "completed" and self.store.complete(t.trial_id)]
         if not usable:
-            raise UserError("no completed trial has out-of-fold predictions for every window (were its checkpoints "
-                            "lost?): start a new experiment")
+            raise UserError(
+                "no completed trial has out-of-fold predictions for every window (were its checkpoints "
+                "lost?): start a new experiment"
+            )
         ids = [t.trial_id for t in usable]
         base = next((t.trial_id for t in usable if same_params(t.params, self.base_point)), None)
         seed = next((t.trial_id for t in usable if same_params(t.params, self.seed_point)), None)

@@ -7,6 +7,7 @@ Only hyperparameters of a trial may be searched: `model.*` and `train.*` keys, a
 fold plan is computed per normalisation). Every bound and every choice is checked against the config's types
 and rules, so a bad value stops the search with one line instead of failing inside trials.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,9 @@ def load_space(path: str | Path, base: Config | None = None) -> dict[str, optuna
     path = find_yaml(path, what="search space")
     raw = read_yaml(path, what="search space")
     if not raw:
-        raise UserError(f"search space {path} must map config keys to ranges, e.g. 'train.lr: {{float: [1e-4, 1e-2], log: true}}'")
+        raise UserError(
+            f"search space {path} must map config keys to ranges, e.g. 'train.lr: {{float: [1e-4, 1e-2], log: true}}'"
+        )
     return space_from_dict(raw, base or Config())
 
 
@@ -58,8 +61,10 @@ def check_key(key: str) -> None:
     if key in NOT_SEARCHABLE:
         raise UserError(f"search space entry {key}: not a hyperparameter to search ({NOT_SEARCHABLE[key]})")
     if not (key.startswith(("model.", "train.")) or key in SEARCHABLE_DATA):
-        raise UserError(f"search space entry {key}: only model.* and train.* keys (and "
-                        f"{', '.join(SEARCHABLE_DATA)}) can be searched; set the experiment's {key} with --set")
+        raise UserError(
+            f"search space entry {key}: only model.* and train.* keys (and "
+            f"{', '.join(SEARCHABLE_DATA)}) can be searched; set the experiment's {key} with --set"
+        )
 
 
 def _distribution(key: str, spec) -> optuna.distributions.BaseDistribution:
@@ -67,8 +72,10 @@ def _distribution(key: str, spec) -> optuna.distributions.BaseDistribution:
 
     kinds = ("float", "int", "choice")
     if not isinstance(spec, dict) or sum(k in spec for k in kinds) != 1 or set(spec) - {*kinds, "log"}:
-        raise UserError(f"search space entry {key}: expected one of {{float: [low, high]}}, {{int: [low, high]}}, "
-                        f"{{choice: [...]}} (with optional log: true), got {spec!r}")
+        raise UserError(
+            f"search space entry {key}: expected one of {{float: [low, high]}}, {{int: [low, high]}}, "
+            f"{{choice: [...]}} (with optional log: true), got {spec!r}"
+        )
     log = spec.get("log", False)
     if not isinstance(log, bool):
         raise UserError(f"search space entry {key}: log must be true or false, got {log!r}")
@@ -82,10 +89,16 @@ def _distribution(key: str, spec) -> optuna.distributions.BaseDistribution:
     kind = "float" if "float" in spec else "int"
     bounds = spec[kind]
     number = (int, float) if kind == "float" else int
-    if not (isinstance(bounds, list) and len(bounds) == 2
-            and all(isinstance(b, number) and not isinstance(b, bool) for b in bounds) and bounds[0] < bounds[1]):
-        raise UserError(f"search space entry {key}: {kind} needs [low, high] {'integers ' if kind == 'int' else ''}"
-                        f"with low < high, got {bounds!r}")
+    if not (
+        isinstance(bounds, list)
+        and len(bounds) == 2
+        and all(isinstance(b, number) and not isinstance(b, bool) for b in bounds)
+        and bounds[0] < bounds[1]
+    ):
+        raise UserError(
+            f"search space entry {key}: {kind} needs [low, high] {'integers ' if kind == 'int' else ''}"
+            f"with low < high, got {bounds!r}"
+        )
     if log and bounds[0] <= 0:
         raise UserError(f"search space entry {key}: a log range needs low > 0, got {bounds[0]}")
     if kind == "float":
@@ -98,8 +111,10 @@ def check_fidelity(space: dict, config: Config) -> None:
     if config.search.fidelity == "low":
         for key in ("model.ensemble", "train.refit"):
             if key in space:
-                raise UserError(f"search space entry {key}: trials at search.fidelity=low train one model per fold "
-                                "without the refit, so it cannot be searched: use --fidelity full, or drop it")
+                raise UserError(
+                    f"search space entry {key}: trials at search.fidelity=low train one model per fold "
+                    "without the refit, so it cannot be searched: use --fidelity full, or drop it"
+                )
 
 
 def candidate_values(dist) -> list:
@@ -142,8 +157,9 @@ def space_point(config: Config, space: dict, what: str = "seed config") -> dict:
     derived = {CONV_KEYS[0]: len(channels), CONV_KEYS[1]: channels[0] if channels else 8}
     point = {key: derived[key] if key in derived else get_dotted(config, key) for key in space}
     if CONV_KEYS[0] in space and params_to_overrides(point)["model.conv_channels"] != channels:
-        raise UserError(f"{what} conv_channels={channels} is not of the form width * 2**block: "
-                        "the search space cannot express it")
+        raise UserError(
+            f"{what} conv_channels={channels} is not of the form width * 2**block: the search space cannot express it"
+        )
     for key, value in point.items():
         dist = space[key]
         inside = value in dist.choices if hasattr(dist, "choices") else dist.low <= value <= dist.high
@@ -200,8 +216,17 @@ def seed_trial_config(base: Config, seed: Config, space: dict) -> tuple[Config, 
     run = from_dict(raw)
     apply_overrides(run, {})  # validate
     wanted, got = flatten(seed_raw), flatten(run.to_dict())
-    differ = [f"{k}={got[k]!r} (seed config: {wanted[k]!r})" for k in wanted
-              if not k.startswith("search.") and k not in SEED_NOTE_SKIP and wanted[k] != got[k]]
-    notes = [f"the seed trial runs the seed configuration's model and train settings within the experiment's "
-             f"data and protocol: {', '.join(differ)}"] if differ else []
+    differ = [
+        f"{k}={got[k]!r} (seed config: {wanted[k]!r})"
+        for k in wanted
+        if not k.startswith("search.") and k not in SEED_NOTE_SKIP and wanted[k] != got[k]
+    ]
+    notes = (
+        [
+            f"the seed trial runs the seed configuration's model and train settings within the experiment's "
+            f"data and protocol: {', '.join(differ)}"
+        ]
+        if differ
+        else []
+    )
     return run, notes

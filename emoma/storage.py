@@ -6,6 +6,7 @@ local experiment that is the experiment folder itself; for object storage a stag
 uploaded after each write (an object PUT is atomic: a reader never sees half a file) and downloaded on resume.
 Ray Tune writes its trial checkpoints and experiment state to the same place itself.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,8 +65,10 @@ class ExperimentStorage:
         try:
             info = self.fs.get_file_info(f"{self.remote}/{relative}")
         except OSError as err:
-            raise UserError(f"cannot reach {self.uri} ({str(err).splitlines()[0]}): check --storage-path and "
-                            "the credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)") from None
+            raise UserError(
+                f"cannot reach {self.uri} ({str(err).splitlines()[0]}): check --storage-path and "
+                "the credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)"
+            ) from None
         return None if info.type == pyarrow.fs.FileType.NotFound else info
 
     def upload(self, *relatives: str) -> None:
@@ -81,8 +84,13 @@ class ExperimentStorage:
                 out.write(f.read())
 
     def upload_all(self) -> None:
-        self.upload(*(str(p.relative_to(self.local)) for p in self.local.rglob("*") if p.is_file()
-                      and not p.name.startswith(".")))
+        self.upload(
+            *(
+                str(p.relative_to(self.local))
+                for p in self.local.rglob("*")
+                if p.is_file() and not p.name.startswith(".")
+            )
+        )
 
     def download(self, *relatives: str) -> None:
         """Fetch these files from the experiment's home into the local folder (missing ones are skipped; a
@@ -122,5 +130,7 @@ class ExperimentStorage:
                 out.write(b"ok")
             self.fs.delete_file(f"{self.remote}/{probe}")
         except OSError as err:
-            raise UserError(f"cannot write to {self.uri} ({str(err).splitlines()[0]}): check --storage-path and "
-                            "the credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)") from None
+            raise UserError(
+                f"cannot write to {self.uri} ({str(err).splitlines()[0]}): check --storage-path and "
+                "the credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)"
+            ) from None

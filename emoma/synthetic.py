@@ -7,6 +7,7 @@ condition). Calibrated so that classical LOSO scores land near those of the real
 
 Usage: ``python -m emoma.synthetic OUT.csv [--seed S]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,8 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from emoma.layout import MERGED_COLUMNS, MERGED_SIGNAL_COLUMNS
 from emoma.files import atomic_path
+from emoma.layout import MERGED_COLUMNS, MERGED_SIGNAL_COLUMNS
 
 SUBJECTS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17)
 # Windows per condition, in recording order, as in WESAD: label 1 baseline, 2 stress, 0 amusement.
@@ -115,9 +116,15 @@ def _condition_windows(rng: np.random.Generator, p: dict, label: int, n: int) ->
 
     activity = p["activity"] * (0.4 if label == 0 else 1.0) * np.exp(_ar1(rng, n, 0.5, 0.4))
     net_acc = p["net_acc"] + _ar1(rng, n, 0.5, 0.0085)
-    put("net_acc", {"mean": net_acc, "std": activity,
-                    "min": np.clip(net_acc - activity * rng.uniform(2, 5, n), 0, None),
-                    "max": net_acc + activity * rng.uniform(2, 6, n)})
+    put(
+        "net_acc",
+        {
+            "mean": net_acc,
+            "std": activity,
+            "min": np.clip(net_acc - activity * rng.uniform(2, 5, n), 0, None),
+            "max": net_acc + activity * rng.uniform(2, 6, n),
+        },
+    )
     put("ACC_x", _spread(rng, p["acc_x"] + _ar1(rng, n, 0.6, 0.009), activity * 1.05, n, (3, 6), (3, 6)))
     acc_y = _spread(rng, p["acc_y"] + _ar1(rng, n, 0.6, 6e-6), activity * 7e-4, n, (3, 6), (3, 6))
     put("ACC_y", acc_y)
@@ -131,11 +138,25 @@ def _condition_windows(rng: np.random.Generator, p: dict, label: int, n: int) ->
     eda_wiggle = eda_level * rng.lognormal(np.log(0.02), 0.6, n) * (1.8 if stress else 1.0)
     put("EDA", _spread(rng, eda_level, eda_wiggle, n, (1.5, 2.5), (1.5, 2.5)))
     phasic = p["phasic"] * (p["phasic_stress_gain"] if stress else 1.0) * np.exp(_ar1(rng, n, 0.6, 0.8))
-    put("EDA_phasic", {"mean": phasic, "std": phasic * rng.uniform(0.4, 0.7, n),
-                       "min": phasic * rng.uniform(0.1, 0.5, n), "max": phasic * rng.uniform(1.8, 2.8, n)})
+    put(
+        "EDA_phasic",
+        {
+            "mean": phasic,
+            "std": phasic * rng.uniform(0.4, 0.7, n),
+            "min": phasic * rng.uniform(0.1, 0.5, n),
+            "max": phasic * rng.uniform(1.8, 2.8, n),
+        },
+    )
     smna = phasic * rng.uniform(0.6, 0.9, n)
-    put("EDA_smna", {"mean": smna, "std": smna * rng.uniform(1.5, 2.3, n),
-                     "min": rng.lognormal(np.log(6e-8), 0.5, n), "max": smna * rng.uniform(7, 13, n)})
+    put(
+        "EDA_smna",
+        {
+            "mean": smna,
+            "std": smna * rng.uniform(1.5, 2.3, n),
+            "min": rng.lognormal(np.log(6e-8), 0.5, n),
+            "max": smna * rng.uniform(7, 13, n),
+        },
+    )
     tonic = eda_level - p["eda"] * 1.4 + _ar1(rng, n, 0.7, 0.8)
     tonic_std = phasic * rng.uniform(0.7, 1.3, n)
     put("EDA_tonic", _spread(rng, tonic, tonic_std, n, (0.8, 2.5), (0.8, 2.5)))

@@ -1,6 +1,7 @@
 """MLflow tracking (the optional extra emoma[mlflow]): one run per cross-validation, or one parent run per search
 with one child run per trial. A tracking URI that cannot be reached stops the command before any work (one
 line); a failure later is reported once and tracking stops, never the run itself."""
+
 from __future__ import annotations
 
 import json
@@ -40,11 +41,16 @@ class Tracker:
             with _quick_requests():  # an unreachable server is reported in seconds, not after minutes of retries
                 client = self.client
                 found = client.get_experiment_by_name(experiment)
-                self.experiment_id = found.experiment_id if found else client.create_experiment(
-                    experiment, artifact_location=artifact_location)
+                self.experiment_id = (
+                    found.experiment_id
+                    if found
+                    else client.create_experiment(experiment, artifact_location=artifact_location)
+                )
         except Exception as err:  # MLflow raises many types for bad URIs, unreachable servers, locked files
-            raise UserError(f"--mlflow {uri}: cannot use the tracking store ({_first_line(err)}): check the URI or "
-                            "start the tracking server") from None
+            raise UserError(
+                f"--mlflow {uri}: cannot use the tracking store ({_first_line(err)}): check the URI or "
+                "start the tracking server"
+            ) from None
 
     def __getstate__(self):
         return {**self.__dict__, "_client": None}
@@ -64,8 +70,11 @@ class Tracker:
             return call(*args, **kwargs)
         except Exception as err:  # tracking must never stop or lose the run it tracks
             self.failed = True
-            print(f"warning: MLflow tracking failed ({_first_line(err)}): the run goes on without it",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: MLflow tracking failed ({_first_line(err)}): the run goes on without it",
+                file=sys.stderr,
+                flush=True,
+            )
             return None
 
     def start_run(self, name: str, params: dict, tags: dict | None = None, parent: str | None = None) -> str | None:
@@ -74,6 +83,7 @@ class Tracker:
             run = self.client.create_run(self.experiment_id, run_name=name, tags=tags_)
             self.log_params(run.info.run_id, params)
             return run.info.run_id
+
         return self._safe(start)
 
     def find_run(self, tag: str, value: str, parent: str | None = None) -> str | None:
@@ -87,15 +97,18 @@ class Tracker:
         if run_id:
             items = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
             for i in range(0, len(items), 100):
-                self._safe(self.client.log_batch, run_id, params=items[i:i + 100])
+                self._safe(self.client.log_batch, run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str | None, metrics: dict, step: int = 0) -> None:
         from mlflow.entities import Metric
 
         if run_id:
             now = int(time.time() * 1000)
-            items = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                     if isinstance(v, (int, float)) and math.isfinite(v)]
+            items = [
+                Metric(k, float(v), now, step)
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and math.isfinite(v)
+            ]
             self._safe(self.client.log_batch, run_id, metrics=items)
 
     def set_tags(self, run_id: str | None, tags: dict) -> None:
@@ -117,12 +130,22 @@ class Tracker:
 def log_selection(tracker, run: str | None, summary: dict) -> None:
     """The selection's estimates (BBC-CV, its interval, the naive best) on a run, at the step of the number of
     completed trials it chose from, and the choice as tags."""
-    metrics = {f"{key}_{part}": value for key, b in summary.items() if key.startswith("bbc_cv")
-               for part, value in b.items() if part in ("estimate", "ci_low", "ci_high", "naive_best_cv")}
-    metrics |= {f"gain_bbc_cv_{name}_{m}": g["mean"] for name, by in summary.get("gain_bbc_cv", {}).items()
-                for m, g in by.items()}
+    metrics = {
+        f"{key}_{part}": value
+        for key, b in summary.items()
+        if key.startswith("bbc_cv")
+        for part, value in b.items()
+        if part in ("estimate", "ci_low", "ci_high", "naive_best_cv")
+    }
+    metrics |= {
+        f"gain_bbc_cv_{name}_{m}": g["mean"]
+        for name, by in summary.get("gain_bbc_cv", {}).items()
+        for m, g in by.items()
+    }
     tracker.log_metrics(run, metrics, step=summary["trials_completed"])
-    tracker.set_tags(run, {"selection.rule": summary["rule"], "selection.final": json.dumps(summary["final"]["weights"])})
+    tracker.set_tags(
+        run, {"selection.rule": summary["rule"], "selection.final": json.dumps(summary["final"]["weights"])}
+    )
 
 
 @contextmanager

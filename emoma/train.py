@@ -1,5 +1,6 @@
 """Stage 3, the reference trainer: one fold's model at a time, early-stopped on the fold's inner validation
 subjects by the configured metric. `emoma.batched` trains many folds at once and is compared against this."""
+
 from __future__ import annotations
 
 import copy
@@ -21,6 +22,7 @@ EVAL_CHUNK = 2048  # samples per forward pass when scoring: bounds activation me
 @dataclass
 class FoldFit:
     """One trained fold model: the weights kept, their epoch, the epochs run and the per-epoch history."""
+
     model: nn.Module  # weights of the best validation epoch (or of the refit), in eval mode
     best_epoch: int  # 1-based epoch whose weights were kept
     epochs_run: int
@@ -49,16 +51,28 @@ class SampleTensors:
     def of(cls, samples: Samples, device) -> SampleTensors:
         """`samples` (features, context index, mask, labels) as tensors on `device`."""
         mask = torch.as_tensor(samples.mask, device=device) if samples.padded else None
-        return cls(torch.as_tensor(samples.X, device=device), torch.as_tensor(samples.index, device=device), mask,
-                   torch.as_tensor(samples.y, device=device))
+        return cls(
+            torch.as_tensor(samples.X, device=device),
+            torch.as_tensor(samples.index, device=device),
+            mask,
+            torch.as_tensor(samples.y, device=device),
+        )
 
     def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The windows (B, k, F) and mask (B, k) or None of the samples at `rows`."""
         return self.X[self.index[rows]], None if self.mask is None else self.mask[rows]
 
 
-def train_fold(train: Samples, val: Samples | None, *, n_classes: int, model_cfg: ModelConfig,
-               train_cfg: TrainConfig, seed: int, log=None) -> FoldFit:
+def train_fold(
+    train: Samples,
+    val: Samples | None,
+    *,
+    n_classes: int,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    seed: int,
+    log=None,
+) -> FoldFit:
     """Train a fresh CNN-LSTM with Adam on `train`; keep the epoch best on `val` by `train_cfg.metric`.
 
     Parameters
@@ -90,7 +104,7 @@ def train_fold(train: Samples, val: Samples | None, *, n_classes: int, model_cfg
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         for start in range(0, n, train_cfg.batch_size):
-            rows = order[start:start + train_cfg.batch_size]
+            rows = order[start : start + train_cfg.batch_size]
             logits = model(*tr.batch(rows))
             loss = loss_fn(logits, tr.y[rows])
             optimizer.zero_grad(set_to_none=True)
@@ -115,8 +129,12 @@ def train_fold(train: Samples, val: Samples | None, *, n_classes: int, model_cfg
     if va is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return FoldFit(model=model, best_epoch=selector.best_epoch if va is not None else len(history),
-                   epochs_run=len(history), history=history)
+    return FoldFit(
+        model=model,
+        best_epoch=selector.best_epoch if va is not None else len(history),
+        epochs_run=len(history),
+        history=history,
+    )
 
 
 def epoch_line(row: dict, metric: str) -> str:

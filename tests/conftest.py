@@ -70,8 +70,10 @@ def interruptible(command):
     """`command` (python, script, args) started so that SIGINT raises KeyboardInterrupt, as Ctrl-C does in a
     terminal, even where the tests run with SIGINT ignored (a background job inherits SIG_IGN, and Python then
     leaves it ignored)."""
-    prelude = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-               "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    prelude = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
     return [command[0], "-c", prelude, *map(str, command[1:])]
 
 

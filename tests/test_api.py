@@ -1,5 +1,6 @@
 """The Python API (`emoma.cross_validate`, `emoma.search`): a DataFrame in, result objects out, no result files
 unless an output folder is given."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -70,9 +71,17 @@ def test_an_output_folder_gets_the_usual_files(small_frame, tmp_path):
 
 def test_search_a_dataframe_in_a_temporary_experiment(ray_session, small_frame, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    found = emoma.search(small_frame, config="smoke", space="smoke_space", seed_config="smoke", num_samples=2,
-                         cv__folds=2, search__holdout=2,
-                         cv__cache_dir=str(tmp_path / "cache"), seed=0)
+    found = emoma.search(
+        small_frame,
+        config="smoke",
+        space="smoke_space",
+        seed_config="smoke",
+        num_samples=2,
+        cv__folds=2,
+        search__holdout=2,
+        cv__cache_dir=str(tmp_path / "cache"),
+        seed=0,
+    )
     assert len(found.trials) == 2 and found.best is not None
     assert set(found.held) >= {"final", "base", "seed"}
     assert np.isfinite(found.selection.summary["bbc_cv"]["estimate"])
@@ -125,7 +134,7 @@ def test_the_readme_example_runs_as_written(ray_session, tmp_path, monkeypatch):
 
     from conftest import ROOT
 
-    block, = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    (block,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))  # the fold-plan cache goes to the scratch folder
     namespace = {}

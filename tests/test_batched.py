@@ -1,11 +1,12 @@
 """The fold-batched trainer equals the sequential reference (without dropout, up to float rounding), for the
 single-window and the context-window model, and a fold's result never depends on the folds beside it."""
+
 import numpy as np
 import pytest
 import torch
 
 import emoma.batched
-from emoma.batched import FoldBatchedForward, Layout, _pool, _stack_windows, _Stack, _validate
+from emoma.batched import FoldBatchedForward, Layout, _pool, _Stack, _stack_windows, _validate
 from emoma.config import ModelConfig, apply_overrides
 from emoma.context import normalise_subjects
 from emoma.cv import run_cv, run_fold, run_folds_batched, table_context
@@ -14,13 +15,23 @@ from emoma.model import build_model
 
 VARIANTS = {
     "plain": {"model.context": 1},
-    "context": {"model.context": 4, "model.bidirectional": True, "model.lstm_layers": 2,
-                "data.subject_norm": "causal"},
-    "context, avg pool, no attention": {"model.context": 3, "model.pool": "avg", "model.attention": False,
-                                        "model.cbam": False, "model.fc": 0, "model.kernel_size": 5},
+    "context": {"model.context": 4, "model.bidirectional": True, "model.lstm_layers": 2, "data.subject_norm": "causal"},
+    "context, avg pool, no attention": {
+        "model.context": 3,
+        "model.pool": "avg",
+        "model.attention": False,
+        "model.cbam": False,
+        "model.fc": 0,
+        "model.kernel_size": 5,
+    },
     "bidirectional, no attention": {"model.context": 2, "model.bidirectional": True, "model.attention": False},
-    "LSTM over windows": {"model.context": 4, "model.lstm_over": "windows", "model.lstm_layers": 2,
-                          "model.bidirectional": True, "data.subject_norm": "subject"},
+    "LSTM over windows": {
+        "model.context": 4,
+        "model.lstm_over": "windows",
+        "model.lstm_layers": 2,
+        "model.bidirectional": True,
+        "data.subject_norm": "subject",
+    },
     "ensemble members with refit": {"model.context": 2, "model.ensemble": 3, "train.refit": True},
 }
 
@@ -39,13 +50,15 @@ def test_batched_forward_equals_the_model(variant):
     x = torch.randn(3, 5, T, 7)
     mask = torch.ones(3, 5, T, dtype=torch.bool)
     if T > 1:
-        mask[:, 1, :T - 1] = False  # a sample at the start of a run: only its own window is real
+        mask[:, 1, : T - 1] = False  # a sample at the start of a run: only its own window is real
         mask[:, 2, :1] = False
     got = FoldBatchedForward(models[0], cfg)(params, x, mask, None)
     for k, model in enumerate(models):
         torch.testing.assert_close(got[k], model(x[k], mask[k]), atol=2e-6, rtol=1e-5)
-        assert all(torch.equal(a, b) for a, b in zip(layout.state_dict(layout.rows(models)[k], model).values(),
-                                                       model.state_dict().values()))
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(layout.state_dict(layout.rows(models)[k], model).values(), model.state_dict().values())
+        )
 
 
 @pytest.mark.parametrize("length", [8, 7])
@@ -99,10 +112,21 @@ def test_validation_reads_each_distinct_window_once_and_scores_every_sample(monk
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_batched_folds_match_sequential(small_table, smoke_config, variant):
-    config = apply_overrides(smoke_config, {
-        "model.dropout": 0.0, "train.epochs": 15, "train.patience": 2, "train.lr": 0.02, "train.class_weights": True,
-        "train.grad_clip": 1.0, "train.weight_decay": 1e-3, "train.batch_size": 16,
-        "cv.scheme": "loso", **VARIANTS[variant]})  # loso: folds of different sizes, so some folds skip steps
+    config = apply_overrides(
+        smoke_config,
+        {
+            "model.dropout": 0.0,
+            "train.epochs": 15,
+            "train.patience": 2,
+            "train.lr": 0.02,
+            "train.class_weights": True,
+            "train.grad_clip": 1.0,
+            "train.weight_decay": 1e-3,
+            "train.batch_size": 16,
+            "cv.scheme": "loso",
+            **VARIANTS[variant],
+        },
+    )  # loso: folds of different sizes, so some folds skip steps
     table = normalise_subjects(small_table, config.data)
     plan = make_plan(table, config.cv, config.seed)
     context = table_context(table, config)
@@ -124,15 +148,24 @@ def test_batched_folds_match_sequential(small_table, smoke_config, variant):
 @pytest.mark.slow
 def test_a_folds_result_does_not_depend_on_its_batch_neighbours(small_table, smoke_config):
     """With dropout, LOSO folds of different sizes (so different steps per epoch), neighbours that stop early."""
-    config = apply_overrides(smoke_config, {"model.dropout": 0.3, "train.epochs": 10, "train.patience": 1,
-                                            "model.context": 2, "cv.scheme": "loso", "train.batch_size": 2})
+    config = apply_overrides(
+        smoke_config,
+        {
+            "model.dropout": 0.3,
+            "train.epochs": 10,
+            "train.patience": 1,
+            "model.context": 2,
+            "cv.scheme": "loso",
+            "train.batch_size": 2,
+        },
+    )
     plan = make_plan(small_table, config.cv, config.seed)
     assert len({len(f.train) for f in plan.folds}) > 1
     context = table_context(small_table, config)
     together = run_folds_batched(small_table, plan.folds, list(range(len(plan.folds))), config, context)
     assert len({r.epochs_run for r in together}) > 1, "expected some folds to stop before others"
     for i in (0, len(plan.folds) - 1):
-        alone = run_folds_batched(small_table, plan.folds[i:i + 1], [i], config, context)[0]
+        alone = run_folds_batched(small_table, plan.folds[i : i + 1], [i], config, context)[0]
         np.testing.assert_allclose(together[i].proba, alone.proba, atol=1e-5)
         assert len(together[i].history) == len(alone.history)
         for a, b in zip(together[i].history, alone.history):
@@ -142,8 +175,17 @@ def test_a_folds_result_does_not_depend_on_its_batch_neighbours(small_table, smo
 @pytest.mark.parametrize("lstm_over", ["positions", "windows"])
 def test_dropout_everywhere_trains_and_scores(small_table, smoke_config, lstm_over):
     """The batched trainer's dropout sites (head and between LSTM layers) with several layers and directions."""
-    config = apply_overrides(smoke_config, {"model.dropout": 0.4, "model.lstm_layers": 3, "model.bidirectional": True,
-                                            "model.context": 3, "train.epochs": 3, "model.lstm_over": lstm_over})
+    config = apply_overrides(
+        smoke_config,
+        {
+            "model.dropout": 0.4,
+            "model.lstm_layers": 3,
+            "model.bidirectional": True,
+            "model.context": 3,
+            "train.epochs": 3,
+            "model.lstm_over": lstm_over,
+        },
+    )
     plan = make_plan(small_table, config.cv, config.seed)
     results = run_folds_batched(small_table, plan.folds, [0, 1, 2], config, table_context(small_table, config))
     for r in results:

@@ -1,10 +1,12 @@
 """The house's boundaries: Ray and Optuna are imported by the search modules only, so everything else (and
 `emoma cv`) works where neither is installed; no import cycle, not even through imports inside functions."""
-import pytest
+
 import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import ROOT
 
@@ -57,23 +59,29 @@ def test_only_the_tune_package_imports_ray_or_optuna_at_module_level():
 
 
 def test_nothing_outside_the_tune_package_imports_it_at_module_level():
-    importing = {m for m in _modules() if not _in_ray_package(m)
-                 and any(i.startswith(f"emoma.{RAY_PACKAGE}") for i in _top_level_imports(m))}
+    importing = {
+        m
+        for m in _modules()
+        if not _in_ray_package(m) and any(i.startswith(f"emoma.{RAY_PACKAGE}") for i in _top_level_imports(m))
+    }
     assert not importing, importing
 
 
 @pytest.mark.slow
 def test_the_core_imports_and_cv_runs_without_ray_or_optuna(tmp_path):
     core = [m for m in _modules() if not _in_ray_package(m)]
-    script = BLOCK + f"""
+    script = (
+        BLOCK
+        + f"""
 import importlib
 for m in {core!r}:
     importlib.import_module('emoma.' + m)
 from emoma.cli import main
-main(['cv', '--config', 'smoke', '--no-progress', '--out', {str(tmp_path / 'run')!r},
-      '--set', 'cv.cache_dir={tmp_path / 'cache'}', '--set', 'train.epochs=1'])
+main(['cv', '--config', 'smoke', '--no-progress', '--out', {str(tmp_path / "run")!r},
+      '--set', 'cv.cache_dir={tmp_path / "cache"}', '--set', 'train.epochs=1'])
 assert not any(k.split('.')[0] in ('ray', 'optuna') for k in sys.modules)
 """
+    )
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "report.md").is_file()
@@ -82,8 +90,12 @@ assert not any(k.split('.')[0] in ('ray', 'optuna') for k in sys.modules)
 def _emoma_imports(name):
     """Every emoma module `name` imports, at module level or inside functions (not under `if TYPE_CHECKING:`)."""
     tree = ast.parse(_source(name))
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-               for n in ast.walk(node)}
+    skipped = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
     found, modules = set(), set(_modules())
     for node in ast.walk(tree):
         if id(node) in skipped:
@@ -115,8 +127,21 @@ def test_no_import_cycle_even_through_imports_inside_functions():
         visit(m, [])
 
 
-CORE = ("config", "data", "layout", "context", "folds", "model", "train", "cv", "holdout", "space", "manifest",
-        "results", "metrics")
+CORE = (
+    "config",
+    "data",
+    "layout",
+    "context",
+    "folds",
+    "model",
+    "train",
+    "cv",
+    "holdout",
+    "space",
+    "manifest",
+    "results",
+    "metrics",
+)
 
 
 def test_every_public_function_and_class_of_the_core_has_a_docstring():

@@ -1,5 +1,6 @@
 """End-to-end runs of cv.py as a user types them: in a subprocess, and (for the many error cases) its main()
 in this process, which is the same code without the interpreter's start-up."""
+
 import importlib.util
 import json
 import os
@@ -15,15 +16,29 @@ _spec = importlib.util.spec_from_file_location("cv_cli", ROOT / "cv.py")
 cv_cli = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cv_cli)
 
-OUTPUTS = {"config.yaml", "metrics.json", "folds.csv", "history.csv", "predictions.csv", "confusion_matrix.png",
-           "learning_curves.png", "report.md"}
+OUTPUTS = {
+    "config.yaml",
+    "metrics.json",
+    "folds.csv",
+    "history.csv",
+    "predictions.csv",
+    "confusion_matrix.png",
+    "learning_curves.png",
+    "report.md",
+}
 
 
 def run_cv(*args, cwd=ROOT, tmp_path=None):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cache = ["--set", f"cv.cache_dir={tmp_path / 'cache'}"] if tmp_path else []
-    return subprocess.run([sys.executable, str(ROOT / "cv.py"), "--no-progress", *cache, *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cv.py"), "--no-progress", *cache, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture
@@ -33,6 +48,7 @@ def cli(capsys):
     def run(*args, tmp_path=None):
         cache = ["--set", f"cv.cache_dir={tmp_path / 'cache'}"] if tmp_path else []
         return run_in_process(cv_cli.main, ["--no-progress", *cache, *map(str, args)], capsys)
+
     return run
 
 
@@ -55,8 +71,20 @@ def test_smoke_run_writes_every_output(tmp_path):
 
 def test_row_wise_protocol_is_labelled(cli, tmp_path):
     out = tmp_path / "out"
-    proc = cli("--config", str(ROOT / "configs/smoke.yaml"), "--cv", "kfold", "--out", str(out),
-               "--task", "3class", "--set", "train.refit=true", "-v", tmp_path=tmp_path)
+    proc = cli(
+        "--config",
+        str(ROOT / "configs/smoke.yaml"),
+        "--cv",
+        "kfold",
+        "--out",
+        str(out),
+        "--task",
+        "3class",
+        "--set",
+        "train.refit=true",
+        "-v",
+        tmp_path=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "WARNING: kfold splits rows, not subjects" in proc.stdout
     assert "(refit)" in proc.stdout  # the refit's epochs ran
@@ -69,8 +97,18 @@ def test_row_wise_protocol_is_labelled(cli, tmp_path):
 @pytest.mark.slow
 def test_repeats_summarise_whole_runs_over_seeds(cli, tmp_path):
     out = tmp_path / "out"
-    proc = cli("--config", ROOT / "configs/smoke.yaml", "--repeats", 2, "--seed", 3, "--baselines", "--out", out,
-               tmp_path=tmp_path)
+    proc = cli(
+        "--config",
+        ROOT / "configs/smoke.yaml",
+        "--repeats",
+        2,
+        "--seed",
+        3,
+        "--baselines",
+        "--out",
+        out,
+        tmp_path=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "repeats.json").read_text())
     runs = [json.loads((out / f"seed-{s}" / "metrics.json").read_text())["evaluation"]["models"] for s in (3, 4)]
@@ -80,7 +118,8 @@ def test_repeats_summarise_whole_runs_over_seeds(cli, tmp_path):
     assert ours["per_seed"][0] != ours["per_seed"][1]  # another seed is another run
     subject = next(iter(runs[0]["CNN-LSTM"]["subjects"]))
     assert summary["subjects"]["LDA"][subject]["accuracy"] == pytest.approx(
-        sum(run["LDA"]["subjects"][subject]["accuracy"] for run in runs) / 2)
+        sum(run["LDA"]["subjects"][subject]["accuracy"] for run in runs) / 2
+    )
     assert set(summary["comparisons"]) == {"LDA", "LogisticRegression", "RandomForest"}
     assert "over 2 seeds" in proc.stdout and "Holm-corrected" in (out / "report.md").read_text()
 
@@ -90,14 +129,21 @@ def test_repeats_summarise_whole_runs_over_seeds(cli, tmp_path):
     (out / "repeats.json").unlink()
     again = cli("--resume", out)
     assert again.returncode == 0, again.stderr
-    assert "seed 3 (1/2)" not in again.stdout and "seed 4 (2/2)" in again.stdout and "3 folds already finished" in again.stdout
+    assert (
+        "seed 3 (1/2)" not in again.stdout
+        and "seed 4 (2/2)" in again.stdout
+        and "3 folds already finished" in again.stdout
+    )
     assert json.loads((out / "repeats.json").read_text()) == summary
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--repeats", 2, "--mlflow"], "--mlflow tracks one run"),
-    (["--repeats", 0], "--repeats 0: give 2 or more seeds"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--repeats", 2, "--mlflow"], "--mlflow tracks one run"),
+        (["--repeats", 0], "--repeats 0: give 2 or more seeds"),
+    ],
+)
 def test_repeats_refuses_what_it_cannot_honour(cli, tmp_path, args, message):
     proc = cli("--config", ROOT / "configs/smoke.yaml", "--out", tmp_path / "o", *args, tmp_path=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
@@ -125,7 +171,10 @@ def user_error_cases(tmp_path, small_frame, nan_csv):
     return [
         (["--set", "model.context=0"], "config model.context=0 is invalid: it must be at least 1"),
         (["--set", "model.context=500"], "model.context=500 is longer than subject"),
-        (["--set", "data.subject_norm=zscore"], "data.subject_norm='zscore' is invalid: it must be one of none, subject"),
+        (
+            ["--set", "data.subject_norm=zscore"],
+            "data.subject_norm='zscore' is invalid: it must be one of none, subject",
+        ),
         (["--data", str(duplicated_time)], "has two windows at time_s=0"),
         (["--data", str(text_time)], "time column 'time_s' holds non-numeric values such as 'noon'"),
         (["--data", str(tmp_path / "missing.csv")], "does not exist"),
@@ -139,8 +188,9 @@ def user_error_cases(tmp_path, small_frame, nan_csv):
 
 def test_user_errors_exit_2_with_one_line(cli, tmp_path, small_frame, nan_csv):
     for i, (args, message) in enumerate(user_error_cases(tmp_path, small_frame, nan_csv)):
-        proc = cli("--config", str(ROOT / "configs/smoke.yaml"), *args, "--out", str(tmp_path / f"o{i}"),
-                   tmp_path=tmp_path)
+        proc = cli(
+            "--config", str(ROOT / "configs/smoke.yaml"), *args, "--out", str(tmp_path / f"o{i}"), tmp_path=tmp_path
+        )
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, proc.stderr)
@@ -149,8 +199,16 @@ def test_user_errors_exit_2_with_one_line(cli, tmp_path, small_frame, nan_csv):
 
 def test_drop_nan_flag(cli, tmp_path, nan_csv):
     out = tmp_path / "out"
-    proc = cli("--config", str(ROOT / "configs/smoke.yaml"), "--data", str(nan_csv), "--drop-nan",
-               "--out", str(out), tmp_path=tmp_path)
+    proc = cli(
+        "--config",
+        str(ROOT / "configs/smoke.yaml"),
+        "--data",
+        str(nan_csv),
+        "--drop-nan",
+        "--out",
+        str(out),
+        tmp_path=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "metrics.json").read_text())["data"]["dropped_rows"] == 2
 

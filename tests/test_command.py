@@ -1,5 +1,6 @@
 """The installed `emoma` command (here `python -m emoma`, the same entry point): subcommands, shipped configs
 found by name from any folder, one-line errors."""
+
 import json
 import os
 import subprocess
@@ -7,25 +8,28 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_in_process
 from emoma.cli import main
 from emoma.config import find_yaml, load_config, shipped_yaml_names
 from emoma.errors import UserError
 from emoma.space import load_space
 
+from conftest import ROOT, run_in_process
+
 
 def emoma(*args, cwd):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "emoma", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "emoma", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow
 def test_cv_runs_from_any_folder_with_a_shipped_config_by_name(tmp_path):
-    proc = emoma("cv", "--config", "smoke", "--no-progress", "--set", f"cv.cache_dir={tmp_path / 'cache'}",
-                 cwd=tmp_path)
+    proc = emoma(
+        "cv", "--config", "smoke", "--no-progress", "--set", f"cv.cache_dir={tmp_path / 'cache'}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
-    out, = (tmp_path / "results" / "cv").iterdir()  # written where the user stands, not in the package
+    (out,) = (tmp_path / "results" / "cv").iterdir()  # written where the user stands, not in the package
     assert json.loads((out / "metrics.json").read_text())["protocol"]["scheme"] == "group-kfold"
     assert "CNN-LSTM" in proc.stdout
 
@@ -48,14 +52,17 @@ def test_a_missing_config_is_one_line_naming_the_shipped_ones(tmp_path, monkeypa
         find_yaml(given)
 
 
-@pytest.mark.parametrize("argv, code, text", [
-    ([], 2, "emoma: error: no command: give one of cv, search, status, predict, export, prepare"),
-    (["train"], 2, "emoma: error: unknown command 'train'"),
-    (["--help"], 0, "commands:"),
-    (["--version"], 0, "emoma 0."),
-    (["status"], 2, "the following arguments are required: --name"),
-    (["cv", "--config", "nope"], 2, "error: config file nope does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, code, text",
+    [
+        ([], 2, "emoma: error: no command: give one of cv, search, status, predict, export, prepare"),
+        (["train"], 2, "emoma: error: unknown command 'train'"),
+        (["--help"], 0, "commands:"),
+        (["--version"], 0, "emoma 0."),
+        (["status"], 2, "the following arguments are required: --name"),
+        (["cv", "--config", "nope"], 2, "error: config file nope does not exist"),
+    ],
+)
 def test_command_line_errors_and_help(capsys, argv, code, text):
     proc = run_in_process(main, argv, capsys)
     assert proc.returncode == code
@@ -85,8 +92,22 @@ def test_the_smoke_preset_learns_and_a_collapsed_model_is_named(tmp_path):
     metrics = json.loads((tmp_path / "good" / "metrics.json").read_text())
     assert metrics["summary"]["balanced_accuracy"]["mean"] > 0.6 and metrics["warnings"] == []
     assert "WARNING" not in good.stdout
-    bad = emoma("cv", "--config", "smoke", "--no-progress", "--out", tmp_path / "bad", "--epochs", "1", "--set",
-                "train.lr=0.0001", "--set", "train.class_weights=false", *cache, cwd=tmp_path)
+    bad = emoma(
+        "cv",
+        "--config",
+        "smoke",
+        "--no-progress",
+        "--out",
+        tmp_path / "bad",
+        "--epochs",
+        "1",
+        "--set",
+        "train.lr=0.0001",
+        "--set",
+        "train.class_weights=false",
+        *cache,
+        cwd=tmp_path,
+    )
     assert bad.returncode == 0, bad.stderr
     assert "WARNING: the CNN-LSTM predicts a single class" in bad.stdout
     assert json.loads((tmp_path / "bad" / "metrics.json").read_text())["warnings"]
@@ -101,15 +122,24 @@ def test_cv_saves_the_fold_models_for_predict(tmp_path):
     data = tmp_path / "merged.csv"
     frame.to_csv(data, index=False)
     cache = ["--set", f"cv.cache_dir={tmp_path / 'cache'}"]
-    proc = emoma("cv", "--config", "smoke", "--data", data, "--no-progress", "--out", tmp_path / "run", *cache,
-                 cwd=tmp_path)
+    proc = emoma(
+        "cv", "--config", "smoke", "--data", data, "--no-progress", "--out", tmp_path / "run", *cache, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     import torch
 
     bundle = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert len(bundle["members"]) == 3 and bundle["weights"] == pytest.approx([1 / 3] * 3)
-    predicted = emoma("predict", "--model", tmp_path / "run" / "model.pt", "--data", data, "--out",
-                      tmp_path / "predictions.csv", cwd=tmp_path)
+    predicted = emoma(
+        "predict",
+        "--model",
+        tmp_path / "run" / "model.pt",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "predictions.csv",
+        cwd=tmp_path,
+    )
     assert predicted.returncode == 0, predicted.stderr
     import pandas as pd
 
@@ -117,8 +147,19 @@ def test_cv_saves_the_fold_models_for_predict(tmp_path):
     assert len(out) == len(frame)
     assert (out[["p_non-stress", "p_stress"]].sum(axis=1) - 1).abs().max() < 1e-5
     assert out["predicted"].nunique() == 2  # the averaged fold models are not a majority-class predictor
-    off = emoma("cv", "--config", "smoke", "--data", data, "--no-progress", "--out", tmp_path / "off",
-                "--no-save-model", *cache, cwd=tmp_path)
+    off = emoma(
+        "cv",
+        "--config",
+        "smoke",
+        "--data",
+        data,
+        "--no-progress",
+        "--out",
+        tmp_path / "off",
+        "--no-save-model",
+        *cache,
+        cwd=tmp_path,
+    )
     assert off.returncode == 0 and not (tmp_path / "off" / "model.pt").exists()
 
 
@@ -134,31 +175,56 @@ def test_a_clone_that_is_not_installed_still_finds_the_shipped_configs(monkeypat
         find_yaml("nope")
 
 
-@pytest.mark.parametrize("saved", [{"weight": [1.0]}, [1, 2], {"members": [{"config": {}}]},
-                                   "an ensemble without weights", "weights that do not fit the config"],
-                         ids=["a state dict", "a list", "a bundle without weights", "no ensemble weights",
-                              "wrong shapes"])
+@pytest.mark.parametrize(
+    "saved",
+    [
+        {"weight": [1.0]},
+        [1, 2],
+        {"members": [{"config": {}}]},
+        "an ensemble without weights",
+        "weights that do not fit the config",
+    ],
+    ids=["a state dict", "a list", "a bundle without weights", "no ensemble weights", "wrong shapes"],
+)
 @pytest.mark.parametrize("command", ["predict", "export"])
 def test_a_torch_file_emoma_did_not_write_is_one_line(tmp_path, capsys, saved, command):
     import torch
 
     from emoma.predict import MODEL_KEYS
 
-    member = {k: None for k in MODEL_KEYS} | {"config": {}, "features": ["a"], "class_names": ["x", "y"],
-                                               "state_dict": {"weight": torch.zeros(1)}}
-    saved = {"an ensemble without weights": {"members": [member], "class_names": ["x", "y"]},
-             "weights that do not fit the config": member}.get(saved, saved) if isinstance(saved, str) else saved
+    member = {k: None for k in MODEL_KEYS} | {
+        "config": {},
+        "features": ["a"],
+        "class_names": ["x", "y"],
+        "state_dict": {"weight": torch.zeros(1)},
+    }
+    saved = (
+        {
+            "an ensemble without weights": {"members": [member], "class_names": ["x", "y"]},
+            "weights that do not fit the config": member,
+        }.get(saved, saved)
+        if isinstance(saved, str)
+        else saved
+    )
     torch.save(saved, tmp_path / "other.pt")
-    argv = {"predict": ["predict", "--model", str(tmp_path / "other.pt"), "--data", "x.csv", "--out", "p.csv"],
-            "export": ["export", str(tmp_path / "other.pt"), "--format", "pt2", "--out", str(tmp_path / "m.pt2")]}
+    argv = {
+        "predict": ["predict", "--model", str(tmp_path / "other.pt"), "--data", "x.csv", "--out", "p.csv"],
+        "export": ["export", str(tmp_path / "other.pt"), "--format", "pt2", "--out", str(tmp_path / "m.pt2")],
+    }
     proc = run_in_process(main, argv[command], capsys)
     assert proc.returncode == 2 and "is not an EmoMA model file" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("argv0, command", [("cv.py", "python cv.py"), ("../repo/cv.py", "python ../repo/cv.py"),
-                                            ("/env/bin/emoma", "emoma cv"),
-                                            ("/env/lib/emoma/__main__.py", "python -m emoma cv")])
+@pytest.mark.parametrize(
+    "argv0, command",
+    [
+        ("cv.py", "python cv.py"),
+        ("../repo/cv.py", "python ../repo/cv.py"),
+        ("/env/bin/emoma", "emoma cv"),
+        ("/env/lib/emoma/__main__.py", "python -m emoma cv"),
+    ],
+)
 def test_continue_lines_name_the_command_the_user_ran(monkeypatch, argv0, command):
     from emoma.errors import invoked_as
 

@@ -28,20 +28,23 @@ def test_int_is_accepted_for_float():
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["train.lrr=0.1"], "unknown config key 'train.lrr'"),
-    (["train.lr=fast"], "config train.lr='fast' has the wrong type: expected float"),
-    (["train.epochs=2.5"], "train.epochs=2.5 has the wrong type: expected int"),
-    (["train.epochs=0"], "config train.epochs=0 is invalid: it must be at least 1"),
-    (["cv.scheme=random"], "cv.scheme='random' is invalid: it must be one of loso"),
-    (["model.kernel_size=4"], "model.kernel_size=4 is invalid"),
-    (["search.guard_alpha=0"], "search.guard_alpha=0.0 is invalid: it must be between 0 and 1"),
-    (["search.guard_alpha=1.5"], "search.guard_alpha=1.5 is invalid: it must be between 0 and 1"),
-    (["seed=-1"], "seed=-1 is invalid: it must be 0 or more"),
-    (["search.sampler_seed=-3"], "search.sampler_seed=-3 is invalid: it must be 0 or more"),
-    (["cv.baselines=best"], "cv.baselines='best' is invalid: it must be one of tuned, default"),
-    (["nonsense"], "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.lrr=0.1"], "unknown config key 'train.lrr'"),
+        (["train.lr=fast"], "config train.lr='fast' has the wrong type: expected float"),
+        (["train.epochs=2.5"], "train.epochs=2.5 has the wrong type: expected int"),
+        (["train.epochs=0"], "config train.epochs=0 is invalid: it must be at least 1"),
+        (["cv.scheme=random"], "cv.scheme='random' is invalid: it must be one of loso"),
+        (["model.kernel_size=4"], "model.kernel_size=4 is invalid"),
+        (["search.guard_alpha=0"], "search.guard_alpha=0.0 is invalid: it must be between 0 and 1"),
+        (["search.guard_alpha=1.5"], "search.guard_alpha=1.5 is invalid: it must be between 0 and 1"),
+        (["seed=-1"], "seed=-1 is invalid: it must be 0 or more"),
+        (["search.sampler_seed=-3"], "search.sampler_seed=-3 is invalid: it must be 0 or more"),
+        (["cv.baselines=best"], "cv.baselines='best' is invalid: it must be one of tuned, default"),
+        (["nonsense"], "expected key=value"),
+    ],
+)
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(UserError, match=re.escape(message)):
         load_config(None, overrides)

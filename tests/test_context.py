@@ -1,4 +1,5 @@
 """Context windows and subject normalisation: causal, within a subject, label-free, order-free."""
+
 from dataclasses import replace
 
 import numpy as np
@@ -11,9 +12,9 @@ from emoma.config import DataConfig, apply_overrides
 from emoma.context import check_context, context_index, normalise_subjects, run_starts, smooth_probabilities
 from emoma.cv import TUNED_GRIDS, run_cv, run_fold, table_context
 from emoma.data import table_from_frame
-from emoma.layout import MERGED_SIGNAL_COLUMNS
 from emoma.errors import UserError
 from emoma.folds import make_plan
+from emoma.layout import MERGED_SIGNAL_COLUMNS
 from emoma.metrics import bootstrap_ci, paired_wilcoxon
 from emoma.predict import predict_frame
 from emoma.train import predict_proba
@@ -128,7 +129,9 @@ def test_causal_predictions_of_earlier_windows_ignore_later_ones(small_frame, sm
     proba = predict_proba(result.model, samples)
     in_test = np.searchsorted(fold.test, rows[:15])
     np.testing.assert_allclose(proba[in_test], result.proba[in_test], atol=1e-6)
-    assert not np.allclose(proba[np.searchsorted(fold.test, rows[15:])], result.proba[np.searchsorted(fold.test, rows[15:])])
+    assert not np.allclose(
+        proba[np.searchsorted(fold.test, rows[15:])], result.proba[np.searchsorted(fold.test, rows[15:])]
+    )
 
 
 def test_smoothing_averages_known_earlier_windows_of_the_same_run():
@@ -150,8 +153,9 @@ def test_smoothing_changes_only_the_scored_probabilities(small_table, smoke_conf
     table = normalise_subjects(small_table, config.data)
     fold = make_plan(table, config.cv, config.seed).folds[0]
     plain = run_fold(table, fold, 0, config, table_context(table, config), baselines=True)
-    smoothed = run_fold(table, fold, 0, apply_overrides(config, {"model.smooth": 4}), table_context(table, config),
-                        baselines=True)
+    smoothed = run_fold(
+        table, fold, 0, apply_overrides(config, {"model.smooth": 4}), table_context(table, config), baselines=True
+    )
     starts = run_starts(table)
     np.testing.assert_allclose(smoothed.proba, smooth_probabilities(plain.proba, fold.test, starts, 4), atol=1e-6)
     assert smoothed.best_epoch == plain.best_epoch  # training and the best epoch are untouched
@@ -166,10 +170,12 @@ def test_smoothing_changes_only_the_scored_probabilities(small_table, smoke_conf
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, refit", [("tuned", False), ("tuned", True), ("default", False)])
-def test_tuned_baselines_choose_on_the_folds_training_subjects_only(small_table, smoke_config, monkeypatch, mode,
-                                                                     refit):
-    config = apply_overrides(smoke_config, {"train.epochs": 1, "cv.baselines": mode, "train.refit": refit,
-                                            "model.context": 3})
+def test_tuned_baselines_choose_on_the_folds_training_subjects_only(
+    small_table, smoke_config, monkeypatch, mode, refit
+):
+    config = apply_overrides(
+        smoke_config, {"train.epochs": 1, "cv.baselines": mode, "train.refit": refit, "model.context": 3}
+    )
     plan = make_plan(small_table, config.cv, config.seed)
     fitted = []
 
@@ -228,8 +234,9 @@ def test_baselines_read_exactly_the_models_inputs(small_table, smoke_config, mon
 
 
 def test_leakage_rules_hold_with_context_and_normalisation(small_table, smoke_config):
-    config = apply_overrides(smoke_config, {"model.context": 3, "data.subject_norm": "subject", "train.epochs": 3,
-                                            "cv.scheme": "loso"})
+    config = apply_overrides(
+        smoke_config, {"model.context": 3, "data.subject_norm": "subject", "train.epochs": 3, "cv.scheme": "loso"}
+    )
     plan = make_plan(normalise_subjects(small_table, config.data), config.cv, config.seed)
     fold = plan.folds[1]
     X, y = small_table.X.copy(), small_table.y.copy()
@@ -286,28 +293,30 @@ def test_statistics_agree_with_scipy():
 def test_predict_rebuilds_normalisation_and_context(small_frame, smoke_config, tmp_path):
     from emoma.predict import bundle_of, write_bundle
 
-    config = apply_overrides(smoke_config, {"model.context": 3, "data.subject_norm": "causal", "train.epochs": 2,
-                                            "model.smooth": 3})
+    config = apply_overrides(
+        smoke_config, {"model.context": 3, "data.subject_norm": "causal", "train.epochs": 2, "model.smooth": 3}
+    )
     table = normalise_subjects(table_from_frame(small_frame, config.data, "t"), config.data)
     plan = make_plan(table, config.cv, config.seed)
     fold = plan.folds[0]
     result = run_fold(table, fold, 0, config, table_context(table, config), keep_model=True)
-    write_bundle(tmp_path / "m.pt", bundle_of([(result.model, config, fold, 1.0)], table.feature_names,
-                                              table.class_names))
+    write_bundle(
+        tmp_path / "m.pt", bundle_of([(result.model, config, fold, 1.0)], table.feature_names, table.class_names)
+    )
     from emoma.predict import load_model
 
     model, bundle = load_model(tmp_path / "m.pt")
     test_rows = table.row_ids[fold.test]
     shuffled = interleave(small_frame)  # subjects interleaved: the same predictions per row
     predicted = predict_frame(model, bundle, shuffled).set_index(shuffled.index)
-    np.testing.assert_allclose(predicted.loc[small_frame.index[test_rows], ["p_non-stress", "p_stress"]].to_numpy(),
-                               result.proba, atol=1e-5)
+    np.testing.assert_allclose(
+        predicted.loc[small_frame.index[test_rows], ["p_non-stress", "p_stress"]].to_numpy(), result.proba, atol=1e-5
+    )
     with pytest.raises(UserError, match="has no 'subject' column"):
         predict_frame(model, bundle, small_frame.drop(columns="subject"))
 
 
-def test_columns_constant_or_duplicated_on_training_rows_are_set_aside_by_the_fold(small_frame, smoke_config,
-                                                                                   tmp_path):
+def test_columns_constant_or_duplicated_on_training_rows_are_set_aside_by_the_fold(small_frame, smoke_config, tmp_path):
     """The table keeps a column that varies somewhere; a fold whose training rows hold it constant (or equal to an
     earlier column) reads it as 0 everywhere, in training, scoring, baselines and the saved model."""
     from emoma.predict import bundle_of, load_model, write_bundle
@@ -329,13 +338,15 @@ def test_columns_constant_or_duplicated_on_training_rows_are_set_aside_by_the_fo
     assert not scaled[:, [0, 2]].any() and scaled[:, 1].any()
     result = run_fold(table, fold, 0, config, table_context(table, config), keep_model=True, baselines=True)
     assert first not in result.features and third not in result.features and second in result.features
-    write_bundle(tmp_path / "m.pt", bundle_of([(result.model, config, fold, 1.0)], table.feature_names,
-                                              table.class_names))
+    write_bundle(
+        tmp_path / "m.pt", bundle_of([(result.model, config, fold, 1.0)], table.feature_names, table.class_names)
+    )
     model, bundle = load_model(tmp_path / "m.pt")
     assert bundle["set_aside"] == [first, third]
     predicted = predict_frame(model, bundle, frame)
-    np.testing.assert_allclose(predicted[["p_non-stress", "p_stress"]].to_numpy()[table.row_ids[fold.test]],
-                               result.proba, atol=1e-5)
+    np.testing.assert_allclose(
+        predicted[["p_non-stress", "p_stress"]].to_numpy()[table.row_ids[fold.test]], result.proba, atol=1e-5
+    )
 
 
 def test_an_ensemble_of_configurations_predicts_with_each_members_own_inputs(small_frame, smoke_config, tmp_path):
@@ -343,17 +354,22 @@ def test_an_ensemble_of_configurations_predicts_with_each_members_own_inputs(sma
     with their weights; predict averages each member's own predictions."""
     from emoma.predict import bundle_of, load_model, write_bundle
 
-    configs = [apply_overrides(smoke_config, {"train.epochs": 2, "model.n_features": 4}),
-               apply_overrides(smoke_config, {"train.epochs": 2, "model.n_features": 6, "model.context": 2,
-                                              "data.subject_norm": "subject"})]
+    configs = [
+        apply_overrides(smoke_config, {"train.epochs": 2, "model.n_features": 4}),
+        apply_overrides(
+            smoke_config, {"train.epochs": 2, "model.n_features": 6, "model.context": 2, "data.subject_norm": "subject"}
+        ),
+    ]
     members, alone = [], []
     for i, config in enumerate(configs):
         table = normalise_subjects(table_from_frame(small_frame, config.data, "t"), config.data)
         fold = make_plan(table, config.cv, config.seed).folds[0]
         result = run_fold(table, fold, 0, config, table_context(table, config), keep_model=True)
         members.append((result.model, config, fold, [0.75, 0.25][i]))
-        write_bundle(tmp_path / f"alone{i}.pt", bundle_of([(result.model, config, fold, 1.0)], table.feature_names,
-                                                          table.class_names))
+        write_bundle(
+            tmp_path / f"alone{i}.pt",
+            bundle_of([(result.model, config, fold, 1.0)], table.feature_names, table.class_names),
+        )
         alone.append(predict_frame(*load_model(tmp_path / f"alone{i}.pt"), small_frame))
     write_bundle(tmp_path / "ensemble.pt", bundle_of(members, table.feature_names, table.class_names))
     model, bundle = load_model(tmp_path / "ensemble.pt")
@@ -361,8 +377,11 @@ def test_an_ensemble_of_configurations_predicts_with_each_members_own_inputs(sma
     assert [len(m["features"]) for m in bundle["members"]] == [4, 6]
     predicted = predict_frame(model, bundle, small_frame)
     columns = ["p_non-stress", "p_stress"]
-    np.testing.assert_allclose(predicted[columns].to_numpy(),
-                               0.75 * alone[0][columns].to_numpy() + 0.25 * alone[1][columns].to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        predicted[columns].to_numpy(),
+        0.75 * alone[0][columns].to_numpy() + 0.25 * alone[1][columns].to_numpy(),
+        atol=1e-6,
+    )
     assert (predicted["predicted"] == np.array(bundle["class_names"])[predicted[columns].to_numpy().argmax(1)]).all()
     needed = bundle["members"][1]["features"][-1]
     with pytest.raises(UserError, match=f"lacks features the model needs: {needed}"):

@@ -45,8 +45,14 @@ def test_test_fold_not_used_for_training_or_early_stopping(small_table, smoke_co
     X, y = small_table.X.copy(), small_table.y.copy()
     X[fold.test] = 0.0
     y[fold.test] = 1 - y[fold.test]
-    altered = Table(X=X, y=y, groups=small_table.groups, feature_names=small_table.feature_names,
-                    class_names=small_table.class_names, source="altered")
+    altered = Table(
+        X=X,
+        y=y,
+        groups=small_table.groups,
+        feature_names=small_table.feature_names,
+        class_names=small_table.class_names,
+        source="altered",
+    )
     a = run_fold(small_table, fold, 1, config, table_context(small_table, config))
     b = run_fold(altered, fold, 1, config, table_context(altered, config))
     assert a.history == b.history and a.best_epoch == b.best_epoch
@@ -74,12 +80,15 @@ def test_an_ensemble_averages_members_trained_from_their_own_seeds(small_frame, 
     np.testing.assert_allclose(ensemble.proba, np.mean(members, axis=0), atol=1e-6)
     batched = run_folds_batched(table, [fold], [0], ensemble_config, context)[0]  # members as rows of one batch
     np.testing.assert_allclose(batched.proba, ensemble.proba, atol=2e-3)
-    write_bundle(tmp_path / "m.pt", bundle_of([(ensemble.model, ensemble_config, fold, 1.0)], table.feature_names,
-                                              table.class_names))
+    write_bundle(
+        tmp_path / "m.pt",
+        bundle_of([(ensemble.model, ensemble_config, fold, 1.0)], table.feature_names, table.class_names),
+    )
     model, bundle = load_model(tmp_path / "m.pt")
     predicted = predict_frame(model, bundle, small_frame)
-    np.testing.assert_allclose(predicted[["p_non-stress", "p_stress"]].to_numpy()[table.row_ids[fold.test]],
-                               ensemble.proba, atol=1e-5)
+    np.testing.assert_allclose(
+        predicted[["p_non-stress", "p_stress"]].to_numpy()[table.row_ids[fold.test]], ensemble.proba, atol=1e-5
+    )
 
 
 @pytest.mark.slow
@@ -88,8 +97,17 @@ def test_refit_retrains_on_training_and_validation_rows_for_the_best_epoch(small
     from emoma.cv import run_folds_batched
     from emoma.train import predict_proba, train_fold
 
-    config = apply_overrides(smoke_config, {"train.epochs": 12, "train.patience": 3, "train.lr": 0.02,
-                                            "model.dropout": 0.0, "model.context": 2, "cv.scheme": "loso"})
+    config = apply_overrides(
+        smoke_config,
+        {
+            "train.epochs": 12,
+            "train.patience": 3,
+            "train.lr": 0.02,
+            "model.dropout": 0.0,
+            "model.context": 2,
+            "cv.scheme": "loso",
+        },
+    )
     refit_config = apply_overrides(config, {"train.refit": True})
     plan = make_plan(small_table, config.cv, config.seed)
     fold = plan.folds[0]
@@ -103,8 +121,14 @@ def test_refit_retrains_on_training_and_validation_rows_for_the_best_epoch(small
     assert len(both) == len(fold.train) + len(fold.val)
 
     def trained_for(epochs):
-        fit = train_fold(both, None, n_classes=2, model_cfg=config.model, seed=fold_seed(config.seed, 0),
-                         train_cfg=apply_overrides(config, {"train.epochs": epochs}).train)
+        fit = train_fold(
+            both,
+            None,
+            n_classes=2,
+            model_cfg=config.model,
+            seed=fold_seed(config.seed, 0),
+            train_cfg=apply_overrides(config, {"train.epochs": epochs}).train,
+        )
         assert fit.epochs_run == epochs
         return predict_proba(fit.model, parts["test"])
 

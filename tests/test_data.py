@@ -5,8 +5,8 @@ import pytest
 import emoma.data
 from emoma.config import DataConfig
 from emoma.data import load_table, read_csv, table_from_frame
-from emoma.layout import MERGED_COLUMNS, MERGED_METADATA_COLUMNS
 from emoma.errors import UserError
+from emoma.layout import MERGED_COLUMNS, MERGED_METADATA_COLUMNS
 
 
 def test_signal_features_only_by_default(small_frame):
@@ -77,7 +77,9 @@ def test_bad_columns(small_frame):
         table_from_frame(small_frame.drop(columns="label"), DataConfig(), "t")
     with pytest.raises(UserError, match="feature columns site are not numeric: add them to data.exclude"):
         table_from_frame(small_frame.assign(site="lab"), DataConfig(), "t")
-    assert "site" not in table_from_frame(small_frame.assign(site="lab"), DataConfig(exclude=["site"]), "t").feature_names
+    assert (
+        "site" not in table_from_frame(small_frame.assign(site="lab"), DataConfig(exclude=["site"]), "t").feature_names
+    )
     with pytest.raises(UserError, match="only 1 class left"):
         table_from_frame(small_frame[small_frame["label"] == 1], DataConfig(), "t")
 

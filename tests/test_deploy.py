@@ -1,6 +1,7 @@
 """deploy/: the container, cluster-launcher, KubeRay and SLURM files, checked as far as this machine allows (no
 Docker daemon, no Kubernetes, no SLURM): against Ray's own launcher schema, for the right commands, and the SLURM
 script run with fake srun/scontrol/ray/emoma."""
+
 import json
 import os
 import re
@@ -23,8 +24,10 @@ def test_cluster_launcher_config_is_valid_for_ray():
     config = yaml.safe_load((DEPLOY / "ray-cluster.yaml").read_text())
     jsonschema.validate(config, schema)
     assert config["head_node_type"] in config["available_node_types"]
-    assert all("RAY_AUTH_MODE=disabled ray start" in c
-               for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"])
+    assert all(
+        "RAY_AUTH_MODE=disabled ray start" in c
+        for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    )
     assert "emoma search --address auto" in (DEPLOY / "ray-cluster.yaml").read_text()
 
 
@@ -65,7 +68,9 @@ def test_dockerfile_installs_the_tested_versions_and_runs_emoma():
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^FROM python:\$\{PYTHON\}-slim$", text, re.M)
     assert 'pip install -c constraints.txt ".[export]" "ray[default]" boto3' in text
-    assert not re.search(r"^ENTRYPOINT", text, re.M)  # the cluster launcher runs `docker run IMAGE bash`: an entrypoint would eat it
+    assert not re.search(
+        r"^ENTRYPOINT", text, re.M
+    )  # the cluster launcher runs `docker run IMAGE bash`: an entrypoint would eat it
     assert 'CMD ["emoma", "cv", "--config", "smoke"]' in text
     for line in re.findall(r"^COPY (.+) \S+$", text, re.M):
         for source in line.split():
@@ -89,16 +94,27 @@ def test_slurm_script_starts_head_workers_and_the_search(tmp_path):
     for name, body in fakes.items():
         (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
         (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node[1-3]",
-           "SLURM_CPUS_PER_TASK": "4"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": "node[1-3]",
+        "SLURM_CPUS_PER_TASK": "4",
+    }
     assert subprocess.run(["bash", "-n", str(DEPLOY / "slurm-search.sh")]).returncode == 0
-    proc = subprocess.run(["bash", str(DEPLOY / "slurm-search.sh"), "--num-samples", "2", "--name", "x"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(DEPLOY / "slurm-search.sh"), "--num-samples", "2", "--name", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     calls = sorted(log.read_text().splitlines())
-    assert calls == sorted([
-        "ray start --head --node-ip-address=10.0.0.1 --port=6379 --num-cpus=4 --block",
-        "ray start --address=10.0.0.1:6379 --num-cpus=4 --block",
-        "ray start --address=10.0.0.1:6379 --num-cpus=4 --block",
-        "emoma search --address 10.0.0.1:6379 --num-samples 2 --name x RAY_AUTH_MODE=disabled",
-    ])
+    assert calls == sorted(
+        [
+            "ray start --head --node-ip-address=10.0.0.1 --port=6379 --num-cpus=4 --block",
+            "ray start --address=10.0.0.1:6379 --num-cpus=4 --block",
+            "ray start --address=10.0.0.1:6379 --num-cpus=4 --block",
+            "emoma search --address 10.0.0.1:6379 --num-samples 2 --name x RAY_AUTH_MODE=disabled",
+        ]
+    )

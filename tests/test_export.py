@@ -1,19 +1,21 @@
-"""emoma export: the ONNX, torch.export and TorchScript graphs give the probabilities `emoma predict` gives (same members,
-feature columns, scalers and weights), for a cv run's fold ensemble and for a single saved model."""
+"""emoma export: the ONNX, torch.export and TorchScript graphs give the probabilities `emoma predict` gives
+(same members, feature columns, scalers and weights), for a cv run's fold ensemble and for a single saved model."""
+
 import json
 
 import numpy as np
-import pandas as pd
 import onnxruntime
+import pandas as pd
 import pytest
 import torch
 
-from conftest import run_in_process
 from emoma.cli import main
+from emoma.config import load_config
 from emoma.pipeline import cross_validate
 from emoma.predict import load_model, predict_frame
 from emoma.synthetic import make_frame
-from emoma.config import load_config
+
+from conftest import run_in_process
 
 CONTEXT = 2
 
@@ -77,8 +79,9 @@ def test_a_single_saved_model_exports_too(saved, tmp_path):
 
 
 def test_export_errors_are_one_line(tmp_path, capsys):
-    proc = run_in_process(main, ["export", str(tmp_path / "none.pt"), "--format", "onnx", "--out",
-                                 str(tmp_path / "m.onnx")], capsys)
+    proc = run_in_process(
+        main, ["export", str(tmp_path / "none.pt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")], capsys
+    )
     assert proc.returncode == 2 and "model file" in proc.stderr and "does not exist" in proc.stderr
     proc = run_in_process(main, ["export", str(tmp_path / "none.pt"), "--format", "tflite", "--out", "m"], capsys)
     assert proc.returncode == 2 and "invalid choice: 'tflite'" in proc.stderr
@@ -105,8 +108,15 @@ def test_a_causally_normalised_model_exports_with_what_a_caller_needs(tmp_path):
     from emoma.export import export_model
 
     frame = make_frame(seed=3, windows_scale=0.5)
-    config = load_config("smoke", [f"cv.cache_dir={tmp_path / 'cache'}", f"model.context={CONTEXT}",
-                                   "data.subject_norm=causal", "data.norm_warmup=4"])
+    config = load_config(
+        "smoke",
+        [
+            f"cv.cache_dir={tmp_path / 'cache'}",
+            f"model.context={CONTEXT}",
+            "data.subject_norm=causal",
+            "data.norm_warmup=4",
+        ],
+    )
     cross_validate(config, tmp_path / "run", progress=False, frame=frame, log=lambda *a: None)
     contract = export_model(tmp_path / "run" / "model.pt", "onnx", tmp_path / "m.onnx")
     assert contract["subject_norm"] == "causal" and contract["norm_warmup"] == 4

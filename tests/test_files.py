@@ -1,4 +1,5 @@
 """Result files: written atomically, readable by others as the umask allows (not mkstemp's 0600)."""
+
 import os
 import stat
 

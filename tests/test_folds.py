@@ -46,8 +46,14 @@ def test_fitted_state_ignores_test_rows(small_table):
     X[test] = np.random.default_rng(0).normal(100, 50, size=X[test].shape)
     y = small_table.y.copy()
     y[test] = 1 - y[test]
-    altered = Table(X=X, y=y, groups=small_table.groups, feature_names=small_table.feature_names,
-                    class_names=small_table.class_names, source="altered")
+    altered = Table(
+        X=X,
+        y=y,
+        groups=small_table.groups,
+        feature_names=small_table.feature_names,
+        class_names=small_table.class_names,
+        source="altered",
+    )
     fold, fold_altered = plan.folds[2], make_plan(altered, cfg, seed=0).folds[2]
     assert np.array_equal(fold.train, fold_altered.train) and np.array_equal(fold.val, fold_altered.val)
     np.testing.assert_array_equal(fold.mean, fold_altered.mean)

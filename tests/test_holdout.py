@@ -1,5 +1,6 @@
 """The search's final retraining without Ray: configurations retrained once each, models kept where asked,
 an ensemble of configurations scored as one model; the final configuration's file for an ensemble."""
+
 import math
 from types import SimpleNamespace
 
@@ -19,10 +20,10 @@ def test_retraining_shares_runs_keeps_models_and_combines_members(small_table, s
     config = apply_overrides(smoke_config, {"train.epochs": 2})
     other = apply_overrides(config, {"model.n_features": 4, "data.subject_norm": "subject"})
     tables = {"none": small_table, "subject": normalise_subjects(small_table, other.data)}
-    configs = {"base": config, "seed": other, "final a": apply_overrides(config, {"name": "renamed"}),
-               "final b": other}
-    held = retrain_and_score(tables, [2, 3], configs, config, baselines_for="base",
-                             keep_models_for=("final a", "final b"))
+    configs = {"base": config, "seed": other, "final a": apply_overrides(config, {"name": "renamed"}), "final b": other}
+    held = retrain_and_score(
+        tables, [2, 3], configs, config, baselines_for="base", keep_models_for=("final a", "final b")
+    )
     assert held["final a"] is held["base"] and held["final b"] is held["seed"]  # one run per configuration
     assert held["base"].result.baselines and held["base"].result.model is not None
     assert held["seed"].result.model is not None and set(np.unique(held["seed"].groups)) == {2, 3}
@@ -37,11 +38,14 @@ def test_the_final_configuration_of_an_ensemble_names_each_member(smoke_config):
     from emoma.report import final_config_yaml
 
     other = apply_overrides(smoke_config, {"model.context": 2})
-    result = SimpleNamespace(final_configs={"a": smoke_config, "b": other},
-                             selection=SimpleNamespace(weights={"a": 0.6, "b": 0.4}))
+    result = SimpleNamespace(
+        final_configs={"a": smoke_config, "b": other}, selection=SimpleNamespace(weights={"a": 0.6, "b": 0.4})
+    )
     members = yaml.safe_load(final_config_yaml(result))["ensemble"]
-    assert [(m["trial"], m["weight"], m["config"]["model"]["context"]) for m in members] == [("a", 0.6, 1),
-                                                                                               ("b", 0.4, 2)]
+    assert [(m["trial"], m["weight"], m["config"]["model"]["context"]) for m in members] == [
+        ("a", 0.6, 1),
+        ("b", 0.4, 2),
+    ]
     single = SimpleNamespace(final_configs={"a": smoke_config}, selection=SimpleNamespace(weights={"a": 1.0}))
     assert yaml.safe_load(final_config_yaml(single)) == smoke_config.to_dict()
 
@@ -51,8 +55,9 @@ def test_a_hold_out_of_fewer_than_8_subjects_gets_scores_only():
 
     def held_out_frame(n_subjects):
         rows = 20 * n_subjects
-        frame = pd.DataFrame({"subject": np.repeat([str(s) for s in range(n_subjects)], 20),
-                              "true": rng.integers(0, 2, rows)})
+        frame = pd.DataFrame(
+            {"subject": np.repeat([str(s) for s in range(n_subjects)], 20), "true": rng.integers(0, 2, rows)}
+        )
         for model in (FINAL, "LDA"):
             p = rng.random(rows)
             frame[f"{model}|a"], frame[f"{model}|b"] = p, 1 - p
@@ -62,9 +67,14 @@ def test_a_hold_out_of_fewer_than_8_subjects_gets_scores_only():
     assert not small["tests"] and not small["wilcoxon"]["against"]
     assert math.isnan(small["models"][FINAL]["ci"]["macro_f1"]["ci_low"])
     effect = enough["wilcoxon"]["against"]["LDA"]["macro_f1"]
-    assert enough["tests"] and "p_holm" in effect and effect["diff_ci_low"] <= effect["mean_diff"] <= effect["diff_ci_high"]
+    assert (
+        enough["tests"]
+        and "p_holm" in effect
+        and effect["diff_ci_low"] <= effect["mean_diff"] <= effect["diff_ci_high"]
+    )
     assert "| LDA | macro_f1 | " + f"{effect['mean_diff']:+.3f} ({effect['diff_ci_low']:+.3f} to" in "\n".join(
-        evaluation_sections(enough, ["a", "b"]))  # the effect with its interval, before the test
+        evaluation_sections(enough, ["a", "b"])
+    )  # the effect with its interval, before the test
     text = "\n".join(evaluation_sections(small, ["a", "b"], scores_only_hint=" Nest it."))
     assert "Scores only: 7 subjects are too few for intervals and paired tests (this report needs 8" in text
     assert "Nest it." in text and "p (Holm)" not in text

@@ -1,4 +1,5 @@
 """The manifest decides what a resumed experiment is; the command line may not contradict it."""
+
 import json
 
 import pytest
@@ -15,10 +16,19 @@ from conftest import ROOT
 def manifest():
     config = load_config(ROOT / "configs" / "smoke.yaml", ["seed=3", "search.num_samples=8"])
     table = load_table(config.data)
-    return Manifest(name="m", config=config.to_dict(), seed_config=config.to_dict(),
-                    space={"train.lr": {"float": [1e-4, 1e-2], "log": True}}, data=data_fingerprint(table, None),
-                    plan_keys={"none": "abc"}, holdout_subjects=["2", "5", "9"], fold_order=[2, 0, 1], seed=3,
-                    num_samples=8, runs=[{"path": ".", "num_samples": 8}])
+    return Manifest(
+        name="m",
+        config=config.to_dict(),
+        seed_config=config.to_dict(),
+        space={"train.lr": {"float": [1e-4, 1e-2], "log": True}},
+        data=data_fingerprint(table, None),
+        plan_keys={"none": "abc"},
+        holdout_subjects=["2", "5", "9"],
+        fold_order=[2, 0, 1],
+        seed=3,
+        num_samples=8,
+        runs=[{"path": ".", "num_samples": 8}],
+    )
 
 
 def resumed(manifest, overrides=(), flags=None):
@@ -39,14 +49,17 @@ def test_repeating_nothing_or_the_same_values_resumes(manifest):
     check_resume(manifest, resumed(manifest, ["seed=3"], {"cv.jobs": 2, "train.device": "cpu"}), None, None, None)
 
 
-@pytest.mark.parametrize("overrides, flags, message", [
-    ([], {"seed": 4}, "--resume: seed was 3 when experiment m started, the command line gives 4"),
-    (["cv.folds=5"], {}, "--resume: cv.folds was 3 when experiment m started, the command line gives 5"),
-    ([], {"data.path": "other.csv"}, "--resume: data.path was None"),
-    ([], {"search.metric": "accuracy"}, "search.metric was 'macro_f1'"),
-    ([], {"search.num_samples": 5}, "--num-samples 5 is fewer than the experiment's 8"),
-    ([], {"search.cpus_per_trial": 2.0}, "search.cpus_per_trial was 1.0"),  # Tune keeps a restored run's resources
-])
+@pytest.mark.parametrize(
+    "overrides, flags, message",
+    [
+        ([], {"seed": 4}, "--resume: seed was 3 when experiment m started, the command line gives 4"),
+        (["cv.folds=5"], {}, "--resume: cv.folds was 3 when experiment m started, the command line gives 5"),
+        ([], {"data.path": "other.csv"}, "--resume: data.path was None"),
+        ([], {"search.metric": "accuracy"}, "search.metric was 'macro_f1'"),
+        ([], {"search.num_samples": 5}, "--num-samples 5 is fewer than the experiment's 8"),
+        ([], {"search.cpus_per_trial": 2.0}, "search.cpus_per_trial was 1.0"),  # Tune keeps a restored run's resources
+    ],
+)
 def test_a_contradicting_command_line_names_the_first_differing_field(manifest, overrides, flags, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_resume(manifest, resumed(manifest, overrides, flags), None, None, None)
@@ -75,6 +88,8 @@ def test_a_manifest_written_before_a_setting_existed_resumes_with_its_default(ma
 def test_an_experiment_of_an_earlier_version_is_refused_with_one_line(manifest):
     for version in (1, 2, 3):  # 2: before the guard's corrected test; 3: before tuned baselines
         old = json.loads(manifest.to_json()) | {"version": version}
-        with pytest.raises(UserError, match=f"earlier EmoMA \\(manifest version {version}, this one writes 4\\)"
-                                            ".*start a new experiment"):
+        with pytest.raises(
+            UserError,
+            match=f"earlier EmoMA \\(manifest version {version}, this one writes 4\\).*start a new experiment",
+        ):
             Manifest.from_json(json.dumps(old), "old/manifest.json")

@@ -6,8 +6,9 @@ from emoma.model import build_model
 
 
 @pytest.mark.parametrize("n_features", [1, 3, 10, 46])
-@pytest.mark.parametrize("cbam, bidirectional, attention", [(True, False, True), (False, True, False),
-                                                             (True, True, True)])
+@pytest.mark.parametrize(
+    "cbam, bidirectional, attention", [(True, False, True), (False, True, False), (True, True, True)]
+)
 def test_forward_shapes(n_features, cbam, bidirectional, attention):
     cfg = ModelConfig(cbam=cbam, bidirectional=bidirectional, attention=attention, lstm_layers=2)
     model = build_model(cfg, n_features, 3)

@@ -1,4 +1,5 @@
 """python -m emoma.prepare on tiny synthetic recordings in the raw WESAD format."""
+
 import os
 import pickle
 import shutil
@@ -8,16 +9,25 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REAL_DATA, ROOT
 
 from emoma.config import DataConfig
 from emoma.data import load_table
-from emoma.layout import MERGED_COLUMNS
 from emoma.errors import UserError
-from emoma.prepare.features import (ACC_FIR, PrepareOptions, decompose_eda, peak_frequency, plan_windows, prepare, slope,
-                           window_stats)
+from emoma.layout import MERGED_COLUMNS
+from emoma.prepare.features import (
+    ACC_FIR,
+    PrepareOptions,
+    decompose_eda,
+    peak_frequency,
+    plan_windows,
+    prepare,
+    slope,
+    window_stats,
+)
 from emoma.prepare.synthetic import main as synthetic_wesad_main
 from emoma.prepare.synthetic import write_subject
+
+from conftest import REAL_DATA, ROOT
 
 # Seconds per segment, in WESAD's order: baseline 130, amusement 70, meditation 2 x 45, stress 100.
 TINY = ((0, 20), (1, 130), (0, 10), (3, 70), (0, 10), (4, 45), (0, 10), (2, 100), (0, 10), (4, 45), (6, 10))
@@ -42,8 +52,14 @@ def prepared(wesad_dir):
 
 
 def run_prepare(*args):
-    return subprocess.run([sys.executable, "-m", "emoma.prepare", "--no-progress", *map(str, args)], cwd=ROOT,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "emoma.prepare", "--no-progress", *map(str, args)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def copy_wesad(wesad_dir, tmp_path):
@@ -54,7 +70,7 @@ def test_columns_labels_and_order_match_merged_csv(prepared):
     assert list(prepared.columns) == MERGED_COLUMNS + ["time_s"]
     if REAL_DATA.is_file():
         assert list(pd.read_csv(REAL_DATA, index_col=0, nrows=1).columns) == MERGED_COLUMNS
-    for subject, rows in prepared.groupby("subject", sort=False):
+    for _, rows in prepared.groupby("subject", sort=False):
         # baseline (1), then stress (2), then amusement (0), as in merged.csv
         assert rows["label"].tolist() == [1] * 4 + [2] * 3 + [0] * 2
     assert prepared["subject"].tolist() == sorted(prepared["subject"])
@@ -63,7 +79,7 @@ def test_columns_labels_and_order_match_merged_csv(prepared):
 
 def test_time_s_gives_the_true_order_and_gaps(prepared):
     starts = {1: 20, 3: 160, 2: 295}  # segment starts in TINY: baseline, amusement, stress
-    for subject, rows in prepared.groupby("subject", sort=False):
+    for _, rows in prepared.groupby("subject", sort=False):
         for code, label in ((1, 1), (3, 0), (2, 2)):
             times = rows.loc[rows["label"] == label, "time_s"].to_numpy()
             np.testing.assert_allclose(times, starts[code] + 30.0 * np.arange(len(times)))
@@ -83,12 +99,17 @@ def test_time_s_gives_the_true_order_and_gaps(prepared):
 
 @pytest.mark.parametrize("window, shift", [(30, None), (20, 5), (60, 0.25)])
 def test_window_counts_follow_durations(wesad_dir, window, shift):
-    opts = PrepareOptions(window_s=window, shift_s=shift, conditions=("baseline", "stress", "amusement", "meditation"),
-                          signals=("resp",))
+    opts = PrepareOptions(
+        window_s=window, shift_s=shift, conditions=("baseline", "stress", "amusement", "meditation"), signals=("resp",)
+    )
     table = prepare(wesad_dir, opts, subjects=[2], jobs=1, progress=False).table
     step = shift or window
-    expected = {1: windows_in(130, window, step), 2: windows_in(100, window, step), 0: windows_in(70, window, step),
-                3: 2 * windows_in(45, window, step)}  # meditation: two segments, windows never span the gap
+    expected = {
+        1: windows_in(130, window, step),
+        2: windows_in(100, window, step),
+        0: windows_in(70, window, step),
+        3: 2 * windows_in(45, window, step),
+    }  # meditation: two segments, windows never span the gap
     counts = table["label"].value_counts().to_dict()
     assert {k: counts.get(k, 0) for k in expected} == expected
 
@@ -139,7 +160,7 @@ def test_window_features_equal_brute_force():
     x = 33 + np.cumsum(rng.normal(0, 0.01, 5000))
     first, n = np.array([0, 7, 100, 101, 4000, 5000 - 64]), 64
     stats = window_stats(x, first, n)
-    windows = np.stack([x[i:i + n] for i in first])
+    windows = np.stack([x[i : i + n] for i in first])
     assert np.allclose(stats["mean"], windows.mean(1), rtol=1e-12)
     assert np.allclose(stats["std"], windows.std(1), rtol=1e-7)
     assert np.array_equal(stats["min"], windows.min(1)) and np.array_equal(stats["max"], windows.max(1))
@@ -160,10 +181,25 @@ def test_windows_stay_inside_one_condition_segment():
 def test_prepared_table_feeds_cv_unchanged(prepared, tmp_path):
     csv = tmp_path / "merged.csv"
     prepared.to_csv(csv)
-    proc = subprocess.run([sys.executable, str(ROOT / "cv.py"), "--config", str(ROOT / "configs/smoke.yaml"),
-                           "--data", str(csv), "--no-progress", "--out", str(tmp_path / "out"),
-                           "--set", f"cv.cache_dir={tmp_path / 'cache'}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "cv.py"),
+            "--config",
+            str(ROOT / "configs/smoke.yaml"),
+            "--data",
+            str(csv),
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+            "--set",
+            f"cv.cache_dir={tmp_path / 'cache'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "CNN-LSTM" in proc.stdout and (tmp_path / "out" / "metrics.json").is_file()
 
@@ -185,7 +221,7 @@ def damage(root, kind):
         (s3 / "S3.pkl").unlink()
     elif kind == "truncated":
         data = (s3 / "S3.pkl").read_bytes()
-        (s3 / "S3.pkl").write_bytes(data[:len(data) // 2])
+        (s3 / "S3.pkl").write_bytes(data[: len(data) // 2])
     elif kind == "labels":
         with open(s3 / "S3.pkl", "rb") as f:
             recording = pickle.load(f)
@@ -195,10 +231,15 @@ def damage(root, kind):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, message", [
-    ("no readme", "S3: readme"), ("no pickle", "S3: pickle"), ("truncated", "S3: "),
-    ("labels", "S3: label codes 9"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("no readme", "S3: readme"),
+        ("no pickle", "S3: pickle"),
+        ("truncated", "S3: "),
+        ("labels", "S3: label codes 9"),
+    ],
+)
 def test_bad_subjects_stop_with_one_line_or_are_skipped(wesad_dir, tmp_path, kind, message):
     root = copy_wesad(wesad_dir, tmp_path)
     damage(root, kind)
@@ -215,13 +256,16 @@ def test_bad_subjects_stop_with_one_line_or_are_skipped(wesad_dir, tmp_path, kin
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args, message", [
-    (["--wesad-dir", "nowhere"], "WESAD folder nowhere does not exist"),
-    (["--conditions", "baseline,joy"], "--conditions: unknown joy"),
-    (["--signals", "wrist,feet"], "--signals: unknown feet"),
-    (["--window-s", "0"], "--window-s must be positive"),
-    (["--subjects", "2,99"], "--subjects names S99"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--wesad-dir", "nowhere"], "WESAD folder nowhere does not exist"),
+        (["--conditions", "baseline,joy"], "--conditions: unknown joy"),
+        (["--signals", "wrist,feet"], "--signals: unknown feet"),
+        (["--window-s", "0"], "--window-s must be positive"),
+        (["--subjects", "2,99"], "--subjects names S99"),
+    ],
+)
 def test_bad_arguments(wesad_dir, tmp_path, args, message):
     base = {"--wesad-dir": wesad_dir, "--out": tmp_path / "m.csv"}
     base.update(dict(zip(args[::2], args[1::2])))

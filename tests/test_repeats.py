@@ -1,4 +1,5 @@
 """cv.py --repeats: the summary over seeds, checked by hand (the end-to-end run is in test_cli.py)."""
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -9,24 +10,34 @@ from emoma.repeats import summarise_repeats
 
 def evaluation(scores: dict[str, list[float]]) -> dict:
     """A seed's `evaluate` output reduced to what the summary reads: per-subject scores, every metric alike."""
-    return {"models": {name: {"subjects": {str(i): {m: v for m in METRICS} for i, v in enumerate(values)},
-                              "ci": {m: {"mean": float(np.mean(values))} for m in METRICS}}
-                       for name, values in scores.items()}}
+    return {
+        "models": {
+            name: {
+                "subjects": {str(i): {m: v for m in METRICS} for i, v in enumerate(values)},
+                "ci": {m: {"mean": float(np.mean(values))} for m in METRICS},
+            }
+            for name, values in scores.items()
+        }
+    }
 
 
 def test_repeats_average_subjects_over_seeds_then_compare_with_holm():
     ours = [[0.9, 0.8, 0.7, 0.95, 0.6, 0.85], [0.8, 0.8, 0.9, 0.85, 0.7, 0.75]]
     lda = [[0.7, 0.75, 0.6, 0.9, 0.5, 0.8]] * 2
     rf = [[0.9, 0.85, 0.8, 0.9, 0.65, 0.8]] * 2
-    summary = summarise_repeats({s: evaluation({"CNN-LSTM": ours[i], "LDA": lda[i], "RandomForest": rf[i]})
-                                 for i, s in enumerate((5, 6))})
+    summary = summarise_repeats(
+        {s: evaluation({"CNN-LSTM": ours[i], "LDA": lda[i], "RandomForest": rf[i]}) for i, s in enumerate((5, 6))}
+    )
     assert summary["seeds"] == [5, 6] and summary["tests"]
     f1 = summary["models"]["CNN-LSTM"]["macro_f1"]
     assert f1["per_seed"] == pytest.approx([np.mean(ours[0]), np.mean(ours[1])])
     assert f1["std"] == pytest.approx(np.std(f1["per_seed"], ddof=1)) and f1["min"] < f1["max"]
     averaged = np.mean(ours, axis=0)
     assert [summary["subjects"]["CNN-LSTM"][str(i)]["accuracy"] for i in range(6)] == pytest.approx(averaged)
-    p = {name: stats.wilcoxon(averaged, np.array(other[0])).pvalue for name, other in (("LDA", lda), ("RandomForest", rf))}
+    p = {
+        name: stats.wilcoxon(averaged, np.array(other[0])).pvalue
+        for name, other in (("LDA", lda), ("RandomForest", rf))
+    }
     small, large = sorted(p, key=p.get)
     against = summary["comparisons"]
     assert against["LDA"]["macro_f1"]["mean_diff"] == pytest.approx(np.mean(averaged - lda[0]))
@@ -35,8 +46,9 @@ def test_repeats_average_subjects_over_seeds_then_compare_with_holm():
 
 
 def test_too_few_subjects_for_tests_give_scores_over_seeds_only():
-    summary = summarise_repeats({s: evaluation({"CNN-LSTM": [0.8, 0.9, s / 10], "LDA": [0.7, 0.6, 0.5]})
-                                 for s in (1, 2)})
+    summary = summarise_repeats(
+        {s: evaluation({"CNN-LSTM": [0.8, 0.9, s / 10], "LDA": [0.7, 0.6, 0.5]}) for s in (1, 2)}
+    )
     assert not summary["tests"] and not summary["comparisons"]
     assert summary["models"]["CNN-LSTM"]["accuracy"]["per_seed"] == pytest.approx([0.6, 0.6333333])
 

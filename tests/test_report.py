@@ -1,5 +1,6 @@
 """Report rendering: no empty test table without other models, no nan row for a model equal to the reference,
 a finished run's folder refused as --out with the right advice."""
+
 import numpy as np
 import pytest
 

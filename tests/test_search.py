@@ -1,4 +1,5 @@
 """search.py on a real in-process Ray: outputs, selection under pruning, the truth told to Optuna, resume."""
+
 import json
 import os
 import signal
@@ -16,13 +17,13 @@ import yaml
 
 from emoma.config import load_config
 from emoma.errors import UserError
-from emoma.predict import load_model, predict_frame
 from emoma.experiment import save_final_model
+from emoma.predict import load_model, predict_frame
 from emoma.report import write_search_outputs
-from emoma.tune.search import load_study, run_search
 from emoma.results import OOFStore
 from emoma.space import load_space, params_to_overrides, space_point
 from emoma.synthetic import make_frame
+from emoma.tune.search import load_study, run_search
 
 from conftest import ROOT, interruptible
 
@@ -45,9 +46,22 @@ def test_local_search_outputs_are_consistent(local_ray, tmp_path):
     result = run_search(config, space, config, storage_path=tmp_path / "exp", name="s", log=lambda *a: None)
     out = write_search_outputs(result, config)
     save_final_model(result)
-    expected = {"best_config.yaml", "final_config.yaml", "trials.csv", "search_metrics.json", "holdout_metrics.json",
-                "confusion_matrix.png", "search_history.png", "bbc_curve.png", "report.md", "final_model.pt",
-                "optuna_study.log", "manifest.json", "holdout_predictions.csv", "oof"}
+    expected = {
+        "best_config.yaml",
+        "final_config.yaml",
+        "trials.csv",
+        "search_metrics.json",
+        "holdout_metrics.json",
+        "confusion_matrix.png",
+        "search_history.png",
+        "bbc_curve.png",
+        "report.md",
+        "final_model.pt",
+        "optuna_study.log",
+        "manifest.json",
+        "holdout_predictions.csv",
+        "oof",
+    }
     assert expected <= {p.name for p in out.iterdir()}
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 3 and (trials["status"] == "completed").all()
@@ -83,13 +97,15 @@ def test_local_search_outputs_are_consistent(local_ray, tmp_path):
     # the same through the CLI
     frame.to_csv(tmp_path / "new.csv")
     cli = [sys.executable, "-m", "emoma.predict", "--model", str(out / "final_model.pt"), "--data"]
-    proc = subprocess.run(cli + [str(tmp_path / "new.csv"), "--out", str(tmp_path / "p.csv")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        cli + [str(tmp_path / "new.csv"), "--out", str(tmp_path / "p.csv")], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(pd.read_csv(tmp_path / "p.csv")) == len(frame)
     frame.drop(columns=bundle["features"][0]).to_csv(tmp_path / "bad.csv")
-    proc = subprocess.run(cli + [str(tmp_path / "bad.csv"), "--out", str(tmp_path / "q.csv")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        cli + [str(tmp_path / "bad.csv"), "--out", str(tmp_path / "q.csv")], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: the table lacks features")
 
 
@@ -98,11 +114,23 @@ def test_a_search_of_a_table_with_no_signal_is_estimated_at_chance(local_ray, tm
     frame["label"] = np.random.default_rng(0).permutation(frame["label"].to_numpy())  # labels carry no signal
     csv = tmp_path / "noise.csv"
     frame.to_csv(csv)
-    config = smoke(tmp_path, f"data.path={csv}", "cv.folds=3", "search.num_samples=20", "search.max_concurrent=1",
-                   "search.metric=balanced_accuracy", "train.metric=balanced_accuracy", "train.class_weights=true",
-                   "train.epochs=20", "model.dropout=0.0", "search.bbc_bootstrap=500", "search.select=best")
-    result = run_search(config, load_space(SMOKE_SPACE), config, storage_path=tmp_path / "exp", name="noise",
-                        log=lambda *a: None)
+    config = smoke(
+        tmp_path,
+        f"data.path={csv}",
+        "cv.folds=3",
+        "search.num_samples=20",
+        "search.max_concurrent=1",
+        "search.metric=balanced_accuracy",
+        "train.metric=balanced_accuracy",
+        "train.class_weights=true",
+        "train.epochs=20",
+        "model.dropout=0.0",
+        "search.bbc_bootstrap=500",
+        "search.select=best",
+    )
+    result = run_search(
+        config, load_space(SMOKE_SPACE), config, storage_path=tmp_path / "exp", name="noise", log=lambda *a: None
+    )
     # best: the rule whose naive figure is the most optimistic (every rule at chance: tests/test_select.py)
     estimate = result.selection.summary["bbc_cv"]  # balanced accuracy: chance is 0.5 whatever a model predicts
     assert len(result.completed) == 20
@@ -124,8 +152,9 @@ def test_searched_normalisation_gets_one_plan_each_and_held_out_statistics(local
     space_file = tmp_path / "space.yaml"
     space_file.write_text("data.subject_norm: {choice: [none, subject, causal]}\nmodel.context: {choice: [1, 3]}\n")
     config = smoke(tmp_path, "search.num_samples=5", "search.prune=false")
-    result = run_search(config, load_space(space_file), config, storage_path=tmp_path / "exp", name="norm",
-                        log=lambda *a: None)
+    result = run_search(
+        config, load_space(space_file), config, storage_path=tmp_path / "exp", name="norm", log=lambda *a: None
+    )
     assert sorted(made) == ["causal", "none", "subject"]  # one plan per normalisation, before any trial
     assert {t.params["data.subject_norm"] for t in result.trials} > {"none"}
     assert result.best_config.data.subject_norm == result.best.params["data.subject_norm"]
@@ -133,8 +162,14 @@ def test_searched_normalisation_gets_one_plan_each_and_held_out_statistics(local
     save_final_model(result)
     held = json.loads((out / "holdout_metrics.json").read_text())
     models = held["evaluation"]["models"]
-    assert set(models) == {"CNN-LSTM (final)", "CNN-LSTM (base config)", "CNN-LSTM (seed config)", "LDA",
-                           "LogisticRegression", "RandomForest"}
+    assert set(models) == {
+        "CNN-LSTM (final)",
+        "CNN-LSTM (base config)",
+        "CNN-LSTM (seed config)",
+        "LDA",
+        "LogisticRegression",
+        "RandomForest",
+    }
     assert set(models["CNN-LSTM (final)"]["subjects"]) == {str(s) for s in result.holdout_subjects}
     assert not held["evaluation"]["tests"]  # 3 held-out subjects: scores only
     report = (out / "report.md").read_text()
@@ -154,12 +189,23 @@ def test_pruned_trials_never_win_and_optuna_hears_the_truth(local_ray, tmp_path)
     # set the bar at the first rung, ASHA stops such trials after their grace fold
     space_file = tmp_path / "space.yaml"
     space_file.write_text("train.lr: {choice: [0.01, 1.0e-7]}\nmodel.n_features: {int: [3, 8]}\n")
-    config = smoke(tmp_path, "cv.folds=4", "search.num_samples=8", "search.prune=true", "search.grace_folds=1",
-                   "search.max_concurrent=1", "train.epochs=3", "train.lr=0.01", "model.n_features=5",
-                   "search.pruner=asha", "search.fold_batch=1")
+    config = smoke(
+        tmp_path,
+        "cv.folds=4",
+        "search.num_samples=8",
+        "search.prune=true",
+        "search.grace_folds=1",
+        "search.max_concurrent=1",
+        "train.epochs=3",
+        "train.lr=0.01",
+        "model.n_features=5",
+        "search.pruner=asha",
+        "search.fold_batch=1",
+    )
     seed = load_config(SMOKE, ["train.lr=0.01", "model.n_features=8", "train.epochs=8"])
-    result = run_search(config, load_space(space_file), seed, storage_path=tmp_path / "exp", name="p",
-                        log=lambda *a: None)
+    result = run_search(
+        config, load_space(space_file), seed, storage_path=tmp_path / "exp", name="p", log=lambda *a: None
+    )
     pruned = [t for t in result.trials if t.status == "pruned"]
     assert pruned, "expected ASHA to stop at least one trial"
     assert result.best.status == "completed" and len(result.best.fold_scores) == 4
@@ -176,11 +222,13 @@ def test_space_validation(tmp_path):
     point = space_point(seed, space)
     assert params_to_overrides(point)["model.conv_channels"] == seed.model.conv_channels
     bad = tmp_path / "bad.yaml"
-    for text, message in [("train.lrr: {float: [0.1, 1]}", "unknown config key 'train.lrr'"),
-                          ("train.lr: {float: [1, 0.1]}", "low < high"),
-                          ("train.lr: {float: [0, 1], log: true}", "log range needs low > 0"),
-                          ("train.lr: [1, 2]", "expected one of"),
-                          ("model.conv_blocks: {int: [1, 2]}", "go together")]:
+    for text, message in [
+        ("train.lrr: {float: [0.1, 1]}", "unknown config key 'train.lrr'"),
+        ("train.lr: {float: [1, 0.1]}", "low < high"),
+        ("train.lr: {float: [0, 1], log: true}", "log range needs low > 0"),
+        ("train.lr: [1, 2]", "expected one of"),
+        ("model.conv_blocks: {int: [1, 2]}", "go together"),
+    ]:
         bad.write_text(text)
         with pytest.raises(UserError, match=message):
             load_space(bad)
@@ -189,16 +237,35 @@ def test_space_validation(tmp_path):
         space_point(outside, space)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--space", "missing.yaml"], "search space missing.yaml does not exist"),
-    (["--resume"], "--resume needs the --name"),
-    (["--holdout-subjects", "2,99"], "held-out subjects 99 are not in the table"),
-    (["--resume", "--name", "nothing"], "nothing to resume"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--space", "missing.yaml"], "search space missing.yaml does not exist"),
+        (["--resume"], "--resume needs the --name"),
+        (["--holdout-subjects", "2,99"], "held-out subjects 99 are not in the table"),
+        (["--resume", "--name", "nothing"], "nothing to resume"),
+    ],
+)
 def test_search_cli_user_errors(tmp_path, args, message):
-    proc = subprocess.run([sys.executable, str(ROOT / "search.py"), "--config", str(SMOKE), "--space",
-                           str(SMOKE_SPACE), "--seed-config", str(SMOKE), "--storage-path", str(tmp_path), *args],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "search.py"),
+            "--config",
+            str(SMOKE),
+            "--space",
+            str(SMOKE_SPACE),
+            "--seed-config",
+            str(SMOKE),
+            "--storage-path",
+            str(tmp_path),
+            *args,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
 
@@ -214,13 +281,32 @@ def _finished_trials(folder: Path) -> dict[str, list[int]]:
 
 
 def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
-    args = [sys.executable, str(ROOT / "search.py"), "--config", str(SMOKE), "--space", str(SMOKE_SPACE),
-            "--seed-config", str(SMOKE), "--num-samples", "4", "--max-concurrent", "1", "--name", "r",
-            "--storage-path", str(tmp_path), "--set", f"cv.cache_dir={tmp_path / 'cache'}",
-            "--set", "train.epochs=10"]
+    args = [
+        sys.executable,
+        str(ROOT / "search.py"),
+        "--config",
+        str(SMOKE),
+        "--space",
+        str(SMOKE_SPACE),
+        "--seed-config",
+        str(SMOKE),
+        "--num-samples",
+        "4",
+        "--max-concurrent",
+        "1",
+        "--name",
+        "r",
+        "--storage-path",
+        str(tmp_path),
+        "--set",
+        f"cv.cache_dir={tmp_path / 'cache'}",
+        "--set",
+        "train.epochs=10",
+    ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(interruptible(args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        interruptible(args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     progress = []  # stderr lines as they come: the progress line is printed as each trial ends
 
     def read():
@@ -244,15 +330,14 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
     finished = _finished_trials(tmp_path / "r")
     assert 1 <= len(finished) < 4
 
-    resumed = subprocess.run(args + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=400)
+    resumed = subprocess.run(args + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr
     after = _finished_trials(tmp_path / "r")
     assert len(after) == 4
     for trial, reports in finished.items():  # no fold of a finished trial ran again
-        assert after[trial][:len(reports)] == reports
+        assert after[trial][: len(reports)] == reports
         # Tune may log the final result once more when the restored trial ends; no new fold is reported
-        assert set(after[trial][len(reports):]) <= {reports[-1]}
+        assert set(after[trial][len(reports) :]) <= {reports[-1]}
     trials = pd.read_csv(tmp_path / "r" / "trials.csv")
     assert len(trials) == 4 and (trials["status"] == "completed").all()
     assert (tmp_path / "r" / "final_model.pt").is_file()
@@ -275,8 +360,9 @@ def test_nested_search_holds_out_each_subject_once(local_ray, tmp_path):
         assert held["subjects"] == [subject]
         manifest = json.loads((tmp_path / "n" / f"outer-{subject}" / "manifest.json").read_text())
         assert manifest["holdout_subjects"] == [subject]
-    windows = sum(json.loads((tmp_path / "n" / f"outer-{s}" / "holdout_metrics.json").read_text())["windows"]
-                  for s in "23456")
+    windows = sum(
+        json.loads((tmp_path / "n" / f"outer-{s}" / "holdout_metrics.json").read_text())["windows"] for s in "23456"
+    )
     assert sum(map(sum, nested["confusion_matrix"])) == windows
     assert set(nested["evaluation"]["models"]["CNN-LSTM (final)"]["subjects"]) == set("23456")
     calibration = nested["bbc_vs_outer"]
@@ -291,8 +377,14 @@ def test_asha_never_stops_the_base_or_the_seed_configuration(tmp_path):
 
     from emoma.tune.schedulers import BaselineKeepingASHA, StopReasons
 
-    scheduler = BaselineKeepingASHA([{"train.lr": 0.5}, {"train.lr": 1e-7}], StopReasons(tmp_path / "r.json"),
-                                    time_attr="folds_done", max_t=8, grace_period=1, reduction_factor=2)
+    scheduler = BaselineKeepingASHA(
+        [{"train.lr": 0.5}, {"train.lr": 1e-7}],
+        StopReasons(tmp_path / "r.json"),
+        time_attr="folds_done",
+        max_t=8,
+        grace_period=1,
+        reduction_factor=2,
+    )
     scheduler.set_search_properties(metric="score", mode="max")
     good = SimpleNamespace(trial_id="good", config={"train.lr": 0.01})
     base = SimpleNamespace(trial_id="base", config={"train.lr": 0.5})
@@ -315,9 +407,12 @@ def test_wilcoxon_pruner_compares_like_with_like(tmp_path):
 
     reasons = StopReasons(tmp_path / "reasons.json")
     pruner = WilcoxonFoldPruner([{"train.lr": 1e-7}], reasons, min_folds=4, p_threshold=0.1, folds_total=8)
+
     def feed(trial, scores):  # one report per fold, each with every fold score so far
-        return [pruner.on_trial_result(None, trial, {"fold_scores": json.dumps(dict(enumerate(scores[:n + 1])))})
-                for n in range(len(scores))]
+        return [
+            pruner.on_trial_result(None, trial, {"fold_scores": json.dumps(dict(enumerate(scores[: n + 1])))})
+            for n in range(len(scores))
+        ]
 
     best = SimpleNamespace(trial_id="best", config={"train.lr": 0.01})
     feed(best, [0.90 + 0.01 * (fold % 3) for fold in range(8)])  # a complete trial sets the bar on every fold
@@ -359,8 +454,10 @@ def test_a_rerun_of_a_trial_optuna_had_finished_keeps_optunas_end_and_learns_its
     from ray import tune
 
     from emoma.tune.schedulers import TruthfulOptunaSearch
-    searcher = TruthfulOptunaSearch(space={"x": tune.uniform(0, 1)}, metric="score", mode="max",
-                                    sampler=optuna.samplers.RandomSampler(seed=0))
+
+    searcher = TruthfulOptunaSearch(
+        space={"x": tune.uniform(0, 1)}, metric="score", mode="max", sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     searcher.suggest("t")
     study = searcher._ot_study
     study.tell(searcher._ot_trials["t"], 0.1 if told == optuna.trial.TrialState.COMPLETE else None, state=told)
@@ -383,10 +480,12 @@ def test_search_report_says_how_trials_trained():
     seed = load_config(ROOT / "configs" / "seed.yaml", [])
     result = SimpleNamespace(space={"train.lr": {}}, seed_config=seed, fidelity="full")
     assert "refit" in _trial_fidelity(result, base) and "not the seed trial" in _trial_fidelity(result, base)
-    assert "not the seed trial" not in _trial_fidelity(SimpleNamespace(space={}, seed_config=base, fidelity="full"),
-                                                       base)
+    assert "not the seed trial" not in _trial_fidelity(
+        SimpleNamespace(space={}, seed_config=base, fidelity="full"), base
+    )
     assert _trial_fidelity(result, apply_overrides(base, {"train.refit": False})) == ""
-    assert "is searched" in _trial_fidelity(SimpleNamespace(space={"train.refit": {}}, seed_config=seed,
-                                                            fidelity="full"), base)
+    assert "is searched" in _trial_fidelity(
+        SimpleNamespace(space={"train.refit": {}}, seed_config=seed, fidelity="full"), base
+    )
     low = _trial_fidelity(SimpleNamespace(space={}, seed_config=seed, fidelity="low"), base)
     assert "one model per fold, no refit" in low

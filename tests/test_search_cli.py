@@ -1,5 +1,6 @@
 """search.py's command line, run in this process (one shared Ray): resume from the manifest, flags that mean
 what they say, refused resources; and (in a process of its own) a user error inside a trial."""
+
 import importlib.util
 import json
 import os
@@ -33,12 +34,24 @@ def cli(capsys, monkeypatch):
         argv = [str(a) for a in args]
         monkeypatch.setattr(sys, "argv", ["search.py", *argv])
         return run_in_process(search_cli.main, argv, capsys)
+
     return run
 
 
 def search(cli, tmp_path, *args):
-    return cli("--config", SMOKE, "--space", SMOKE_SPACE, "--seed-config", SMOKE, "--storage-path", tmp_path,
-               "--set", f"cv.cache_dir={tmp_path}/cache", *args)
+    return cli(
+        "--config",
+        SMOKE,
+        "--space",
+        SMOKE_SPACE,
+        "--seed-config",
+        SMOKE,
+        "--storage-path",
+        tmp_path,
+        "--set",
+        f"cv.cache_dir={tmp_path}/cache",
+        *args,
+    )
 
 
 def resume(cli, tmp_path, name, *args):
@@ -57,9 +70,28 @@ def one_error_line(proc, message):
 def finished(tmp_path_factory):
     """A finished 3-trial search named e."""
     tmp_path = tmp_path_factory.mktemp("exp")
-    argv = ["--config", SMOKE, "--space", SMOKE_SPACE, "--seed-config", SMOKE, "--storage-path", tmp_path, "--set",
-            f"cv.cache_dir={tmp_path}/cache", "--name", "e", "--num-samples", 3, "--cv", "group-kfold", "--folds", 2,
-            "--seed", 1]
+    argv = [
+        "--config",
+        SMOKE,
+        "--space",
+        SMOKE_SPACE,
+        "--seed-config",
+        SMOKE,
+        "--storage-path",
+        tmp_path,
+        "--set",
+        f"cv.cache_dir={tmp_path}/cache",
+        "--name",
+        "e",
+        "--num-samples",
+        3,
+        "--cv",
+        "group-kfold",
+        "--folds",
+        2,
+        "--seed",
+        1,
+    ]
     saved = sys.argv
     sys.argv = ["search.py", *map(str, argv)]
     try:
@@ -78,13 +110,19 @@ def test_manifest_records_the_experiment(finished):
     assert {"torch", "ray", "optuna"} <= set(manifest["versions"]) and "--num-samples" in manifest["command"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--seed", 9], "--resume: seed was 1 when experiment e started, the command line gives 9"),
-    (["--cv", "loso"], "--resume: cv.scheme was 'group-kfold' when experiment e started, the command line gives 'loso'"),
-    (["--set", "model.fc=3"], "--resume: model.fc was 8"),
-    (["--num-samples", 2], "--num-samples 2 is fewer than the experiment's 3"),
-    (["--outer", "loso"], "was a single search: drop --outer loso"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seed", 9], "--resume: seed was 1 when experiment e started, the command line gives 9"),
+        (
+            ["--cv", "loso"],
+            "--resume: cv.scheme was 'group-kfold' when experiment e started, the command line gives 'loso'",
+        ),
+        (["--set", "model.fc=3"], "--resume: model.fc was 8"),
+        (["--num-samples", 2], "--num-samples 2 is fewer than the experiment's 3"),
+        (["--outer", "loso"], "was a single search: drop --outer loso"),
+    ],
+)
 def test_a_resume_that_contradicts_the_manifest_stops(cli, finished, args, message):
     one_error_line(resume(cli, finished, "e", *args), message)
 
@@ -98,8 +136,12 @@ def test_resume_extends_explicitly_and_never_loops(cli, finished):
     assert "extending the search from 3 to 4 trials" in more.stdout
     trials = pd.read_csv(finished / "e" / "trials.csv")
     assert len(trials) == 4 and trials["trial"].is_unique
-    study = optuna.load_study(study_name="e", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(finished / "e" / "optuna_study.log"))))
+    study = optuna.load_study(
+        study_name="e",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(finished / "e" / "optuna_study.log"))
+        ),
+    )
     assert len(study.trials) == 4  # the extension continued the same Optuna study
     assert json.loads((finished / "e" / "manifest.json").read_text())["num_samples"] == 4
     assert resume(cli, finished, "e").returncode == 0  # and it resumes again without repeating --num-samples
@@ -115,11 +157,34 @@ def test_a_resume_may_change_how_the_final_choice_is_made(cli, finished):
 
 def test_epochs_and_set_fix_a_searched_key(cli, tmp_path):
     space = tmp_path / "space.yaml"
-    space.write_text("train.epochs: {choice: [20, 30]}\ntrain.lr: {float: [1e-3, 1e-2], log: true}\n"
-                     "model.n_features: {int: [3, 8]}\ndata.subject_norm: {choice: [none, subject, causal]}\n")
-    proc = search(cli, tmp_path, "--name", "f", "--space", space, "--num-samples", 2, "--epochs", 1, "--cv", "group-kfold",
-                  "--folds", 2, "--set", "train.lr=3e-3", "--set", "data.subject_norm=causal", "--select", "one-se",
-                  "--fidelity", "low")
+    space.write_text(
+        "train.epochs: {choice: [20, 30]}\ntrain.lr: {float: [1e-3, 1e-2], log: true}\n"
+        "model.n_features: {int: [3, 8]}\ndata.subject_norm: {choice: [none, subject, causal]}\n"
+    )
+    proc = search(
+        cli,
+        tmp_path,
+        "--name",
+        "f",
+        "--space",
+        space,
+        "--num-samples",
+        2,
+        "--epochs",
+        1,
+        "--cv",
+        "group-kfold",
+        "--folds",
+        2,
+        "--set",
+        "train.lr=3e-3",
+        "--set",
+        "data.subject_norm=causal",
+        "--select",
+        "one-se",
+        "--fidelity",
+        "low",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "train.epochs fixed at 1 by the command line: not searched" in proc.stdout
     assert "train.lr fixed at 0.003" in proc.stdout
@@ -137,30 +202,56 @@ def test_epochs_and_set_fix_a_searched_key(cli, tmp_path):
 
 
 def test_folds_without_a_k_fold_protocol_is_an_error(cli, tmp_path):
-    one_error_line(search(cli, tmp_path, "--cv", "loso", "--folds", 3),
-                   "--folds 3 does not apply to leave-one-subject-out")
-    proc = subprocess.run([sys.executable, str(ROOT / "cv.py"), "--config", str(SMOKE), "--cv", "loso", "--folds", "3"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    one_error_line(
+        search(cli, tmp_path, "--cv", "loso", "--folds", 3), "--folds 3 does not apply to leave-one-subject-out"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "cv.py"), "--config", str(SMOKE), "--cv", "loso", "--folds", "3"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     one_error_line(proc, "use --cv group-kfold --folds 3")
 
 
 def test_context_under_row_wise_folds_is_refused(cli, tmp_path):
     # neighbouring windows share their context: row-wise folds would put a test window's context in training
-    one_error_line(search(cli, tmp_path, "--cv", "kfold", "--folds", 3, "--set", "model.context=3"),
-                   "model.context=3 is invalid: it must be 1 under cv.scheme=kfold")
+    one_error_line(
+        search(cli, tmp_path, "--cv", "kfold", "--folds", 3, "--set", "model.context=3"),
+        "model.context=3 is invalid: it must be 1 under cv.scheme=kfold",
+    )
     space = tmp_path / "space.yaml"
     space.write_text("model.context: {choice: [1, 3]}\n")
-    one_error_line(cli("--config", SMOKE, "--space", space, "--seed-config", SMOKE, "--storage-path", tmp_path,
-                       "--cv", "kfold", "--folds", 3, "--name", "k"),
-                   "model.context: value 3 is not allowed (config model.context=3 is invalid: it must be 1 under "
-                   "cv.scheme=kfold")
+    one_error_line(
+        cli(
+            "--config",
+            SMOKE,
+            "--space",
+            space,
+            "--seed-config",
+            SMOKE,
+            "--storage-path",
+            tmp_path,
+            "--cv",
+            "kfold",
+            "--folds",
+            3,
+            "--name",
+            "k",
+        ),
+        "model.context: value 3 is not allowed (config model.context=3 is invalid: it must be 1 under cv.scheme=kfold",
+    )
     assert not list((tmp_path / "k").glob("trial_*"))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--gpus-per-trial", 1], "--gpus-per-trial 1 cannot be met: no node of the cluster has a GPU"),
-    (["--cpus-per-trial", 64], "--cpus-per-trial 64 is more than any node of the cluster has"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gpus-per-trial", 1], "--gpus-per-trial 1 cannot be met: no node of the cluster has a GPU"),
+        (["--cpus-per-trial", 64], "--cpus-per-trial 64 is more than any node of the cluster has"),
+    ],
+)
 def test_impossible_resources_are_refused_before_any_trial(cli, tmp_path, args, message):
     one_error_line(search(cli, tmp_path, "--name", "r", *args), message)
     assert not list((tmp_path / "r").glob("trial_*"))
@@ -168,8 +259,14 @@ def test_impossible_resources_are_refused_before_any_trial(cli, tmp_path, args, 
 
 def process(tmp_path, *args):
     """search.py in a process of its own (the search interrupts itself on a user error)."""
-    return subprocess.run([sys.executable, str(ROOT / "search.py"), *map(str, args)], cwd=tmp_path,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True, timeout=400)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "search.py"), *map(str, args)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
 
 
 def test_a_user_error_inside_a_trial_ends_the_search_without_retries(tmp_path):
@@ -178,8 +275,24 @@ def test_a_user_error_inside_a_trial_ends_the_search_without_retries(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     common = ["--storage-path", tmp_path, "--name", "u"]
-    proc = process(tmp_path, "--config", SMOKE, "--space", SMOKE_SPACE, "--seed-config", SMOKE, *common, "--set",
-                   f"cv.cache_dir={tmp_path}/cache", "--device", "cuda", "--num-samples", 3, "--max-concurrent", 1)
+    proc = process(
+        tmp_path,
+        "--config",
+        SMOKE,
+        "--space",
+        SMOKE_SPACE,
+        "--seed-config",
+        SMOKE,
+        *common,
+        "--set",
+        f"cv.cache_dir={tmp_path}/cache",
+        "--device",
+        "cuda",
+        "--num-samples",
+        3,
+        "--max-concurrent",
+        1,
+    )
     one_error_line(proc, "train.device=cuda but no CUDA device is available")
     results = list((tmp_path / "u").glob("trial_*/result.json"))
     assert len(results) == 1  # the first trial reported the error; no other trial started

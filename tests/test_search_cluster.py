@@ -1,4 +1,5 @@
 """A search on a three-node Ray cluster (one process per node, all on loopback)."""
+
 import json
 import os
 import threading
@@ -11,9 +12,9 @@ from ray.cluster_utils import Cluster
 
 import emoma.tune.search
 from emoma.config import load_config
-from emoma.tune.search import run_search
 from emoma.space import load_space
 from emoma.synthetic import make_frame
+from emoma.tune.search import run_search
 
 from conftest import ROOT
 
@@ -55,11 +56,26 @@ def test_trials_spread_over_nodes_and_never_read_the_csv(cluster, tmp_path, monk
 
     monkeypatch.setattr(emoma.tune.search, "data_fingerprint", fingerprint_then_delete)
     smoke = ROOT / "configs" / "smoke.yaml"
-    config = load_config(smoke, [f"data.path={csv}", f"cv.cache_dir={tmp_path / 'cache'}", "cv.folds=2",
-                                 "search.num_samples=6", "search.max_concurrent=3", "cv.jobs=2",
-                                 "train.epochs=40"])  # trials long enough to overlap on a loaded machine
-    result = run_search(config, load_space(ROOT / "configs" / "smoke_space.yaml"), config,
-                        storage_path=tmp_path / "exp", name="c", log=lambda *a: None)
+    config = load_config(
+        smoke,
+        [
+            f"data.path={csv}",
+            f"cv.cache_dir={tmp_path / 'cache'}",
+            "cv.folds=2",
+            "search.num_samples=6",
+            "search.max_concurrent=3",
+            "cv.jobs=2",
+            "train.epochs=40",
+        ],
+    )  # trials long enough to overlap on a loaded machine
+    result = run_search(
+        config,
+        load_space(ROOT / "configs" / "smoke_space.yaml"),
+        config,
+        storage_path=tmp_path / "exp",
+        name="c",
+        log=lambda *a: None,
+    )
     assert not csv.exists()
     assert len(result.completed) == 6
     nodes = {t.node for t in result.trials}
@@ -69,15 +85,29 @@ def test_trials_spread_over_nodes_and_never_read_the_csv(cluster, tmp_path, monk
 
 
 def test_a_lost_worker_node_reruns_its_trials_elsewhere(cluster, tmp_path):
-    config = load_config(ROOT / "configs" / "smoke.yaml", [
-        f"cv.cache_dir={tmp_path / 'cache'}", "cv.folds=3", "search.num_samples=4", "train.epochs=30",
-        "search.fold_batch=1", "search.prune=false"])
+    config = load_config(
+        ROOT / "configs" / "smoke.yaml",
+        [
+            f"cv.cache_dir={tmp_path / 'cache'}",
+            "cv.folds=3",
+            "search.num_samples=4",
+            "train.epochs=30",
+            "search.fold_batch=1",
+            "search.prune=false",
+        ],
+    )
     outcome = {}
 
     def search():
         try:
-            outcome["result"] = run_search(config, load_space(ROOT / "configs" / "smoke_space.yaml"), config,
-                                           storage_path=tmp_path / "exp", name="lost", log=lambda *a: None)
+            outcome["result"] = run_search(
+                config,
+                load_space(ROOT / "configs" / "smoke_space.yaml"),
+                config,
+                storage_path=tmp_path / "exp",
+                name="lost",
+                log=lambda *a: None,
+            )
         except BaseException as err:  # reported by the assertion below
             outcome["error"] = err
 

@@ -1,6 +1,7 @@
 """The final choice and its estimate, on out-of-fold predictions made up to know the answer (no training, no
 Ray): the store, per-subject scores, each selection rule, BBC-CV on a table with no signal and on one with a
 known best configuration."""
+
 import numpy as np
 import pytest
 
@@ -35,7 +36,7 @@ def test_the_store_places_saves_and_loads_every_window(tmp_path):
     half = store.rows[: len(store.rows) // 2]
     proba = rng.random((len(half), 2))
     store.add_trial("t1", {"rows": half[::-1], "proba": proba[::-1], "baseline_LDA": proba[::-1]}, baselines=True)
-    assert np.allclose(store.trials["t1"][: len(half)], proba) and np.isnan(store.trials["t1"][len(half):]).all()
+    assert np.allclose(store.trials["t1"][: len(half)], proba) and np.isnan(store.trials["t1"][len(half) :]).all()
     assert not store.complete("t1") and not store.baselines  # baselines only from a base trial that ran every fold
     whole = rng.random((len(store.rows), 2))
     store.add_trial("t2", {"rows": store.rows, "proba": whole, "baseline_LDA": whole}, baselines=True)
@@ -47,7 +48,9 @@ def test_the_store_places_saves_and_loads_every_window(tmp_path):
     store.save(tmp_path)
     back = OOFStore.load(tmp_path)
     assert back.class_names == store.class_names and (back.subjects == store.subjects).all()
-    assert set(back.trials) == {"t1", "t2", "t3"} and np.array_equal(back.trials["t1"], store.trials["t1"], equal_nan=True)
+    assert set(back.trials) == {"t1", "t2", "t3"} and np.array_equal(
+        back.trials["t1"], store.trials["t1"], equal_nan=True
+    )
     assert set(back.baselines) == {"LDA"}
     assert OOFStore.load(tmp_path / "nothing-here") is None
 
@@ -78,9 +81,15 @@ def scored(rows, costs=None, base=0):
     rows = np.asarray(rows, dtype=float)
     store, _ = empty_store(subjects=rows.shape[1])
     subjects = Subjects.of(store)
-    return Candidates([f"t{i}" for i in range(len(rows))], np.zeros((len(rows), len(store.y), 2)),
-                      {"accuracy": rows}, np.asarray(costs if costs is not None else range(len(rows)), dtype=float),
-                      base, subjects, "accuracy")
+    return Candidates(
+        [f"t{i}" for i in range(len(rows))],
+        np.zeros((len(rows), len(store.y), 2)),
+        {"accuracy": rows},
+        np.asarray(costs if costs is not None else range(len(rows)), dtype=float),
+        base,
+        subjects,
+        "accuracy",
+    )
 
 
 def test_best_takes_the_best_mean_and_one_se_the_cheapest_within_one_standard_error():
@@ -148,7 +157,7 @@ def test_ensemble_selection_averages_trials_that_are_right_on_different_subjects
     # each trial is sure and right on its half of the subjects, unsure and mostly wrong on the other half
     a = proba_with_skill(store, rng, None, per_subject=0.98 * first_half + 0.3 * (1 - first_half))
     b = proba_with_skill(store, rng, None, per_subject=0.98 * (1 - first_half) + 0.3 * first_half)
-    a[np.isin(store.subjects, np.unique(store.subjects)[N_SUBJECTS // 2:])] = 0.5 + rng.normal(0, 0.01, (1, 2))
+    a[np.isin(store.subjects, np.unique(store.subjects)[N_SUBJECTS // 2 :])] = 0.5 + rng.normal(0, 0.01, (1, 2))
     b[np.isin(store.subjects, np.unique(store.subjects)[: N_SUBJECTS // 2])] = 0.5 + rng.normal(0, 0.01, (1, 2))
     c = candidates(store, [proba_with_skill(store, rng, 0.7), a, b])
     weights = choose(c, "ensemble")
@@ -192,8 +201,17 @@ def test_select_reports_every_rule_the_gains_and_the_curve():
         store.trials[f"t{i}"] = p
     store.baselines["LDA"] = proba_with_skill(store, rng, 0.5)
     ids = list(store.trials)
-    selection = select(store, ids, list(range(5)), "t0", "best", "macro_f1", n_bootstrap=200, seed=0,
-                       references={"base": "t0", "seed": "t1"})
+    selection = select(
+        store,
+        ids,
+        list(range(5)),
+        "t0",
+        "best",
+        "macro_f1",
+        n_bootstrap=200,
+        seed=0,
+        references={"base": "t0", "seed": "t1"},
+    )
     s = selection.summary
     assert selection.weights == {"t2": 1.0} and s["naive_best"]["trial"] == "t2"
     assert set(s["rules"]) == {"best", "one-se", "guard", "ensemble"}

@@ -7,7 +7,7 @@ from sklearn.preprocessing import StandardScaler
 from emoma.config import DataConfig
 from emoma.data import table_from_frame
 from emoma.layout import MERGED_COLUMNS
-from emoma.synthetic import SUBJECTS, make_frame, main
+from emoma.synthetic import SUBJECTS, main, make_frame
 
 
 def test_deterministic_and_seeded():
@@ -32,8 +32,10 @@ def test_physiology_moves_the_expected_way():
 
 def test_windows_are_temporally_correlated():
     frame = make_frame(seed=0)
-    lag1 = [np.corrcoef(g["EDA_mean"].values[:-1], g["EDA_mean"].values[1:])[0, 1]
-            for _, g in frame.groupby(["subject", "label"])]
+    lag1 = [
+        np.corrcoef(g["EDA_mean"].values[:-1], g["EDA_mean"].values[1:])[0, 1]
+        for _, g in frame.groupby(["subject", "label"])
+    ]
     assert np.mean(lag1) > 0.5
 
 

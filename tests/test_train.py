@@ -20,8 +20,14 @@ def separable(n, seed):
 
 
 def test_loss_falls_and_beats_chance():
-    fit = train_fold(separable(300, 0), separable(100, 1), n_classes=2, model_cfg=MODEL,
-                     train_cfg=TrainConfig(epochs=15, batch_size=32, lr=3e-3), seed=0)
+    fit = train_fold(
+        separable(300, 0),
+        separable(100, 1),
+        n_classes=2,
+        model_cfg=MODEL,
+        train_cfg=TrainConfig(epochs=15, batch_size=32, lr=3e-3),
+        seed=0,
+    )
     losses = [h["train_loss"] for h in fit.history]
     assert losses[-1] < 0.6 * losses[0]
     test = separable(200, 2)
@@ -67,8 +73,9 @@ def test_best_epoch_and_early_stopping_follow_the_configured_metric(metric, monk
         return torch.tensor([[row[k] for k in keys]] * len(va.counts))
 
     monkeypatch.setattr(emoma.batched, "_validate", scripted)
-    fits = emoma.batched.train_folds([separable(100, 0)] * 2, [separable(40, 1)] * 2, n_classes=2,
-                                     model_cfg=MODEL, train_cfg=train_cfg, seeds=[0, 1])
+    fits = emoma.batched.train_folds(
+        [separable(100, 0)] * 2, [separable(40, 1)] * 2, n_classes=2, model_cfg=MODEL, train_cfg=train_cfg, seeds=[0, 1]
+    )
     assert [f.best_epoch for f in fits] == [BEST[metric]] * 2
     assert [f.epochs_run for f in fits] == [min(6, BEST[metric] + 2)] * 2
 
@@ -86,8 +93,9 @@ def test_patience_stops_early_and_seed_repeats():
 
 def test_scoring_in_chunks_equals_one_pass(monkeypatch):
     data = separable(200, 0)
-    fit = train_fold(data, separable(50, 1), n_classes=2, model_cfg=MODEL,
-                     train_cfg=TrainConfig(epochs=2, batch_size=32), seed=0)
+    fit = train_fold(
+        data, separable(50, 1), n_classes=2, model_cfg=MODEL, train_cfg=TrainConfig(epochs=2, batch_size=32), seed=0
+    )
     whole = predict_proba(fit.model, data)
     monkeypatch.setattr(emoma.train, "EVAL_CHUNK", 7)
     assert np.allclose(predict_proba(fit.model, data), whole, atol=1e-6)

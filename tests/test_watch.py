@@ -1,4 +1,5 @@
 """Watching a search: the live trials.csv and report, --status, MLflow runs, the Optuna journal."""
+
 import json
 import os
 import subprocess
@@ -27,10 +28,30 @@ def runs_of(uri, experiment):
 
 def test_a_running_search_can_be_watched_and_is_tracked(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    command = [sys.executable, str(ROOT / "search.py"), "--config", str(SMOKE), "--space", str(SMOKE_SPACE),
-               "--seed-config", str(SMOKE), "--storage-path", str(tmp_path), "--name", "w", "--num-samples", "4",
-               "--max-concurrent", "1", "--set", f"cv.cache_dir={tmp_path}/cache", "--set", "train.epochs=12",
-               "--mlflow", uri]
+    command = [
+        sys.executable,
+        str(ROOT / "search.py"),
+        "--config",
+        str(SMOKE),
+        "--space",
+        str(SMOKE_SPACE),
+        "--seed-config",
+        str(SMOKE),
+        "--storage-path",
+        str(tmp_path),
+        "--name",
+        "w",
+        "--num-samples",
+        "4",
+        "--max-concurrent",
+        "1",
+        "--set",
+        f"cv.cache_dir={tmp_path}/cache",
+        "--set",
+        "train.epochs=12",
+        "--mlflow",
+        uri,
+    ]
     proc = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     live = tmp_path / "w" / "trials.csv"
     watched = False
@@ -40,8 +61,20 @@ def test_a_running_search_can_be_watched_and_is_tracked(tmp_path):
             rows = pd.read_csv(live)  # always a whole file: written under another name, then renamed
             if 1 <= len(rows) < 4:
                 assert "(in progress)" in (tmp_path / "w" / "report.md").read_text()
-                status = subprocess.run([sys.executable, str(ROOT / "search.py"), "--status", "--name", "w",
-                                         "--storage-path", str(tmp_path)], capture_output=True, text=True, timeout=60)
+                status = subprocess.run(
+                    [
+                        sys.executable,
+                        str(ROOT / "search.py"),
+                        "--status",
+                        "--name",
+                        "w",
+                        "--storage-path",
+                        str(tmp_path),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
                 assert status.returncode == 0 and "not finished" in status.stdout, status.stderr
                 assert "of 4 trials finished" in status.stdout and rows["trial"].iloc[0] in status.stdout
                 if (rows["status"] == "completed").any():  # the selection so far, in the report and --status
@@ -78,20 +111,40 @@ def test_a_running_search_can_be_watched_and_is_tracked(tmp_path):
         assert child.data.metrics["mean_macro_f1"] == pytest.approx(row["mean"])
 
     # the Optuna journal (what optuna-dashboard reads) holds every trial with its state
-    study = optuna.load_study(study_name="w", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "w" / "optuna_study.log"))))
+    study = optuna.load_study(
+        study_name="w",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "w" / "optuna_study.log"))
+        ),
+    )
     states = {"completed": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED}
     assert sorted(t.state for t in study.trials) == sorted(states[s] for s in trials["status"])
 
 
 def test_an_unreachable_tracking_uri_stops_before_the_search(tmp_path):
-    command = [sys.executable, str(ROOT / "search.py"), "--config", str(SMOKE), "--space", str(SMOKE_SPACE),
-               "--seed-config", str(SMOKE), "--storage-path", str(tmp_path), "--name", "x", "--mlflow",
-               "http://127.0.0.1:9"]
+    command = [
+        sys.executable,
+        str(ROOT / "search.py"),
+        "--config",
+        str(SMOKE),
+        "--space",
+        str(SMOKE_SPACE),
+        "--seed-config",
+        str(SMOKE),
+        "--storage-path",
+        str(tmp_path),
+        "--name",
+        "x",
+        "--mlflow",
+        "http://127.0.0.1:9",
+    ]
     proc = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: --mlflow http://127.0.0.1:9: cannot use the tracking store") and "Traceback" not in proc.stderr
+    assert (
+        last.startswith("error: --mlflow http://127.0.0.1:9: cannot use the tracking store")
+        and "Traceback" not in proc.stderr
+    )
     assert not (tmp_path / "x" / "manifest.json").exists()
 
 
@@ -118,9 +171,26 @@ def test_a_tracking_failure_is_reported_once_and_never_stops_the_run(tmp_path, c
 @pytest.mark.slow
 def test_cv_run_is_tracked_and_mlflow_is_optional(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'cv.db'}"
-    proc = subprocess.run([sys.executable, str(ROOT / "cv.py"), "--config", str(SMOKE), "--no-progress", "--out",
-                           str(tmp_path / "out"), "--set", f"cv.cache_dir={tmp_path}/cache", "--mlflow", uri],
-                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "cv.py"),
+            "--config",
+            str(SMOKE),
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+            "--set",
+            f"cv.cache_dir={tmp_path}/cache",
+            "--mlflow",
+            uri,
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     client, runs = runs_of(uri, "emoma-cv")
     assert len(runs) == 1
@@ -145,10 +215,13 @@ def test_the_progress_line_counts_a_resumed_experiments_finished_trials(capsys):
         return SimpleNamespace(trial_id=trial_id, status=status, last_result=result)
 
     line = ProgressLine(num_samples=50)
-    earlier = [trial("a", "TERMINATED", score=0.86, folds_done=12, folds_total=12),
-               trial("b", "TERMINATED", score=0.90, folds_done=12, folds_total=12),
-               trial("c", "TERMINATED", score=0.95, folds_done=4, folds_total=12),  # pruned: not a best
-               trial("d", "ERROR"), trial("e", "PENDING")]
+    earlier = [
+        trial("a", "TERMINATED", score=0.86, folds_done=12, folds_total=12),
+        trial("b", "TERMINATED", score=0.90, folds_done=12, folds_total=12),
+        trial("c", "TERMINATED", score=0.95, folds_done=4, folds_total=12),  # pruned: not a best
+        trial("d", "ERROR"),
+        trial("e", "PENDING"),
+    ]
     line.on_step_begin(0, earlier)
     line.on_step_begin(1, earlier)  # counted once
     new = trial("f", "TERMINATED", score=0.41, folds_done=12, folds_total=12)

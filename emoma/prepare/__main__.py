@@ -1,4 +1,5 @@
 """`python -m emoma.prepare`: the same as `emoma prepare`."""
+
 from emoma.prepare.features import main
 
 main()

@@ -13,6 +13,7 @@ published merged.csv (same columns, order and label coding), with two of its bug
 ``--compat-bugs`` reproduces both bugs and the original's window length (21,000 rows of its outer-joined
 multi-rate frame, which has 760 rows per second: 27.6 s, not 30 s), for comparison with published numbers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,11 +29,21 @@ from joblib import Parallel, delayed
 from scipy import ndimage, signal
 from tqdm.auto import tqdm
 
-from emoma.layout import MERGED_METADATA_COLUMNS, MERGED_SIGNAL_COLUMNS
 from emoma.errors import UserError, exit_on_user_error
 from emoma.files import atomic_path
-from emoma.prepare.recordings import (CHEST_HZ, CHEST_SIGNALS, LABEL_HZ, WRIST_HZ, Recording, SubjectFiles, find_subjects, load_recording,
-                         read_readme, subject_files)
+from emoma.layout import MERGED_METADATA_COLUMNS, MERGED_SIGNAL_COLUMNS
+from emoma.prepare.recordings import (
+    CHEST_HZ,
+    CHEST_SIGNALS,
+    LABEL_HZ,
+    WRIST_HZ,
+    Recording,
+    SubjectFiles,
+    find_subjects,
+    load_recording,
+    read_readme,
+    subject_files,
+)
 
 # condition name -> (WESAD label code, label in the output table); the output keeps merged.csv's coding.
 CONDITIONS = {"baseline": (1, 1), "stress": (2, 2), "amusement": (3, 0), "meditation": (4, 3)}
@@ -61,12 +72,15 @@ class PrepareOptions:
             raise UserError(f"--shift-s must be positive, got {self.shift_s}")
         bad = [c for c in self.conditions if c not in CONDITIONS]
         if bad or not self.conditions:
-            raise UserError(f"--conditions: unknown {', '.join(bad) or '(none given)'}; "
-                            f"choose from {', '.join(CONDITIONS)}")
+            raise UserError(
+                f"--conditions: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(CONDITIONS)}"
+            )
         bad = [s for s in self.signals if s not in SIGNAL_GROUPS]
         if bad or not self.signals:
-            raise UserError(f"--signals: unknown {', '.join(bad) or '(none given)'}; "
-                            f"choose from {', '.join(SIGNAL_GROUPS)} (comma-separated)")
+            raise UserError(
+                f"--signals: unknown {', '.join(bad) or '(none given)'}; "
+                f"choose from {', '.join(SIGNAL_GROUPS)} (comma-separated)"
+            )
 
     @property
     def span_s(self) -> float:
@@ -122,8 +136,7 @@ def plan_windows(label: np.ndarray, opts: PrepareOptions) -> Windows:
             count = int(np.floor((length_s - opts.span_s) / opts.step_s + 1e-9)) + 1 if fits else 0
             starts.append(a / LABEL_HZ + opts.step_s * np.arange(count))
             labels.append(np.full(count, out_label))
-    return Windows(np.concatenate(starts or [np.zeros(0)]), np.concatenate(labels or [np.zeros(0, int)]),
-                   opts.span_s)
+    return Windows(np.concatenate(starts or [np.zeros(0)]), np.concatenate(labels or [np.zeros(0, int)]), opts.span_s)
 
 
 def window_stats(x: np.ndarray, first: np.ndarray, n: int) -> dict[str, np.ndarray]:
@@ -134,15 +147,19 @@ def window_stats(x: np.ndarray, first: np.ndarray, n: int) -> dict[str, np.ndarr
     m1 = (c1[first + n] - c1[first]) / n
     m2 = (c2[first + n] - c2[first]) / n
     centre = first + n // 2  # a size-n filter centred there covers first .. first + n - 1
-    return {"mean": m1 + x.mean(), "std": np.sqrt(np.maximum(m2 - m1**2, 0.0)),
-            "min": ndimage.minimum_filter1d(x, n)[centre], "max": ndimage.maximum_filter1d(x, n)[centre]}
+    return {
+        "mean": m1 + x.mean(),
+        "std": np.sqrt(np.maximum(m2 - m1**2, 0.0)),
+        "min": ndimage.minimum_filter1d(x, n)[centre],
+        "max": ndimage.maximum_filter1d(x, n)[centre],
+    }
 
 
 def _window_blocks(x: np.ndarray, first: np.ndarray, n: int):
     """The windows as (k, n) arrays, a few million samples at a time."""
     per_block = max(1, WINDOW_CHUNK // n)
     for i in range(0, len(first), per_block):
-        yield x[first[i:i + per_block, None] + np.arange(n)]
+        yield x[first[i : i + per_block, None] + np.arange(n)]
 
 
 def peak_frequency(x: np.ndarray, first: np.ndarray, n: int, fs: float) -> np.ndarray:
@@ -178,8 +195,10 @@ def decompose_eda(eda: np.ndarray) -> dict[str, np.ndarray]:
     try:
         import cvxeda
     except ImportError:
-        raise UserError("the EDA_phasic/smna/tonic features need cvxEDA: pip install -e '.[prepare]' "
-                        "(or leave out the wrist signals with --signals resp|chest)") from None
+        raise UserError(
+            "the EDA_phasic/smna/tonic features need cvxEDA: pip install -e '.[prepare]' "
+            "(or leave out the wrist signals with --signals resp|chest)"
+        ) from None
     z = (eda - eda.mean()) / eda.std(ddof=1)
     phasic, smna, tonic, *_ = cvxeda.cvxEDA(z, 1.0 / WRIST_HZ["EDA"], options={"show_progress": False})
     return {"EDA_phasic": phasic, "EDA_smna": smna, "EDA_tonic": tonic}
@@ -249,13 +268,18 @@ def metadata_columns(answers: dict[str, str], subject: str) -> dict[str, float]:
     def answer(field):
         return answers[field].strip().upper()
 
-    return {"age": number("age"), "height": number("height"), "weight": number("weight"),
-            "gender_ female": int(answers["gender"].strip().lower() == "female"),
-            "gender_ male": int(answers["gender"].strip().lower() == "male"),
-            "coffee_today_YES": int(answer("coffee_today") == "YES"),
-            "sport_today_YES": int(answer("sport_today") == "YES"),
-            "smoker_NO": int(answer("smoker") == "NO"), "smoker_YES": int(answer("smoker") == "YES"),
-            "feel_ill_today_YES": int(answer("feel_ill_today") == "YES")}
+    return {
+        "age": number("age"),
+        "height": number("height"),
+        "weight": number("weight"),
+        "gender_ female": int(answers["gender"].strip().lower() == "female"),
+        "gender_ male": int(answers["gender"].strip().lower() == "male"),
+        "coffee_today_YES": int(answer("coffee_today") == "YES"),
+        "sport_today_YES": int(answer("sport_today") == "YES"),
+        "smoker_NO": int(answer("smoker") == "NO"),
+        "smoker_YES": int(answer("smoker") == "YES"),
+        "feel_ill_today_YES": int(answer("feel_ill_today") == "YES"),
+    }
 
 
 def prepare_subject(files: SubjectFiles, metadata: dict[str, float], opts: PrepareOptions) -> pd.DataFrame:
@@ -295,8 +319,15 @@ class Prepared:
     skipped: dict[str, str] = field(default_factory=dict)  # subject -> why
 
 
-def prepare(wesad_dir: str | Path, opts: PrepareOptions, *, subjects: list[int] | None = None, jobs: int = 2,
-            skip_bad: bool = False, progress: bool = True) -> Prepared:
+def prepare(
+    wesad_dir: str | Path,
+    opts: PrepareOptions,
+    *,
+    subjects: list[int] | None = None,
+    jobs: int = 2,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> Prepared:
     """Every subject of a WESAD folder -> one merged.csv-layout table (subjects in parallel, `jobs` at a time).
 
     Each worker holds one subject's recording at a time, so memory is bounded by `jobs` recordings. With
@@ -320,7 +351,8 @@ def prepare(wesad_dir: str | Path, opts: PrepareOptions, *, subjects: list[int] 
     frames = {}
     jobs = max(1, min(jobs, len(work), os.cpu_count() or 1)) if work else 1
     stream = Parallel(n_jobs=jobs, return_as="generator_unordered")(
-        delayed(_run_subject)(files, metadata, opts) for files, metadata in work)
+        delayed(_run_subject)(files, metadata, opts) for files, metadata in work
+    )
     with tqdm(total=len(work), desc="prepare", unit="subject", disable=not progress, file=sys.stderr) as bar:
         for outcome in stream:
             bar.update()
@@ -329,8 +361,9 @@ def prepare(wesad_dir: str | Path, opts: PrepareOptions, *, subjects: list[int] 
                 continue
             frames[outcome.name] = outcome.frame
             counts = outcome.frame["label"].value_counts().sort_index().to_dict()
-            bar.write(f"{outcome.name}: {len(outcome.frame)} windows {counts} in {outcome.seconds:.1f} s",
-                      file=sys.stderr)
+            bar.write(
+                f"{outcome.name}: {len(outcome.frame)} windows {counts} in {outcome.seconds:.1f} s", file=sys.stderr
+            )
     if not frames:
         raise UserError(f"no subject in {wesad_dir} could be prepared: fix the files named above")
     order = sorted(frames, key=lambda name: int(name[1:]))
@@ -339,22 +372,34 @@ def prepare(wesad_dir: str | Path, opts: PrepareOptions, *, subjects: list[int] 
 
 
 def parse_args(argv=None, prog="python -m emoma.prepare"):
-    p = argparse.ArgumentParser(prog=prog,
-                                description="Turn a WESAD folder into a merged.csv window-by-feature table.")
+    p = argparse.ArgumentParser(prog=prog, description="Turn a WESAD folder into a merged.csv window-by-feature table.")
     p.add_argument("--wesad-dir", required=True, help="the unpacked WESAD folder (holds S2 ... S17)")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--window-s", type=float, default=30.0, help="window length in seconds (default: 30)")
     p.add_argument("--shift-s", type=float, help="window shift in seconds (default: the window length)")
-    p.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS),
-                   help=f"comma-separated, from {', '.join(CONDITIONS)} (default: %(default)s)")
-    p.add_argument("--signals", default="wrist,resp",
-                   help="comma-separated groups: wrist (E4 ACC, BVP, EDA, TEMP), resp (chest Resp), chest (every "
-                        "RespiBAN signal), all (default: %(default)s, the merged.csv columns)")
+    p.add_argument(
+        "--conditions",
+        default=",".join(DEFAULT_CONDITIONS),
+        help=f"comma-separated, from {', '.join(CONDITIONS)} (default: %(default)s)",
+    )
+    p.add_argument(
+        "--signals",
+        default="wrist,resp",
+        help="comma-separated groups: wrist (E4 ACC, BVP, EDA, TEMP), resp (chest Resp), chest (every "
+        "RespiBAN signal), all (default: %(default)s, the merged.csv columns)",
+    )
     p.add_argument("--subjects", help="comma-separated subject numbers, e.g. 2,3,17 (default: all)")
-    p.add_argument("--jobs", type=int, default=2, help="subjects prepared at once; each holds one recording "
-                                                       "(~1-2 GB) in memory (default: 2)")
-    p.add_argument("--compat-bugs", action="store_true",
-                   help="reproduce the common pipeline's ACC and BVP_peak_freq bugs and its 27.6 s windows")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="subjects prepared at once; each holds one recording (~1-2 GB) in memory (default: 2)",
+    )
+    p.add_argument(
+        "--compat-bugs",
+        action="store_true",
+        help="reproduce the common pipeline's ACC and BVP_peak_freq bugs and its 27.6 s windows",
+    )
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable subjects instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -367,8 +412,13 @@ def _split(text: str) -> tuple[str, ...]:
 @exit_on_user_error
 def main(argv=None, prog="python -m emoma.prepare"):
     args = parse_args(argv, prog)
-    opts = PrepareOptions(window_s=args.window_s, shift_s=args.shift_s, conditions=_split(args.conditions),
-                          signals=_split(args.signals), compat_bugs=args.compat_bugs)
+    opts = PrepareOptions(
+        window_s=args.window_s,
+        shift_s=args.shift_s,
+        conditions=_split(args.conditions),
+        signals=_split(args.signals),
+        compat_bugs=args.compat_bugs,
+    )
     try:
         subjects = [int(s.lstrip("Ss")) for s in _split(args.subjects)] if args.subjects else None
     except ValueError:
@@ -379,10 +429,13 @@ def main(argv=None, prog="python -m emoma.prepare"):
     if not out.parent.is_dir():
         raise UserError(f"--out folder {out.parent} does not exist: create it or write elsewhere")
     start = time.perf_counter()
-    result = prepare(args.wesad_dir, opts, subjects=subjects, jobs=args.jobs, skip_bad=args.skip_bad,
-                     progress=not args.no_progress)
+    result = prepare(
+        args.wesad_dir, opts, subjects=subjects, jobs=args.jobs, skip_bad=args.skip_bad, progress=not args.no_progress
+    )
     with atomic_path(out) as tmp:
         result.table.to_csv(tmp)
     counts = result.table["label"].value_counts().sort_index().to_dict()
-    print(f"wrote {out}: {len(result.table)} windows of {result.table['subject'].nunique()} subjects, "
-          f"labels {counts}, {time.perf_counter() - start:.1f} s")
+    print(
+        f"wrote {out}: {len(result.table)} windows of {result.table['subject'].nunique()} subjects, "
+        f"labels {counts}, {time.perf_counter() - start:.1f} s"
+    )

@@ -5,6 +5,7 @@ pickle holds a dict: ``subject``, ``label`` (700 Hz, aligned with the chest devi
 ``chest`` (RespiBAN, every signal at 700 Hz) and ``wrist`` (Empatica E4: ACC 32 Hz, BVP 64 Hz, EDA 4 Hz,
 TEMP 4 Hz). Everything a user can get wrong here raises a one-line UserError.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -68,8 +69,10 @@ def find_subjects(wesad_dir: str | Path, only: list[int] | None = None) -> list[
         missing = sorted(set(only) - set(folders))
         if missing:
             names = ", ".join(f"S{s}" for s in missing)
-            raise UserError(f"--subjects names {names}, not found in {root}: pick from "
-                            f"{', '.join(f'S{s}' for s in sorted(folders))}")
+            raise UserError(
+                f"--subjects names {names}, not found in {root}: pick from "
+                f"{', '.join(f'S{s}' for s in sorted(folders))}"
+            )
         folders = {s: folders[s] for s in only}
     return [folders[s] for s in sorted(folders)]
 
@@ -93,8 +96,10 @@ def read_readme(path: Path) -> dict[str, str]:
                 answers[field] = re.split(r"[:?]", line, maxsplit=1)[-1].strip()
     missing = [README_FIELDS[f] for f in README_FIELDS if not answers.get(f)]
     if missing:
-        raise UserError(f"{path.parent.name}: readme {path} lacks {', '.join(repr(m) for m in missing)}: "
-                        f"restore it from the WESAD download")
+        raise UserError(
+            f"{path.parent.name}: readme {path} lacks {', '.join(repr(m) for m in missing)}: "
+            f"restore it from the WESAD download"
+        )
     return answers
 
 
@@ -106,8 +111,9 @@ def load_recording(path: Path, wrist: tuple[str, ...], chest: tuple[str, ...]) -
             data = pickle.load(f, encoding="latin1")
     except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError, IndexError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{name}: {path} cannot be read ({reason}); it is truncated or not a WESAD pickle: "
-                        f"download it again") from None
+        raise UserError(
+            f"{name}: {path} cannot be read ({reason}); it is truncated or not a WESAD pickle: download it again"
+        ) from None
     try:
         label = np.asarray(data["label"]).ravel()
         wrist_arrays = {k: _signal(data["signal"]["wrist"][k]) for k in wrist}
@@ -118,8 +124,10 @@ def load_recording(path: Path, wrist: tuple[str, ...], chest: tuple[str, ...]) -
     unknown = sorted(codes - LABEL_CODES)
     if unknown:
         shown = ", ".join(str(c) for c in unknown[:5])
-        raise UserError(f"{name}: label codes {shown} in {path} are not WESAD codes (0-7): "
-                        f"the file is damaged or not WESAD; download it again")
+        raise UserError(
+            f"{name}: label codes {shown} in {path} are not WESAD codes (0-7): "
+            f"the file is damaged or not WESAD; download it again"
+        )
     return Recording(label.astype(np.int8), wrist_arrays, chest_arrays)
 
 

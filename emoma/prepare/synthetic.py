@@ -8,6 +8,7 @@ download, and benchmarks (``--scale 1`` is a full ~100-minute recording).
 
 Usage: ``python -m emoma.prepare.synthetic OUT_DIR [--subjects 2,3] [--scale 1.0] [--seed 0]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,14 +21,32 @@ from scipy import signal
 from emoma.prepare.recordings import CHEST_HZ, LABEL_HZ, WRIST_HZ
 
 # WESAD's order of conditions as (label code, seconds): ~100 minutes, as a real session.
-PROTOCOL = ((0, 480), (1, 1200), (0, 300), (3, 392), (0, 300), (4, 420), (0, 600), (2, 630), (0, 600),
-            (4, 420), (5, 220), (6, 220), (7, 218))
+PROTOCOL = (
+    (0, 480),
+    (1, 1200),
+    (0, 300),
+    (3, 392),
+    (0, 300),
+    (4, 420),
+    (0, 600),
+    (2, 630),
+    (0, 600),
+    (4, 420),
+    (5, 220),
+    (6, 220),
+    (7, 218),
+)
 # label code -> heart rate (bpm), skin conductance level (uS), skin temperature (degC), breaths per second,
 # skin conductance responses per minute, wrist motion (1/64 g)
 PHYSIOLOGY = {
-    0: (75, 2.0, 33.2, 0.27, 2.0, 2.0), 1: (68, 1.8, 33.4, 0.25, 1.0, 0.8), 2: (88, 3.4, 32.9, 0.33, 6.0, 1.5),
-    3: (72, 2.1, 33.3, 0.26, 2.0, 1.0), 4: (64, 1.7, 33.5, 0.20, 0.5, 0.5), 5: (74, 2.0, 33.2, 0.27, 2.0, 2.0),
-    6: (74, 2.0, 33.2, 0.27, 2.0, 2.0), 7: (74, 2.0, 33.2, 0.27, 2.0, 2.0),
+    0: (75, 2.0, 33.2, 0.27, 2.0, 2.0),
+    1: (68, 1.8, 33.4, 0.25, 1.0, 0.8),
+    2: (88, 3.4, 32.9, 0.33, 6.0, 1.5),
+    3: (72, 2.1, 33.3, 0.26, 2.0, 1.0),
+    4: (64, 1.7, 33.5, 0.20, 0.5, 0.5),
+    5: (74, 2.0, 33.2, 0.27, 2.0, 2.0),
+    6: (74, 2.0, 33.2, 0.27, 2.0, 2.0),
+    7: (74, 2.0, 33.2, 0.27, 2.0, 2.0),
 }
 README = """# Subject: S{subject}
 
@@ -80,7 +99,7 @@ def make_recording(seed: int = 0, protocol=PROTOCOL, scale: float = 1.0, subject
     impulses = (rng.random(len(eda_level)) < scr_rate) * rng.uniform(0.05, 0.3, len(eda_level))
     t = np.arange(0, 30, 1 / eda_hz)
     bateman = np.exp(-t / 2.0) - np.exp(-t / 0.7)
-    eda = eda_level + np.convolve(impulses, bateman / bateman.max())[:len(eda_level)]
+    eda = eda_level + np.convolve(impulses, bateman / bateman.max())[: len(eda_level)]
     eda = np.maximum(eda + rng.normal(0, 0.003, len(eda)), 0.02)
     temp = state(2, WRIST_HZ["TEMP"], 120) + rng.normal(0, 0.01, len(eda_level))
 
@@ -89,11 +108,13 @@ def make_recording(seed: int = 0, protocol=PROTOCOL, scale: float = 1.0, subject
     wrist_acc = np.round(gravity + motion[:, None] * rng.normal(0, 1, (len(motion), 3)))
 
     n = len(label)
-    heart_chest = phase(np.interp(np.arange(n) / CHEST_HZ, np.arange(len(heart)) / bvp_hz,
-                                  state(0, bvp_hz, 20)) / 60, CHEST_HZ)
-    ecg = 1.2 * np.exp(-(((heart_chest % (2 * np.pi)) - np.pi) / 0.08) ** 2) + rng.normal(0, 0.03, n)
-    breath = phase(np.interp(np.arange(n) / CHEST_HZ, np.arange(len(eda_level)) / eda_hz,
-                             state(3, eda_hz, 20)), CHEST_HZ)
+    heart_chest = phase(
+        np.interp(np.arange(n) / CHEST_HZ, np.arange(len(heart)) / bvp_hz, state(0, bvp_hz, 20)) / 60, CHEST_HZ
+    )
+    ecg = 1.2 * np.exp(-((((heart_chest % (2 * np.pi)) - np.pi) / 0.08) ** 2)) + rng.normal(0, 0.03, n)
+    breath = phase(
+        np.interp(np.arange(n) / CHEST_HZ, np.arange(len(eda_level)) / eda_hz, state(3, eda_hz, 20)), CHEST_HZ
+    )
     resp = 3.0 * np.sin(breath) + rng.normal(0, 0.2, n)
     chest_eda = np.interp(np.arange(n) / CHEST_HZ, np.arange(len(eda)) / eda_hz, eda) * 2.5
     chest_temp = np.interp(np.arange(n) / CHEST_HZ, np.arange(len(temp)) / eda_hz, temp) + 1.0
@@ -106,8 +127,14 @@ def make_recording(seed: int = 0, protocol=PROTOCOL, scale: float = 1.0, subject
         "subject": f"S{subject}",
         "label": label,
         "signal": {
-            "chest": {"ACC": chest_acc, "ECG": column(ecg), "EDA": column(chest_eda),
-                      "EMG": column(rng.normal(0, 0.01, n)), "Resp": column(resp), "Temp": column(chest_temp)},
+            "chest": {
+                "ACC": chest_acc,
+                "ECG": column(ecg),
+                "EDA": column(chest_eda),
+                "EMG": column(rng.normal(0, 0.01, n)),
+                "Resp": column(resp),
+                "Temp": column(chest_temp),
+            },
             "wrist": {"ACC": wrist_acc, "BVP": column(bvp), "EDA": column(eda), "TEMP": column(temp)},
         },
     }
@@ -120,9 +147,17 @@ def make_readme(seed: int, subject: int) -> str:
     def yes(p):
         return "YES" if rng.random() < p else "NO"
 
-    return README.format(subject=subject, age=int(rng.integers(24, 36)), height=int(rng.normal(176, 7)),
-                         weight=int(rng.normal(73, 10)), gender="female" if female else "male",
-                         coffee=yes(0.3), sport=yes(0.15), smoker=yes(0.1), ill=yes(0.1))
+    return README.format(
+        subject=subject,
+        age=int(rng.integers(24, 36)),
+        height=int(rng.normal(176, 7)),
+        weight=int(rng.normal(73, 10)),
+        gender="female" if female else "male",
+        coffee=yes(0.3),
+        sport=yes(0.15),
+        smoker=yes(0.1),
+        ill=yes(0.1),
+    )
 
 
 def write_subject(root: str | Path, subject: int, seed: int = 0, protocol=PROTOCOL, scale: float = 1.0) -> Path:
@@ -137,8 +172,9 @@ def write_subject(root: str | Path, subject: int, seed: int = 0, protocol=PROTOC
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m emoma.prepare.synthetic",
-                                description="Write synthetic subjects in the raw WESAD format.")
+    p = argparse.ArgumentParser(
+        prog="python -m emoma.prepare.synthetic", description="Write synthetic subjects in the raw WESAD format."
+    )
     p.add_argument("out_dir", help="folder to write S2/, S3/, ... into")
     p.add_argument("--subjects", default="2,3", help="comma-separated subject numbers (default: %(default)s)")
     p.add_argument("--scale", type=float, default=1.0, help="duration factor; 1 = ~100 minutes (default: 1)")

@@ -4,6 +4,7 @@
 a trial's fate (Optuna told the truth, pruning over folds), `watch` follows a running search (progress line,
 live trials.csv and report.md, MLflow child runs). Everything they compute with is Ray-free and lives outside.
 """
+
 import sys
 
 from emoma.tune import schedulers, search, watch
@@ -11,6 +12,10 @@ from emoma.tune import schedulers, search, watch
 # Tune's saved state of an experiment (tuner.pkl, the searcher's and callbacks' state) names the classes by
 # the module they lived in when it began (emoma.search, then emoma.tuning, emoma.schedulers and emoma.watch
 # before this package). The old names still load, so those experiments stay resumable.
-for _old, _new in {"emoma.search": search, "emoma.tuning": search, "emoma.schedulers": schedulers,
-                   "emoma.watch": watch}.items():
+for _old, _new in {
+    "emoma.search": search,
+    "emoma.tuning": search,
+    "emoma.schedulers": schedulers,
+    "emoma.watch": watch,
+}.items():
     sys.modules.setdefault(_old, _new)

@@ -5,6 +5,7 @@ same folds. `WilcoxonFoldPruner` does that with a one-sided Wilcoxon signed-rank
 WilcoxonPruner); `BaselineKeepingASHA` is Tune's ASHA over folds done. Neither ever stops the base or the
 seed configuration, and winners are chosen among trials that completed every fold.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,9 +70,14 @@ class TruthfulOptunaSearch(OptunaSearch):
 
     def _add_completed(self, frozen: optuna.trial.FrozenTrial, value: float) -> None:
         if frozen.state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED):
-            self._ot_study.add_trial(optuna.trial.create_trial(
-                params=frozen.params, distributions=frozen.distributions, value=value,
-                user_attrs={"rerun_of": frozen.number}))
+            self._ot_study.add_trial(
+                optuna.trial.create_trial(
+                    params=frozen.params,
+                    distributions=frozen.distributions,
+                    value=value,
+                    user_attrs={"rerun_of": frozen.number},
+                )
+            )
 
 
 class StopReasons:
@@ -122,8 +128,16 @@ class WilcoxonFoldPruner(FIFOScheduler):
     one-sided Wilcoxon signed-rank test (zero differences split, as Optuna's WilcoxonPruner), p < `p_threshold`,
     after at least `min_folds` folds. A trial whose mean is above the best's on those folds is never stopped."""
 
-    def __init__(self, keep: list[dict], reasons: StopReasons, *, min_folds: int, p_threshold: float,
-                 folds_total: int, earlier: dict[str, dict[int, float]] | None = None):
+    def __init__(
+        self,
+        keep: list[dict],
+        reasons: StopReasons,
+        *,
+        min_folds: int,
+        p_threshold: float,
+        folds_total: int,
+        earlier: dict[str, dict[int, float]] | None = None,
+    ):
         super().__init__()
         self.keep, self.reasons = keep, reasons
         self.min_folds, self.p_threshold, self.folds_total = min_folds, p_threshold, folds_total
@@ -158,8 +172,11 @@ class WilcoxonFoldPruner(FIFOScheduler):
             return TrialScheduler.CONTINUE
         p = stats.wilcoxon(theirs, ours, alternative="greater", zero_method="zsplit").pvalue
         if p < self.p_threshold:
-            self.reasons.record(trial.trial_id, f"wilcoxon: worse than trial {best} on the same {len(folds)} folds "
-                                                f"(one-sided p={p:.3f} < {self.p_threshold})")
+            self.reasons.record(
+                trial.trial_id,
+                f"wilcoxon: worse than trial {best} on the same {len(folds)} folds "
+                f"(one-sided p={p:.3f} < {self.p_threshold})",
+            )
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 

@@ -1,6 +1,7 @@
 """Watching a search while it runs (Ray Tune callbacks, in the driver): the progress line, the live
 trials.csv and partial report.md refreshed after every finished or pruned trial, and one MLflow child run per
 trial. Each trial is followed as a TrialRecord; the final report reads the same records."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ from ray import tune
 
 from emoma.files import write_atomic
 from emoma.results import OOFStore, TrialRecord, read_trial_oof, trials_table
-
 
 UNFINISHED = "stopped before its last fold by the time budget or a user error"
 
@@ -71,8 +71,10 @@ class ProgressLine(tune.Callback):
         counts = {s: sum(v == s for v in self.states.values()) for s in ("done", "running", "pruned", "error")}
         best = "-" if self.best is None else f"{self.best:.4f}"
         finished = counts["done"] + counts["pruned"] + counts["error"]
-        line = (f"trials {finished}/{self.num_samples} finished ({counts['done']} completed, {counts['pruned']} "
-                f"pruned, {counts['error']} errored), {counts['running']} running; best {best}")
+        line = (
+            f"trials {finished}/{self.num_samples} finished ({counts['done']} completed, {counts['pruned']} "
+            f"pruned, {counts['error']} errored), {counts['running']} running; best {best}"
+        )
         if sys.stderr.isatty():
             print(f"\r{line}   ", end="", file=sys.stderr, flush=True)
         else:
@@ -84,8 +86,17 @@ class LiveResults(tune.Callback):
     report.md and the search-history plot, rewritten (atomically, then uploaded for object storage) after every
     finished or pruned trial."""
 
-    def __init__(self, storage, name: str, metric: str, n_folds: int, num_samples: int, judge, reasons_file: str,
-                 also_upload: tuple = ()):
+    def __init__(
+        self,
+        storage,
+        name: str,
+        metric: str,
+        n_folds: int,
+        num_samples: int,
+        judge,
+        reasons_file: str,
+        also_upload: tuple = (),
+    ):
         self.storage, self.name, self.metric = storage, name, metric
         self.n_folds, self.num_samples, self.judge, self.reasons_file = n_folds, num_samples, judge, reasons_file
         self.also_upload = also_upload  # the Optuna journal and stop reasons, to object storage after each trial
@@ -132,18 +143,22 @@ class LiveResults(tune.Callback):
         finished = [r for r in self.records.values() if r.status != "running"]
         table = trials_table(finished, self.n_folds, *self._first_trials())
         plot_search_history(table, self.metric, self.storage.local / "search_history.png")
-        write_atomic(self.storage.local / "report.md",
-                     live_report(self.name, self.metric, table, self.num_samples, selection))
+        write_atomic(
+            self.storage.local / "report.md", live_report(self.name, self.metric, table, self.num_samples, selection)
+        )
         write_csv(table, self.storage.local / "trials.csv")  # last: the report exists once trials.csv does
-        self.storage.upload("search_history.png", "report.md", "search_metrics.json", "trials.csv", *written,
-                            *self.also_upload)
+        self.storage.upload(
+            "search_history.png", "report.md", "search_metrics.json", "trials.csv", *written, *self.also_upload
+        )
 
     def _first_trials(self) -> tuple[str | None, str | None]:
         """The base and seed configurations' trial ids (None until they started)."""
         from emoma.space import same_params
 
-        return tuple(next((t for t, r in self.records.items() if same_params(r.params, point)), None)
-                     for point in (self.judge.base_point, self.judge.seed_point))
+        return tuple(
+            next((t for t, r in self.records.items() if same_params(r.params, point)), None)
+            for point in (self.judge.base_point, self.judge.seed_point)
+        )
 
     def _selection(self) -> dict | None:
         """The selection rule applied to the trials completed so far (None before the first), written to
@@ -178,12 +193,20 @@ def read_trials(path) -> dict[str, TrialRecord]:
     records = {}
     for row in frame.to_dict(orient="records"):
         params = {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")}
-        folds = {int(k.removeprefix("fold_")) - 1: float(v) for k, v in row.items()
-                 if k.startswith("fold_") and not k.startswith("folds") and isinstance(v, float) and math.isfinite(v)}
-        records[str(row["trial"])] = TrialRecord(str(row["trial"]), params, folds, str(row["status"]),
-                                                 float(row["seconds"]), str(row.get("node", "")),
-                                                 str(row.get("stopped_by", "") if isinstance(row.get("stopped_by"), str)
-                                                     else ""))
+        folds = {
+            int(k.removeprefix("fold_")) - 1: float(v)
+            for k, v in row.items()
+            if k.startswith("fold_") and not k.startswith("folds") and isinstance(v, float) and math.isfinite(v)
+        }
+        records[str(row["trial"])] = TrialRecord(
+            str(row["trial"]),
+            params,
+            folds,
+            str(row["status"]),
+            float(row["seconds"]),
+            str(row.get("node", "")),
+            str(row.get("stopped_by", "") if isinstance(row.get("stopped_by"), str) else ""),
+        )
     return records
 
 
@@ -200,15 +223,21 @@ class MlflowTrials(tune.Callback):
         if trial.trial_id not in self.runs:
             run = self.tracker.find_run("trial_id", trial.trial_id, self.parent_run)  # after a resume, the same run
             self.runs[trial.trial_id] = run or self.tracker.start_run(
-                f"trial_{trial.trial_id}", dict(trial.config), tags={"trial_id": trial.trial_id},
-                parent=self.parent_run)
+                f"trial_{trial.trial_id}", dict(trial.config), tags={"trial_id": trial.trial_id}, parent=self.parent_run
+            )
         return self.runs[trial.trial_id]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "fold" in result:
-            self.tracker.log_metrics(self._run(trial), {f"fold_{self.metric}": result["fold_score"],
-                                                        f"running_mean_{self.metric}": result["score"],
-                                                        "fold": result["fold"]}, step=int(result["folds_done"]))
+            self.tracker.log_metrics(
+                self._run(trial),
+                {
+                    f"fold_{self.metric}": result["fold_score"],
+                    f"running_mean_{self.metric}": result["score"],
+                    "fold": result["fold"],
+                },
+                step=int(result["folds_done"]),
+            )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, finished_status(trial.last_result))
@@ -220,8 +249,9 @@ class MlflowTrials(tune.Callback):
         run = self._run(trial)
         last = trial.last_result or {}
         if "score" in last and status != "error":
-            self.tracker.log_metrics(run, {f"mean_{self.metric}": last["score"],
-                                           "folds_done": last.get("folds_done", 0)})
+            self.tracker.log_metrics(
+                run, {f"mean_{self.metric}": last["score"], "folds_done": last.get("folds_done", 0)}
+            )
         self.tracker.set_tags(run, {"status": status})
         self.tracker.end(run, "FAILED" if status == "error" else "FINISHED")
         try:
@@ -231,4 +261,3 @@ class MlflowTrials(tune.Callback):
         from emoma.tracking import log_selection
 
         log_selection(self.tracker, self.parent_run, summary)
-
