@@ -85,7 +85,7 @@ def cross_validate(
     from emoma.folds import make_plan, smallest_top_k
     from emoma.pipeline import MODEL_FILE, fold_ensemble, model_table
     from emoma.pipeline import cross_validate as write_cross_validation
-    from emoma.report import cv_evaluation, folds_frame, predictions_frame
+    from emoma.report.cv import folds_frame, predictions_frame
 
     frame, cfg = _resolve(data, config, overrides, keys)
     table = model_table(cfg, frame)
@@ -115,7 +115,7 @@ def cross_validate(
         plan = make_plan(table, cfg.cv, cfg.seed, smallest_top_k([cfg.model.n_features]))
         result = run_cv(table, plan, cfg, baselines=baselines, progress=progress, keep_models=keep_models)
         model = TrainedModel(fold_ensemble(result, table, plan, cfg)) if keep_models else None
-    evaluation = cv_evaluation(result, table, cfg)
+    evaluation = result.evaluate(table, cfg.seed)
     rows = {"CNN-LSTM": result.summary(), **result.baseline_summary()}
     metrics = pd.DataFrame(
         {name: {f"{m}_{k}": v for m, s in summary.items() for k, v in s.items()} for name, summary in rows.items()}

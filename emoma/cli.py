@@ -98,7 +98,7 @@ def cv_main(argv=None, prog=None):
     args = parse_cv_args(argv, prog)
     from emoma.pipeline import REPEATS_FILE, check_folds_flag, cross_validate, resume_cv_config
     from emoma.repeats import format_repeats, repeat_cv
-    from emoma.report import format_summary
+    from emoma.report.cv import format_summary
 
     repeated = args.repeats is not None or bool(args.resume and (Path(args.resume) / REPEATS_FILE).is_file())
     if repeated and args.mlflow:

@@ -18,13 +18,9 @@ from emoma.errors import Interrupted, UserError, invoked_as
 from emoma.files import write_atomic
 from emoma.manifest import MANIFEST_FILE, SELECTION_KEYS, Manifest, check_resume, data_fingerprint
 from emoma.pipeline import check_folds_flag
-from emoma.report import (
-    estimate_line,
-    format_search_summary,
-    markdown_table,
-    write_nested_outputs,
-    write_search_outputs,
-)
+from emoma.report.common import markdown_table
+from emoma.report.nested import write_nested_outputs
+from emoma.report.search import estimate_line, format_search_summary, write_search_outputs
 from emoma.space import check_fidelity, load_space, space_from_dict, space_to_dict
 from emoma.storage import ExperimentStorage, is_uri
 

@@ -20,7 +20,7 @@ from emoma.files import atomic_path, unique_folder, write_atomic
 from emoma.folds import make_plan, plan_key, smallest_top_k
 from emoma.manifest import RUNTIME_KEYS, data_fingerprint, first_difference
 from emoma.predict import bundle_of, write_bundle
-from emoma.report import write_cv_outputs
+from emoma.report.cv import write_cv_outputs
 from emoma.results import CVResult, FoldResult
 
 say = functools.partial(print, flush=True)  # progress lines reach logs and pipes as they happen
@@ -128,7 +128,7 @@ def cross_validate(
             on_result=lambda fold: _keep_fold(out, fold),
             keep_models=keep_models,
         )
-        write_cv_outputs(result, table, plan, config, out)
+        write_cv_outputs(result, result.evaluate(table, config.seed), table, plan, config, out)
         if save_model:
             save_fold_models(result, table, plan, config, out / MODEL_FILE, log)
     except KeyboardInterrupt:

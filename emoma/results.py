@@ -15,7 +15,7 @@ import pandas as pd
 from emoma.config import METRICS
 from emoma.context import run_starts, smooth_probabilities
 from emoma.files import atomic_path
-from emoma.metrics import degenerate_notes, score
+from emoma.metrics import degenerate_notes, evaluate, score
 
 if TYPE_CHECKING:
     import torch
@@ -69,6 +69,29 @@ class CVResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     smooth: int = 1  # model.smooth of the run: its fold probabilities are already smoothed when > 1
+    evaluation: dict | None = None  # what evaluate() computed, kept so that every report renders the same numbers
+    evaluation_seed: int | None = None  # the bootstrap seed it was computed with
+
+    def evaluate(self, table: Table, seed: int) -> dict:
+        """`emoma.metrics.evaluate` of the pooled test predictions of the CNN-LSTM and the baselines (per-subject
+        scores, intervals, paired tests): computed once per seed, then the same dictionary for metrics.json,
+        report.md and the API.
+
+        Parameters
+        ----------
+        table : the table the folds index (its groups and labels).
+        seed : the bootstrap's seed.
+
+        Returns
+        -------
+        dict
+            `emoma.metrics.evaluate`'s dictionary.
+        """
+        if self.evaluation is None or self.evaluation_seed != seed:
+            rows, probas = self.pooled()
+            self.evaluation = evaluate(table.groups[rows], table.y[rows], probas, self.class_names, seed=seed)
+            self.evaluation_seed = seed
+        return self.evaluation
 
     def summary(self) -> dict[str, dict[str, float]]:
         """{metric: {"mean": ..., "std": ...}} over folds (population std)."""

@@ -12,7 +12,8 @@ from emoma.config import apply_overrides
 from emoma.context import normalise_subjects
 from emoma.holdout import combine, retrain_and_score
 from emoma.metrics import MIN_HOLDOUT_SUBJECTS, score
-from emoma.report import evaluation_sections, holdout_evaluation
+from emoma.report.common import evaluation_sections
+from emoma.report.search import holdout_evaluation
 from emoma.results import FINAL
 
 
@@ -35,7 +36,7 @@ def test_retraining_shares_runs_keeps_models_and_combines_members(small_table, s
 
 
 def test_the_final_configuration_of_an_ensemble_names_each_member(smoke_config):
-    from emoma.report import final_config_yaml
+    from emoma.report.search import final_config_yaml
 
     other = apply_overrides(smoke_config, {"model.context": 2})
     result = SimpleNamespace(

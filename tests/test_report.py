@@ -8,7 +8,7 @@ from emoma.config import Config
 from emoma.errors import UserError
 from emoma.metrics import evaluate
 from emoma.pipeline import new_out_dir
-from emoma.report import evaluation_sections
+from emoma.report.common import evaluation_sections
 
 NAMES = ["non-stress", "stress"]
 

@@ -19,7 +19,7 @@ from emoma.config import load_config
 from emoma.errors import UserError
 from emoma.experiment import save_final_model
 from emoma.predict import load_model, predict_frame
-from emoma.report import write_search_outputs
+from emoma.report.search import write_search_outputs
 from emoma.results import OOFStore
 from emoma.space import load_space, params_to_overrides, space_point
 from emoma.synthetic import make_frame
@@ -474,18 +474,18 @@ def test_search_report_says_how_trials_trained():
     from types import SimpleNamespace
 
     from emoma.config import apply_overrides
-    from emoma.report import _trial_fidelity
+    from emoma.report.common import trial_fidelity
 
     base = load_config(ROOT / "configs" / "context.yaml", [])
     seed = load_config(ROOT / "configs" / "seed.yaml", [])
     result = SimpleNamespace(space={"train.lr": {}}, seed_config=seed, fidelity="full")
-    assert "refit" in _trial_fidelity(result, base) and "not the seed trial" in _trial_fidelity(result, base)
-    assert "not the seed trial" not in _trial_fidelity(
+    assert "refit" in trial_fidelity(result, base) and "not the seed trial" in trial_fidelity(result, base)
+    assert "not the seed trial" not in trial_fidelity(
         SimpleNamespace(space={}, seed_config=base, fidelity="full"), base
     )
-    assert _trial_fidelity(result, apply_overrides(base, {"train.refit": False})) == ""
-    assert "is searched" in _trial_fidelity(
+    assert trial_fidelity(result, apply_overrides(base, {"train.refit": False})) == ""
+    assert "is searched" in trial_fidelity(
         SimpleNamespace(space={"train.refit": {}}, seed_config=seed, fidelity="full"), base
     )
-    low = _trial_fidelity(SimpleNamespace(space={}, seed_config=seed, fidelity="low"), base)
+    low = trial_fidelity(SimpleNamespace(space={}, seed_config=seed, fidelity="low"), base)
     assert "one model per fold, no refit" in low

@@ -128,7 +128,8 @@ class LiveResults(tune.Callback):
 
     def _finish(self, trial, status: str) -> None:
         from emoma.plots import plot_search_history
-        from emoma.report import live_report, write_csv
+        from emoma.report.common import write_csv
+        from emoma.report.search import live_report
         from emoma.tune.schedulers import read_stop_reasons
 
         record = self._record(trial)
