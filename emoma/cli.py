@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from emoma.config import FIDELITIES, METRICS, PRUNERS, SCHEMES, SELECTION_RULES, TASKS, load_config
+from emoma.config import FIDELITIES, METRICS, PRUNERS, SCHEMES, SELECTION_RULES, TASKS, flag_overrides, load_config
 from emoma.errors import UserError, exit_on_user_error, invoked_as
 
 CV_DESCRIPTION = "Cross-validate one CNN-LSTM configuration."
@@ -105,16 +105,7 @@ def cv_main(argv=None, prog=None):
         raise UserError(
             f"--mlflow tracks one run: drop it, or track one seed's run (OUT/seed-S) with a plain {invoked_as('cv')}"
         )
-    flags = {
-        "data.path": args.data,
-        "data.task": args.task,
-        "cv.scheme": args.cv,
-        "cv.folds": args.folds,
-        "train.epochs": args.epochs,
-        "seed": args.seed,
-        "train.device": args.device,
-        "data.drop_nan": args.drop_nan or None,
-    }
+    flags = flag_overrides(args)
     if args.resume:
         if args.config or args.out:
             raise UserError("--resume OUT takes the run's configuration and folder from OUT: drop --config and --out")

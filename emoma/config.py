@@ -207,6 +207,30 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
+def flag_overrides(args) -> dict:
+    """The config keys set by the options that `cv` and `search` share, from parsed arguments.
+
+    Parameters
+    ----------
+    args : argparse.Namespace with data, task, cv, folds, epochs, seed, device and drop_nan.
+
+    Returns
+    -------
+    dict
+        Typed values by dotted key, None where the option was not given (``load_config``'s ``flags``).
+    """
+    return {
+        "data.path": args.data,
+        "data.task": args.task,
+        "cv.scheme": args.cv,
+        "cv.folds": args.folds,
+        "train.epochs": args.epochs,
+        "seed": args.seed,
+        "train.device": args.device,
+        "data.drop_nan": args.drop_nan or None,
+    }
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: typing.Sequence[str] = (),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from emoma.config import Config, apply_overrides, flatten, get_dotted, load_config, sampler_seed
+from emoma.config import Config, apply_overrides, flag_overrides, flatten, get_dotted, load_config, sampler_seed
 from emoma.data import load_table
 from emoma.errors import Interrupted, UserError, invoked_as
 from emoma.files import write_atomic
@@ -45,18 +45,10 @@ def search_settings(args, defaults: dict, name: str, storage_path: str) -> Searc
     """The search's settings: from the command line, or (--resume) from the experiment's manifest with the
     command line's explicit options checked against it."""
     holdout_subjects = [s.strip() for s in args.holdout_subjects.split(",")] if args.holdout_subjects else None
-    flags = {
-        "data.path": args.data,
-        "data.task": args.task,
-        "cv.scheme": args.cv,
-        "cv.folds": args.folds,
-        "train.epochs": args.epochs,
-        "seed": args.seed,
-        "data.drop_nan": args.drop_nan or None,
+    flags = flag_overrides(args) | {
         "search.num_samples": args.num_samples,
         "search.metric": args.metric,
         "train.metric": args.metric,
-        "train.device": args.device,
         "search.cpus_per_trial": args.cpus_per_trial,
         "search.gpus_per_trial": args.gpus_per_trial,
         "search.max_concurrent": args.max_concurrent,
