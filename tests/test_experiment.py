@@ -25,8 +25,11 @@ def test_a_searched_key_fixed_on_the_command_line_leaves_the_space_and_holds_for
 
 def test_the_shared_flags_reach_the_config(tmp_path):
     s = settings(
-        tmp_path, "--task", "3class", "--cv", "group-kfold", "--folds", "3", "--seed", "4", "--metric", "accuracy"
+        tmp_path,
+        *("--task", "3class", "--cv", "group-kfold", "--folds", "3", "--seed", "4", "--metric", "accuracy"),
+        *("--device", "cpu", "--drop-nan"),
     )
+    assert (s.config.train.device, s.config.data.drop_nan) == ("cpu", True)
     assert (s.config.data.task, s.config.cv.scheme, s.config.cv.folds, s.config.seed) == ("3class", "group-kfold", 3, 4)
     assert s.config.search.metric == s.config.train.metric == "accuracy"
 
@@ -36,11 +39,6 @@ def test_fixing_every_searched_key_is_refused(tmp_path):
     space.write_text("train.lr: {float: [1.0e-4, 1.0e-2], log: true}\n")
     with pytest.raises(UserError, match="nothing is left to search"):
         settings(tmp_path, "--space", str(space), "--set", "train.lr=0.001")
-
-
-def test_resume_without_an_experiment_names_the_fix(tmp_path):
-    with pytest.raises(UserError, match="nothing to resume .*check --name and --storage-path"):
-        settings(tmp_path, "--resume", "--name", "missing")
 
 
 def test_mlflow_with_a_nested_search_is_refused(tmp_path):
